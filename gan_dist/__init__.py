@@ -1,0 +1,3 @@
+"""gan-dist: distributed GAN training on Ray."""
+
+__version__ = "0.1.0"

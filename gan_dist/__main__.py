@@ -1,0 +1,3 @@
+from gan_dist.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The `gan-dist` command. Every failure the user can fix ends as one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from gan_dist.config import DEFAULT_PRESET, load_config, parse_override
+from gan_dist.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gan-dist", description="Distributed GAN training on Ray.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    prepare = commands.add_parser("prepare", help="turn a dataset into Parquet shards + manifest",
+                                  description="Write SOURCE as raw-uint8 Parquet shards and _manifest.json under OUT.")
+    prepare.add_argument("source", metavar="SOURCE", help="'digits' (scikit-learn's handwritten digits, embedded)")
+    prepare.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
+    prepare.add_argument("--resolution", type=_positive_int, default=32, help="square side in pixels (default 32)")
+    prepare.add_argument("--shard-size", type=_positive_int, default=512, help="images per shard (default 512)")
+
+    train = commands.add_parser("train", help="train a GAN (default: DCGAN on the embedded digits, locally)",
+                                description="Train from a preset or YAML file; flags override its values.")
+    train.add_argument("preset", nargs="?", default=DEFAULT_PRESET, help=f"preset name or YAML file (default {DEFAULT_PRESET})")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.lr_g=1e-4 (repeatable)")
+    train.add_argument("--data", help="prepared shard folder or s3:// URI (default: the embedded digits)")
+    train.add_argument("--backend", choices=["auto", "local", "ray"],
+                       help="local: this process; ray: TorchTrainer (default: ray when --num-workers > 1 or --address)")
+    train.add_argument("--num-workers", type=_positive_int, help="training workers (Ray backend)")
+    train.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
+    train.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
+    train.add_argument("--storage", help="where runs live: local path or s3://bucket/prefix (default ./runs)")
+    train.add_argument("--name", help="run name (default: PRESET-TIMESTAMP)")
+    train.add_argument("--steps", type=_positive_int, help="total training steps")
+    train.add_argument("--batch-size", type=_positive_int, help="images per worker per step")
+    train.add_argument("--resume", action="store_true", default=None,
+                       help="continue the run's newest checkpoint (without --name: this preset's newest run)")
+
+    sample = commands.add_parser("sample", help="write images from a checkpoint",
+                                 description="Write N PNG images from a checkpoint's generator.")
+    sample.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
+    sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
+    sample.add_argument("--out", required=True, help="output folder or s3:// URI")
+    sample.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    return parser
+
+
+_FLAG_KEYS = {
+    "data": "data.path", "backend": "run.backend", "num_workers": "run.num_workers", "address": "run.ray_address",
+    "gpu": "run.gpu", "storage": "run.storage", "name": "run.name", "steps": "train.steps",
+    "batch_size": "train.batch_size", "resume": "run.resume",
+}
+
+
+def _train(args: argparse.Namespace) -> None:
+    from gan_dist.runtime.launch import train
+
+    overrides: dict[str, Any] = dict(parse_override(text) for text in args.overrides)
+    overrides.update({key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None})
+    result = train(load_config(args.preset, overrides))
+    print(f"done: step {result.step}" + (f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""))
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from gan_dist.data.prepare import prepare
+
+    manifest = prepare(args.source, args.out, resolution=args.resolution, shard_size=args.shard_size)
+    print(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {args.out}")
+
+
+def _sample(args: argparse.Namespace) -> None:
+    from gan_dist.sample import write_samples
+
+    written = write_samples(args.checkpoint, args.num, args.out, seed=args.seed)
+    print(f"wrote {len(written)} images to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        {"train": _train, "prepare": _prepare, "sample": _sample}[args.command](args)
+    except UserError as err:
+        print(f"gan-dist: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("gan-dist: interrupted; the newest complete checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

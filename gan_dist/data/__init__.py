@@ -1,0 +1,1 @@
+"""Shards: the contract, `prepare` writers and sources, and the readers."""

@@ -1,0 +1,66 @@
+"""DCGAN (Radford et al. 2015) for any power-of-two resolution >= 8 and any channel count.
+
+Generator and discriminator are built from the same (resolution, channels) pair, so they always agree on the
+image shape: the discriminator's stride-2 stages mirror the generator's upsampling stages.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _stages(resolution: int) -> int:
+    if resolution < 8 or resolution & (resolution - 1):
+        raise ValueError(f"DCGAN needs a power-of-two resolution >= 8, got {resolution}")
+    return int(math.log2(resolution)) - 2  # 4x4 -> resolution takes this many doublings
+
+
+def _init_weights(module: nn.Module) -> None:
+    # The DCGAN paper's initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales.
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator(nn.Module):
+    def __init__(self, resolution: int, channels: int, z_dim: int = 100, width: int = 64):
+        super().__init__()
+        stages = _stages(resolution)
+        self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
+        widths = [width * 2 ** (stages - 1 - i) for i in range(stages)]  # e.g. 256, 128, 64 for 32x32
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_dim, widths[0], 4, 1, 0, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(True),
+        ]
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(_init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: B×z_dim -> images B×C×R×R in [-1, 1]."""
+        return self.net(z.view(z.shape[0], self.z_dim, 1, 1))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, resolution: int, channels: int, width: int = 64):
+        super().__init__()
+        stages = _stages(resolution)
+        widths = [width * 2**i for i in range(stages)]  # e.g. 64, 128, 256 for 32x32
+        layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+        self.apply(_init_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images B×C×R×R -> one logit per image (B,)."""
+        return self.net(images).view(images.shape[0])

@@ -1,0 +1,1 @@
+"""Where the loop runs: worker contexts, the local and Ray backends, storage URIs."""

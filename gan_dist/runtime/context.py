@@ -1,0 +1,31 @@
+"""What the loop may ask of the process it runs in. Two implementations: local (this process) and Ray Train."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+
+from gan_dist.data.reader import DataPosition
+from gan_dist.data.shards import Manifest
+
+
+class WorkerContext(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+    manifest: Manifest
+    run_uri: str
+
+    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+        """uint8 batches B×H×W×C (this rank's part of each epoch) with the position after each, from `start`."""
+        ...
+
+    def latest_checkpoint(self) -> str | None:
+        """URI of the newest complete checkpoint of this run, or None on a fresh start."""
+        ...
+
+    def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
+        """Every rank calls this at the same steps; `state` is given on rank 0 only (None elsewhere)."""
+        ...

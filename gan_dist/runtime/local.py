@@ -1,0 +1,45 @@
+"""The local backend: the loop in this process, no Ray imported. Ray Train's own local mode neither persists
+checkpoints nor resumes, so this backend writes and finds checkpoints itself, in the Ray backend's layout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from gan_dist import checkpoint
+from gan_dist.config import Config
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_images
+from gan_dist.data.shards import Manifest
+from gan_dist.errors import UserError
+from gan_dist.runtime import storage
+from gan_dist.train.loop import LoopResult
+
+
+class LocalContext:
+    rank = 0
+    world_size = 1
+
+    def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
+        self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
+        self.device = torch.device("cuda" if cfg.run.gpu else "cpu")
+        self.reader = InMemoryReader(load_images(data_uri, manifest), cfg.train.batch_size, 0, 1,
+                                     cfg.train.seed, cfg.data.shuffle)
+
+    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+        return self.reader.batches(start)
+
+    def latest_checkpoint(self) -> str | None:
+        return checkpoint.latest_complete(self.run_uri)
+
+    def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
+        checkpoint.publish_local(self.run_uri, step, state, meta, keep=self.cfg.run.keep_checkpoints)
+
+
+def run_local(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
+    if storage.is_remote(run_uri):
+        raise UserError("the local backend writes checkpoints to a local --storage path; use --backend ray for s3://")
+    if cfg.run.gpu and not torch.cuda.is_available():
+        raise UserError("--gpu was given but torch sees no CUDA device; drop --gpu to train on the CPU")
+    return loop(LocalContext(cfg, manifest, data_uri, run_uri), cfg)

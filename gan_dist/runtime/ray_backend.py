@@ -1,0 +1,132 @@
+"""The Ray backend: TorchTrainer over N workers, the shards as a Ray Data dataset split across them, checkpoints
+reported through Ray Train to `RunConfig.storage_path`."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from gan_dist import checkpoint
+from gan_dist.config import Config, config_from_dict
+from gan_dist.data.reader import DataPosition, shard_uris
+from gan_dist.data.shards import Manifest, decode_images
+from gan_dist.errors import UserError
+from gan_dist.runtime import storage
+from gan_dist.train.loop import LoopResult
+
+# Rows buffered per worker for the local shuffle; the file order is also shuffled per epoch.
+SHUFFLE_BUFFER_ROWS = 4096
+
+
+class RayContext:
+    def __init__(self, cfg: Config, manifest: Manifest, run_uri: str):
+        context = ray.train.get_context()
+        self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
+        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def _collate(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(decode_images(batch["image"], self.manifest))
+
+    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+        # Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping
+        # into a different order of the interrupted one.
+        epoch = start.epoch + (1 if start.batch else 0)
+        shard = ray.train.get_dataset_shard("train")
+        while True:
+            seed = self.cfg.train.seed * 1_000_003 + epoch * 7919 + self.rank
+            shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if self.cfg.data.shuffle else {}
+            rows = shard.iter_torch_batches(batch_size=self.cfg.train.batch_size, drop_last=True,
+                                            collate_fn=self._collate, **shuffle)
+            for index, batch in enumerate(rows):
+                yield batch, DataPosition(epoch, index + 1)
+            epoch += 1
+
+    def latest_checkpoint(self) -> str | None:
+        # Ray registers a checkpoint only after its controller sees the report; a hard crash just after an
+        # upload leaves the newest complete checkpoint unregistered. Take whichever is newer.
+        candidates = [checkpoint.latest_complete(self.run_uri)]
+        registered = ray.train.get_checkpoint()
+        if registered is not None:
+            candidates.append(storage.join(self.run_uri, os.path.basename(registered.path.rstrip("/"))))
+        found = [uri for uri in candidates if uri is not None]
+        return max(found, key=lambda uri: os.path.basename(uri)) if found else None
+
+    def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
+        name = checkpoint.checkpoint_name(step)
+        metrics = {k: v for k, v in meta.get("metrics", {}).items()}
+        if state is None:  # report is a barrier: every rank calls it, only rank 0 carries files
+            ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+            return
+        with tempfile.TemporaryDirectory(prefix="gan-dist-ckpt-") as directory:
+            checkpoint.write_local(directory, state, meta)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=name)
+
+
+def _worker_entry(config: dict[str, Any]) -> LoopResult:
+    cfg = config_from_dict(config["cfg"])
+    ctx = RayContext(cfg, Manifest(**config["manifest"]), config["run_uri"])
+    return config["loop"](ctx, cfg)
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Join the given cluster, or start a local one with enough logical CPUs for the workers *and* the Ray
+    Data read tasks (with exactly one CPU per worker on a 2-core machine, the reads never get scheduled)."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if cfg.run.ray_address:
+        ray.init(address=cfg.run.ray_address)
+    else:
+        needed = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 2
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False)
+
+
+def _failure_message(err: Exception) -> str | None:
+    """The one-line message of a UserError raised in a worker, if that is what failed the run."""
+    for failure in getattr(err, "worker_failures", {}).values():
+        cause = getattr(failure, "cause", failure)
+        if isinstance(cause, UserError):
+            return str(cause)
+    return None
+
+
+def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
+    ensure_ray(cfg)
+    storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
+    dataset = ray.data.read_parquet(
+        shard_uris(storage.absolute_uri(data_uri), manifest),
+        columns=["image"],
+        shuffle="files" if cfg.data.shuffle else None,
+    )
+    trainer = TorchTrainer(
+        _worker_entry,
+        train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "run_uri": run_uri, "loop": loop},
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.gpu,
+                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+        ),
+        datasets={"train": dataset},
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        message = _failure_message(err)
+        if message:
+            raise UserError(message) from None
+        raise
+    return result.return_value

@@ -1,0 +1,79 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import numbered_images, row_ids
+from gan_dist.data.prepare import digits_arrays, prepare, write_shards
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, read_manifest
+from gan_dist.errors import UserError
+
+
+def test_prepare_digits_writes_raw_uint8_shards_readable_by_plain_pyarrow(tmp_path):
+    out = tmp_path / "digits"
+    manifest = prepare("digits", str(out), resolution=32, shard_size=512)
+    assert (manifest.count, manifest.resolution, manifest.channels) == (1797, 32, 1)
+    written = json.loads((out / "_manifest.json").read_text())
+    assert written["shards"] == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet", "shard-00003.parquet"]
+    assert len(written["content_hash"]) == 64
+    # Independent of the project's reader: plain pyarrow, raw bytes, labels 0..9.
+    tables = [pq.read_table(out / name) for name in written["shards"]]
+    assert sum(t.num_rows for t in tables) == 1797
+    first = tables[0]
+    assert first.schema.field("label").type == "int32"
+    assert len(first.column("image")[0].as_py()) == 32 * 32
+    images, labels = digits_arrays(32)
+    assert first.column("image")[5].as_py() == images[5].tobytes()
+    assert sorted(set(first.column("label").to_pylist())) == list(range(10))
+    assert images.max() > 200 and images.min() == 0  # ink scaled to the full uint8 range
+
+
+def test_reader_roundtrips_images(tmp_path):
+    images = numbered_images(100, resolution=8, channels=3)
+    write_shards(images, None, str(tmp_path / "d"), shard_size=30)
+    manifest = read_manifest(str(tmp_path / "d"))
+    np.testing.assert_array_equal(load_images(str(tmp_path / "d"), manifest), images)
+
+
+def test_preparing_into_a_finished_dataset_is_refused(tmp_path):
+    write_shards(numbered_images(10), None, str(tmp_path / "d"))
+    with pytest.raises(UserError, match="already holds a prepared dataset"):
+        write_shards(numbered_images(10), None, str(tmp_path / "d"))
+
+
+def test_manifest_that_does_not_match_its_shards_is_an_error(tmp_path):
+    write_shards(numbered_images(10), None, str(tmp_path / "d"))
+    path = tmp_path / "d" / "_manifest.json"
+    path.write_text(path.read_text().replace('"resolution": 16', '"resolution": 8'))
+    with pytest.raises(UserError, match="manifest does not match its shards"):
+        load_images(str(tmp_path / "d"), read_manifest(str(tmp_path / "d")))
+
+
+def test_missing_dataset_says_to_prepare(tmp_path):
+    with pytest.raises(UserError, match="run `gan-dist prepare` first"):
+        read_manifest(str(tmp_path / "nothing"))
+
+
+def test_ranks_read_disjoint_rows_and_epochs_reshuffle():
+    images = numbered_images(64)
+    readers = [InMemoryReader(images, 8, rank, 2, seed=3, shuffle=True) for rank in range(2)]
+    epoch = [[row_ids(next(it)[0]) for _ in range(4)] for it in (r.batches(DataPosition()) for r in readers)]
+    rank0, rank1 = sum(epoch[0], []), sum(epoch[1], [])
+    assert set(rank0).isdisjoint(rank1) and sorted(rank0 + rank1) == list(range(64))
+    second = readers[0].batches(DataPosition(epoch=1))
+    assert sum((row_ids(next(second)[0]) for _ in range(4)), []) != rank0
+
+
+def test_reader_resumes_at_its_position():
+    reader = InMemoryReader(numbered_images(64), 8, 0, 1, seed=0, shuffle=True)
+    it = reader.batches(DataPosition())
+    seen = [next(it) for _ in range(11)]  # crosses into the second epoch
+    assert seen[-1][1] == DataPosition(epoch=1, batch=3)
+    resumed = next(reader.batches(seen[5][1]))
+    assert row_ids(resumed[0]) == row_ids(seen[6][0])
+
+
+def test_dataset_smaller_than_a_batch_is_an_error():
+    with pytest.raises(UserError, match="lower --batch-size"):
+        InMemoryReader(numbered_images(10), 8, 0, 2, seed=0, shuffle=False)
