@@ -22,8 +22,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line that points at --help, instead of argparse's usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gan-dist", description="Distributed GAN training on Ray.")
+    parser = _OneLineParser(prog="gan-dist", description="Distributed GAN training on Ray.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     prepare = commands.add_parser("prepare", help="turn a dataset into Parquet shards + manifest",

@@ -56,8 +56,10 @@ class DataPosition:
 class InMemoryReader:
     """The dataset held as one uint8 tensor; each epoch a seeded permutation, split disjointly across ranks."""
 
-    def __init__(self, images: np.ndarray, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool):
-        self.images = torch.from_numpy(images)
+    def __init__(self, images: np.ndarray, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool,
+                 device: torch.device | str = "cpu"):
+        # On a GPU the whole set lives on the device and batches are gathered there: no host work per step.
+        self.images = torch.from_numpy(images).to(device)
         self.batch_size = batch_size
         self.rank, self.world_size = rank, world_size
         self.seed, self.shuffle = seed, shuffle
@@ -83,7 +85,7 @@ class InMemoryReader:
         while True:
             rows = self._epoch_rows(epoch)
             while batch < self.batches_per_epoch:
-                index = rows[batch * self.batch_size : (batch + 1) * self.batch_size]
+                index = rows[batch * self.batch_size : (batch + 1) * self.batch_size].to(self.images.device)
                 batch += 1
                 yield self.images[index], DataPosition(epoch, batch)
             epoch, batch = epoch + 1, 0

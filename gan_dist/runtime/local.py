@@ -25,7 +25,7 @@ class LocalContext:
         self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
         self.device = torch.device("cuda" if cfg.run.gpu else "cpu")
         self.reader = InMemoryReader(load_images(data_uri, manifest), cfg.train.batch_size, 0, 1,
-                                     cfg.train.seed, cfg.data.shuffle)
+                                     cfg.train.seed, cfg.data.shuffle, self.device)
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         return self.reader.batches(start)

@@ -17,7 +17,7 @@ from ray.train.torch import TorchTrainer
 
 from gan_dist import checkpoint
 from gan_dist.config import Config, config_from_dict
-from gan_dist.data.reader import DataPosition, shard_uris
+from gan_dist.data.reader import DataPosition, InMemoryReader, shard_uris
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
@@ -38,10 +38,25 @@ class RayContext:
         return torch.from_numpy(decode_images(batch["image"], self.manifest))
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+        shard = ray.train.get_dataset_shard("train")
+        share_gb = self.manifest.count * self.manifest.image_bytes / self.world_size / 2**30
+        if share_gb <= self.cfg.data.resident_max_gb:
+            return self._resident_batches(shard, start)
+        return self._streamed_batches(shard, start)
+
+    def _resident_batches(self, shard, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+        """One pass through Ray Data gives this worker its disjoint rows; later epochs reshuffle them in place.
+        Each Ray Data epoch costs seconds of pipeline start-up, which small datasets would pay every few steps."""
+        parts = [decode_images(b["image"], self.manifest) for b in shard.iter_batches(batch_size=4096, batch_format="numpy")]
+        images = np.concatenate(parts) if parts else np.empty((0, 1, 1, 1), np.uint8)
+        reader = InMemoryReader(images, self.cfg.train.batch_size, 0, 1, self.cfg.train.seed * 7919 + self.rank,
+                                self.cfg.data.shuffle, self.device)
+        return reader.batches(start)
+
+    def _streamed_batches(self, shard, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         # Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping
         # into a different order of the interrupted one.
         epoch = start.epoch + (1 if start.batch else 0)
-        shard = ray.train.get_dataset_shard("train")
         while True:
             seed = self.cfg.train.seed * 1_000_003 + epoch * 7919 + self.rank
             shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if self.cfg.data.shuffle else {}
@@ -63,7 +78,7 @@ class RayContext:
 
     def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
         name = checkpoint.checkpoint_name(step)
-        metrics = {k: v for k, v in meta.get("metrics", {}).items()}
+        metrics = dict(meta.get("metrics", {}))
         if state is None:  # report is a barrier: every rank calls it, only rank 0 carries files
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
             return
@@ -85,8 +100,9 @@ def ensure_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if cfg.run.ray_address:
-        ray.init(address=cfg.run.ray_address)
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")  # set for `ray job submit` entrypoints
+    if address:
+        ray.init(address=address)
     else:
         needed = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 2
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False)
@@ -106,9 +122,8 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
     dataset = ray.data.read_parquet(
         shard_uris(storage.absolute_uri(data_uri), manifest),
-        columns=["image"],
         shuffle="files" if cfg.data.shuffle else None,
-    )
+    ).select_columns(["image"])
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "run_uri": run_uri, "loop": loop},
