@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 from gan_dist.config import DEFAULT_PRESET, load_config, parse_override
+from gan_dist.data.images import FILTERS
+from gan_dist.data.shards import FORMATS
 from gan_dist.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -33,12 +36,33 @@ def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="gan-dist", description="Distributed GAN training on Ray.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    prepare = commands.add_parser("prepare", help="turn a dataset into Parquet shards + manifest",
-                                  description="Write SOURCE as raw-uint8 Parquet shards and _manifest.json under OUT.")
-    prepare.add_argument("source", metavar="SOURCE", help="'digits' (scikit-learn's handwritten digits, embedded)")
+    prepare = commands.add_parser(
+        "prepare", help="turn a dataset into Parquet shards + manifest",
+        description="Write SOURCE as Parquet shards and _manifest.json under OUT. Unreadable, corrupt and "
+                    "non-image inputs are skipped and counted; the manifest is written last.")
+    prepare.add_argument("source", metavar="SOURCE",
+                         help="an image folder (class subfolders become labels), an .npz file (images, optional "
+                              "labels), 'digits' (embedded), or a torchvision dataset name with --root")
     prepare.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
     prepare.add_argument("--resolution", type=_positive_int, default=32, help="square side in pixels (default 32)")
-    prepare.add_argument("--shard-size", type=_positive_int, default=512, help="images per shard (default 512)")
+    prepare.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                         help="1 (grayscale) or 3 (RGB); default 1 for digits, else 3")
+    prepare.add_argument("--crop", choices=["center", "none"], default="center",
+                         help="center: crop the largest centred square; none: squash to square (default center)")
+    prepare.add_argument("--resize-filter", choices=list(FILTERS), default="auto",
+                         help="auto: lanczos when shrinking, bilinear when enlarging (default auto)")
+    prepare.add_argument("--min-size", type=int, default=None,
+                         help="skip images whose short side is below this (default resolution/4)")
+    prepare.add_argument("--format", choices=list(FORMATS), default="raw",
+                         help="raw uint8 (fastest to read, the default), png or jpeg (smaller)")
+    prepare.add_argument("--shard-size", type=_positive_int, default=2048, help="images per shard (default 2048)")
+    prepare.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+                         help="parallel encoding processes (default: all cores)")
+    prepare.add_argument("--limit", type=_positive_int, help="stop after this many images")
+    prepare.add_argument("--shuffle-seed", type=int, default=0,
+                         help="seed of the order images are written in; -1 keeps the source order (default 0)")
+    prepare.add_argument("--root", help="torchvision datasets: the folder the dataset lives in")
+    prepare.add_argument("--download", action="store_true", help="torchvision datasets: download if missing")
 
     train = commands.add_parser("train", help="train a GAN (default: DCGAN on the embedded digits, locally)",
                                 description="Train from a preset or YAML file; flags override its values.")
@@ -84,10 +108,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from gan_dist.data.prepare import prepare
+    from gan_dist.data.images import ImageSpec
+    from gan_dist.data.prepare import PrepareOptions, prepare
 
-    manifest = prepare(args.source, args.out, resolution=args.resolution, shard_size=args.shard_size)
-    print(f"wrote {manifest.count} images in {len(manifest.shards)} shards to {args.out}")
+    channels = args.channels or (1 if args.source == "digits" else 3)
+    min_size = args.resolution // 4 if args.min_size is None else args.min_size
+    spec = ImageSpec(args.resolution, channels, args.crop, args.resize_filter, min_size)
+    options = PrepareOptions(spec, args.format, args.shard_size, args.workers, args.limit,
+                             None if args.shuffle_seed < 0 else args.shuffle_seed)
+    manifest, skipped = prepare(args.source, args.out, options, root=args.root, download=args.download)
+    print(skipped.summary(manifest.count + sum(skipped.counts.values())), file=sys.stderr)
+    print(f"wrote {manifest.count} images ({args.resolution}x{args.resolution}x{channels}, {args.format}) "
+          f"in {len(manifest.shards)} shards to {args.out}")
 
 
 def _sample(args: argparse.Namespace) -> None:

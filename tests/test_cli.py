@@ -13,9 +13,9 @@ _BESIDE = Path(sys.executable).parent / "gan-dist"
 GAN_DIST = str(_BESIDE) if _BESIDE.exists() else shutil.which("gan-dist")
 
 
-def run(*args, cwd=None):
+def run(*args, cwd=None, env=None):
     assert GAN_DIST, "the gan-dist console script is not installed (pip install -e .)"
-    return subprocess.run([GAN_DIST, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([GAN_DIST, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,8 @@ def test_rerunning_a_run_without_resume_is_refused_and_keeps_it(trained_run):
         (["train", "--backend", "local", "--num-workers", "2"], "local backend runs one process"),
         (["train", "--data", "/nonexistent/shards"], "run `gan-dist prepare` first"),
         (["sample", "/nonexistent/run", "--out", "x"], "no checkpoint at /nonexistent/run"),
-        (["prepare", "mnist-from-nowhere", "out"], "unknown source"),
+        (["prepare", "mnist-from-nowhere", "out"], "is not a folder here"),
+        (["prepare", "mnist-from-nowhere", "out", "--root", "."], "unknown source"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, expected, tmp_path):

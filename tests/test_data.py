@@ -5,28 +5,29 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import numbered_images, row_ids
-from gan_dist.data.prepare import digits_arrays, prepare, write_shards
+from gan_dist.data.images import ImageSpec
+from gan_dist.data.prepare import PrepareOptions, prepare, write_shards
 from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, read_manifest
 from gan_dist.errors import UserError
 
 
 def test_prepare_digits_writes_raw_uint8_shards_readable_by_plain_pyarrow(tmp_path):
     out = tmp_path / "digits"
-    manifest = prepare("digits", str(out), resolution=32, shard_size=512)
-    assert (manifest.count, manifest.resolution, manifest.channels) == (1797, 32, 1)
+    spec = ImageSpec(32, 1)
+    manifest, report = prepare("digits", str(out), PrepareOptions(spec, shard_size=512), progress=False)
+    assert (manifest.count, manifest.resolution, manifest.channels, manifest.format) == (1797, 32, 1, "raw")
+    assert not report.counts
     written = json.loads((out / "_manifest.json").read_text())
-    assert written["shards"] == ["shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet", "shard-00003.parquet"]
+    assert written["shards"] == [f"shard-{i:05d}.parquet" for i in range(4)]
     assert len(written["content_hash"]) == 64
-    # Independent of the project's reader: plain pyarrow, raw bytes, labels 0..9.
+    # Independent of the project's reader: plain pyarrow, raw bytes, labels 0..9, shuffled across shards.
     tables = [pq.read_table(out / name) for name in written["shards"]]
     assert sum(t.num_rows for t in tables) == 1797
     first = tables[0]
     assert first.schema.field("label").type == "int32"
-    assert len(first.column("image")[0].as_py()) == 32 * 32
-    images, labels = digits_arrays(32)
-    assert first.column("image")[5].as_py() == images[5].tobytes()
     assert sorted(set(first.column("label").to_pylist())) == list(range(10))
-    assert images.max() > 200 and images.min() == 0  # ink scaled to the full uint8 range
+    pixels = np.frombuffer(first.column("image")[0].as_py(), np.uint8)
+    assert pixels.size == 32 * 32 and pixels.max() > 200 and pixels.min() == 0  # ink over the full uint8 range
 
 
 def test_reader_roundtrips_images(tmp_path):

@@ -1,94 +1,188 @@
-"""`gan-dist prepare`: sources -> Parquet shards + manifest. The manifest is written last, so a half-written
-dataset is never taken for a finished one."""
+"""`gan-dist prepare`: a source -> Parquet shards + manifest, encoded in parallel, bad inputs counted and skipped.
+
+Shards are streamed out as they fill; the manifest is written last, so a half-written dataset is never taken for
+a finished one.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
 import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 
-from gan_dist.data.shards import MANIFEST_NAME, SHARD_SCHEMA, Manifest, content_hash
+from gan_dist.data.images import ImageSpec, Skip, encode, to_square_array
+from gan_dist.data.shards import FORMATS, MANIFEST_NAME, SHARD_SCHEMA, Manifest, content_hash
+from gan_dist.data.sources import ArraySource, Source, digits_source, open_source
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
 
-SOURCES = ("digits",)
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    spec: ImageSpec
+    fmt: str = "raw"
+    shard_size: int = 2048
+    workers: int = 1
+    limit: int | None = None
+    shuffle_seed: int | None = 0  # None keeps the source order
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise UserError(f"unknown --format '{self.fmt}'; use one of {', '.join(FORMATS)}")
 
 
-def write_shards(
-    images: np.ndarray,
-    labels: np.ndarray | None,
-    out: str,
-    *,
-    shard_size: int = 512,
-    class_names: list[str] | None = None,
-) -> Manifest:
-    """Write uint8 images N×H×W×C (square) as raw-byte Parquet shards under `out`, then the manifest."""
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"expected uint8 images N×H×H×C, got {images.dtype} {images.shape}")
-    if storage.exists(storage.join(out, MANIFEST_NAME)):
-        raise UserError(f"{out} already holds a prepared dataset; choose another OUT or delete it first")
-    n, res, _, channels = images.shape
-    names, digests = [], []
-    for index, start in enumerate(range(0, n, shard_size)):
-        rows = images[start : start + shard_size]
-        image_col = pa.array([row.tobytes() for row in rows], type=pa.binary())
-        label_col = (
-            pa.nulls(len(rows), type=pa.int32())
-            if labels is None
-            else pa.array(labels[start : start + shard_size], type=pa.int32())
-        )
+@dataclass
+class SkipReport:
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, what: str, reason: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples) < 5:
+            self.examples.append(f"{what} ({reason})")
+
+    def summary(self, total: int) -> str:
+        if not self.counts:
+            return f"skipped 0 of {total} inputs"
+        by_reason = ", ".join(f"{n} {reason}" for reason, n in self.counts.most_common())
+        return f"skipped {sum(self.counts.values())} of {total} inputs: {by_reason}; first: {'; '.join(self.examples)}"
+
+
+class ShardWriter:
+    """Collects encoded rows and writes a shard each `shard_size` rows; `finish` writes the manifest."""
+
+    def __init__(self, out: str, spec: ImageSpec, fmt: str, shard_size: int):
+        storage.check_bucket(out)
+        if storage.exists(storage.join(out, MANIFEST_NAME)):
+            raise UserError(f"{out} already holds a prepared dataset; choose another OUT or delete it first")
+        self.out, self.spec, self.fmt, self.shard_size = out, spec, fmt, shard_size
+        self.images: list[bytes] = []
+        self.labels: list[int | None] = []
+        self.names: list[str] = []
+        self.digests: list[str] = []
+        self.count = 0
+
+    def add(self, data: bytes, label: int | None) -> None:
+        self.images.append(data)
+        self.labels.append(label)
+        if len(self.images) == self.shard_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.images:
+            return
+        table = pa.table([pa.array(self.images, pa.binary()), pa.array(self.labels, pa.int32())], schema=SHARD_SCHEMA)
         buffer = io.BytesIO()
-        # Uncompressed: raw pixels barely compress and decompression costs the reader CPU.
-        pq.write_table(pa.table([image_col, label_col], schema=SHARD_SCHEMA), buffer, compression="none")
-        name = f"shard-{index:05d}.parquet"
-        data = buffer.getvalue()
-        storage.write_bytes(storage.join(out, name), data)
-        names.append(name)
-        digests.append(hashlib.sha256(data).hexdigest())
-    manifest = Manifest(
-        resolution=res,
-        channels=channels,
-        count=n,
-        shards=names,
-        class_names=list(class_names or []),
-        content_hash=content_hash(digests),
-    )
-    storage.write_bytes(storage.join(out, MANIFEST_NAME), manifest.to_json().encode())
+        # Uncompressed: raw pixels barely compress and decompression would cost the reader CPU.
+        pq.write_table(table, buffer, compression="none", row_group_size=len(self.images))
+        name = f"shard-{len(self.names):05d}.parquet"
+        storage.write_bytes(storage.join(self.out, name), buffer.getvalue())
+        self.names.append(name)
+        self.digests.append(hashlib.sha256(buffer.getvalue()).hexdigest())
+        self.count += len(self.images)
+        self.images, self.labels = [], []
+
+    def finish(self, class_names: list[str], skipped: dict[str, int]) -> Manifest:
+        self._flush()
+        if self.count == 0:
+            raise UserError("every input was skipped; nothing was written (see the reasons above)")
+        manifest = Manifest(resolution=self.spec.resolution, channels=self.spec.channels, count=self.count,
+                            shards=self.names, format=self.fmt, class_names=class_names,
+                            content_hash=content_hash(self.digests), skipped=dict(skipped))
+        storage.write_bytes(storage.join(self.out, MANIFEST_NAME), manifest.to_json().encode())
+        return manifest
+
+
+class Progress:
+    """A progress line with rate and ETA on stderr: redrawn in place on a terminal, a line every 10 s otherwise."""
+
+    def __init__(self, total: int, stream=sys.stderr):
+        self.total, self.stream, self.tty = total, stream, stream.isatty()
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not final and now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else 0.0
+        line = f"prepare: {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f}/s ETA {eta:,.0f}s"
+        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+# The source and options live in module globals in the workers: forked processes inherit them instead of
+# unpickling a possibly large source per task.
+_SOURCE: Source | None = None
+_OPTIONS: PrepareOptions | None = None
+
+
+def _encode_one(index: int) -> tuple[int, bytes | None, str | None]:
+    try:
+        array = to_square_array(_SOURCE.load(index), _OPTIONS.spec)
+        return index, encode(array, _OPTIONS.fmt), None
+    except Skip as skip:
+        return index, None, str(skip)
+
+
+def write_dataset(source: Source, out: str, options: PrepareOptions, progress: bool = True) -> tuple[Manifest, SkipReport]:
+    global _SOURCE, _OPTIONS
+    order = np.arange(len(source))
+    if options.shuffle_seed is not None:  # mix classes across shards, so any prefix of the shards is a fair sample
+        order = np.random.default_rng(options.shuffle_seed).permutation(order)
+    writer = ShardWriter(out, options.spec, options.fmt, options.shard_size)
+    report, bar = SkipReport(), Progress(len(order)) if progress else None
+    _SOURCE, _OPTIONS = source, options
+    pool = multiprocessing.get_context("fork").Pool(options.workers) if options.workers > 1 else None
+    done = kept = 0
+    try:
+        results = pool.imap(_encode_one, order.tolist(), chunksize=64) if pool else map(_encode_one, order.tolist())
+        for index, data, reason in results:
+            done += 1
+            if data is None:
+                report.add(source.describe(index), reason)
+            else:
+                writer.add(data, source.label(index))
+                kept += 1
+                if options.limit and kept >= options.limit:
+                    break
+            if bar:
+                bar.update(done)
+    finally:
+        if pool:
+            pool.terminate()
+        _SOURCE = _OPTIONS = None
+    if bar:
+        bar.update(done, final=True)
+    return writer.finish(source.class_names, dict(report.counts)), report
+
+
+def prepare(source: str, out: str, options: PrepareOptions, root: str | None = None, download: bool = False,
+            progress: bool = True) -> tuple[Manifest, SkipReport]:
+    with storage.user_errors(out, "write the dataset to"):
+        return write_dataset(open_source(source, root, download), out, options, progress)
+
+
+def write_shards(images: np.ndarray, labels: np.ndarray | None, out: str, *, shard_size: int = 512,
+                 class_names: list[str] | None = None) -> Manifest:
+    """Arrays already at their final size (square uint8 N×R×R×C) -> raw shards, in order, nothing skipped."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"expected uint8 images N×R×R×C, got {images.dtype} {images.shape}")
+    spec = ImageSpec(resolution=images.shape[1], channels=images.shape[3])
+    options = PrepareOptions(spec=spec, shard_size=shard_size, shuffle_seed=None)
+    manifest, _ = write_dataset(ArraySource(images, labels, list(class_names or []), "arrays"), out, options, progress=False)
     return manifest
-
-
-def resize_square(images: np.ndarray, resolution: int) -> np.ndarray:
-    """uint8 N×H×W×C -> N×R×R×C with antialiased bilinear resampling."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def digits_arrays(resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 1,797 handwritten 8×8 digits (shipped in the package, no download) at `resolution`."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    raw = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)[..., None]  # 0..16 ink -> 0..255
-    return resize_square(raw, resolution), digits.target.astype(np.int32)
-
-
-def prepare_digits(out: str, resolution: int = 32, shard_size: int = 512) -> Manifest:
-    images, labels = digits_arrays(resolution)
-    return write_shards(images, labels, out, shard_size=shard_size, class_names=[str(d) for d in range(10)])
-
-
-def prepare(source: str, out: str, *, resolution: int = 32, shard_size: int = 512) -> Manifest:
-    if source == "digits":
-        return prepare_digits(out, resolution, shard_size)
-    raise UserError(f"unknown source '{source}'; supported: {', '.join(SOURCES)}")
 
 
 def cache_dir() -> Path:
@@ -105,5 +199,6 @@ def embedded_digits(resolution: int = 32) -> str:
         if out.exists():  # an interrupted earlier prepare: no manifest, so nothing in it counts
             for leftover in out.iterdir():
                 leftover.unlink()
-        prepare_digits(str(out), resolution)
+        write_dataset(digits_source(), str(out), PrepareOptions(spec=ImageSpec(resolution, 1), shard_size=512),
+                      progress=False)
     return str(out)

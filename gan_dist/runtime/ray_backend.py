@@ -122,7 +122,8 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
     dataset = ray.data.read_parquet(
         shard_uris(storage.absolute_uri(data_uri), manifest),
-        shuffle="files" if cfg.data.shuffle else None,
+        # Seeded, and reseeded on every execution (epoch) of the pipeline.
+        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle else None,
     ).select_columns(["image"])
     trainer = TorchTrainer(
         _worker_entry,

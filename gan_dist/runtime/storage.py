@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -37,12 +39,14 @@ def join(uri: str, *parts: str) -> str:
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file; local writes go through a temporary name so readers never see a partial file."""
     fs, path = resolve(uri)
+    if is_remote(uri):  # an object store has no directories to make, and a PUT is all-or-nothing
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    tmp = path if is_remote(uri) else path + ".tmp"
-    with fs.open_output_stream(tmp) as out:
+    with fs.open_output_stream(path + ".tmp") as out:
         out.write(data)
-    if tmp != path:
-        fs.move(tmp, path)
+    fs.move(path + ".tmp", path)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -62,3 +66,28 @@ def list_dir(uri: str) -> list[str]:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     return sorted(posixpath.basename(info.path) for info in fs.get_file_info(pafs.FileSelector(path)))
+
+
+@contextlib.contextmanager
+def user_errors(uri: str, action: str) -> Iterator[None]:
+    """Storage failures (no such bucket, bad credentials, endpoint down) as one-line UserErrors."""
+    try:
+        yield
+    except UserError:
+        raise
+    except OSError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        hint = "; check the bucket, AWS_* credentials and AWS_ENDPOINT_URL" if is_remote(uri) else ""
+        raise UserError(f"cannot {action} {uri}: {detail}{hint}") from None
+
+
+def check_bucket(uri: str) -> None:
+    """Fail before any work when an object-store URI names a bucket that is not there (or not ours to see)."""
+    if not is_remote(uri):
+        return
+    fs, path = resolve(uri)
+    bucket = path.split("/", 1)[0]
+    with user_errors(uri, "reach"):
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    if not found:
+        raise UserError(f"bucket '{bucket}' of {uri} does not exist; create it or fix the URI")
