@@ -11,12 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import s3_client
+from conftest import s3_client, tiny_config
 from gan_dist.data.images import ImageSpec, Skip, decode_file, to_square_array
 from gan_dist.data.prepare import PrepareOptions, prepare, write_dataset
 from gan_dist.data.reader import load_images, read_manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.errors import UserError
+from gan_dist.runtime.launch import train
 from media import make_mixed_folder
 from test_cli import run
 
@@ -61,7 +62,7 @@ def test_skip_summary_names_reasons_and_first_paths(mixed_local):
     assert "decompression bomb" in summary and "dangling-link.png" in summary
 
 
-def test_same_folder_on_s3_gives_the_same_dataset(mixed_folder, mixed_local, bucket):
+def test_same_folder_on_s3_gives_the_same_dataset(mixed_folder, mixed_local, bucket, tmp_path):
     root, _ = mixed_folder
     _, local_manifest, _ = mixed_local
     uri = f"s3://{bucket}/photos-32"
@@ -78,6 +79,10 @@ def test_same_folder_on_s3_gives_the_same_dataset(mixed_folder, mixed_local, buc
 
     images = load_images(uri, read_manifest(uri))
     assert images.shape == (2000, 32, 32, 3)
+
+    # and trains straight from the bucket
+    cfg = tiny_config(uri, str(tmp_path / "runs"), **{"train.steps": 2, "train.checkpoint_every": 2})
+    assert train(cfg).step == 2
 
 
 def test_modes_become_the_requested_channels():

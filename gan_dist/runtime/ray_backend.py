@@ -25,6 +25,7 @@ from gan_dist.train.loop import LoopResult
 
 # Rows buffered per worker for the local shuffle; the file order is also shuffled per epoch.
 SHUFFLE_BUFFER_ROWS = 4096
+STREAM_CHUNK_ROWS = 1024
 
 
 class RayContext:
@@ -57,13 +58,19 @@ class RayContext:
         # Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping
         # into a different order of the interrupted one.
         epoch = start.epoch + (1 if start.batch else 0)
+        size = self.cfg.train.batch_size
+        # Ray Data's cost is per batch it hands over: fetch ~STREAM_CHUNK_ROWS at a time and slice them here.
+        per_chunk = max(1, STREAM_CHUNK_ROWS // size)
         while True:
             seed = self.cfg.train.seed * 1_000_003 + epoch * 7919 + self.rank
             shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if self.cfg.data.shuffle else {}
-            rows = shard.iter_torch_batches(batch_size=self.cfg.train.batch_size, drop_last=True,
-                                            collate_fn=self._collate, **shuffle)
-            for index, batch in enumerate(rows):
-                yield batch, DataPosition(epoch, index + 1)
+            chunks = shard.iter_torch_batches(batch_size=size * per_chunk, collate_fn=self._collate, prefetch_batches=2,
+                                              **shuffle)
+            index = 0
+            for chunk in chunks:
+                for offset in range(0, len(chunk) - size + 1, size):  # drop_last, per chunk
+                    index += 1
+                    yield chunk[offset : offset + size], DataPosition(epoch, index)
             epoch += 1
 
     def latest_checkpoint(self) -> str | None:
@@ -101,11 +108,14 @@ def ensure_ray(cfg: Config) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")  # set for `ray job submit` entrypoints
+    # Train V2 does not forward the driver's AWS_* variables to its workers and Ray Data tasks; the job's
+    # runtime_env does (they stay in the cluster's memory, never in our files or logs).
+    runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, runtime_env=runtime_env)
     else:
         needed = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 2
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False)
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, runtime_env=runtime_env)
 
 
 def _failure_message(err: Exception) -> str | None:
