@@ -81,13 +81,6 @@ def latest_complete(run_uri: str) -> str | None:
     return None
 
 
-def step_of(checkpoint_uri: str) -> int:
-    m = _NAME.match(os.path.basename(checkpoint_uri.rstrip("/")))
-    if not m:
-        raise UserError(f"{checkpoint_uri} is not a checkpoint directory (expected a name like checkpoint_000000500)")
-    return int(m.group(1))
-
-
 def load_state(checkpoint_uri: str, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Read state.pt with weights_only=True: a checkpoint can never run code on load."""
     uri = storage.join(checkpoint_uri, STATE_FILE)
