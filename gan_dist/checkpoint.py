@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
 
 STATE_FILE = "state.pt"
+GENERATOR_FILE = "generator.safetensors"  # the generator alone, for inference: no pickle, no optimizer state
 META_FILE = "meta.json"
 _NAME = re.compile(r"^checkpoint_(\d{9})$")
 
@@ -37,13 +40,14 @@ def write_local(directory: str | Path, state: dict[str, Any], meta: dict[str, An
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE_FILE)
-    meta = dict(meta, files={STATE_FILE: (directory / STATE_FILE).stat().st_size},
+    save_file({k: v.contiguous() for k, v in state["nets"]["G"].items()}, directory / GENERATOR_FILE)
+    meta = dict(meta, files={name: (directory / name).stat().st_size for name in (STATE_FILE, GENERATOR_FILE)},
                 versions={"torch": torch.__version__, "python": platform.python_version()})
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
-def publish_local(run_dir: str, step: int, state: dict[str, Any], meta: dict[str, Any], keep: int) -> str:
-    """Local backend: write into a hidden temporary directory, rename into place, drop all but the newest `keep`."""
+def publish_local(run_dir: str, step: int, state: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Local backend: write into a hidden temporary directory, then rename it into place in one step."""
     final = os.path.join(run_dir, checkpoint_name(step))
     os.makedirs(run_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".staging-", dir=run_dir)
@@ -51,9 +55,27 @@ def publish_local(run_dir: str, step: int, state: dict[str, Any], meta: dict[str
     if os.path.exists(final):  # re-saving the same step after a resume replaces it whole
         shutil.rmtree(final)
     os.rename(staging, final)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(storage.join(run_dir, checkpoint_name(old)))
     return final
+
+
+def prune(run_uri: str, keep_last: int, best_metric: str | None = None, best_mode: str = "min") -> list[int]:
+    """Delete all checkpoints but the newest `keep_last` and, with `best_metric`, the best one by that metric.
+    Returns the steps kept."""
+    steps = list_checkpoints(run_uri)
+    keep = set(steps[-keep_last:])
+    if best_metric:
+        scored = []
+        for step in steps:
+            value = load_meta(storage.join(run_uri, checkpoint_name(step))).get("metrics", {}).get(best_metric)
+            if isinstance(value, (int, float)) and value == value:  # not NaN
+                scored.append((value if best_mode == "min" else -value, step))
+        if scored:
+            keep.add(min(scored)[1])
+    fs, path = storage.resolve(run_uri)
+    for step in steps:
+        if step not in keep:
+            fs.delete_dir(f"{path}/{checkpoint_name(step)}")
+    return sorted(keep)
 
 
 def list_checkpoints(run_uri: str) -> list[int]:
@@ -106,3 +128,11 @@ def load_meta(checkpoint_uri: str) -> dict[str, Any]:
         return json.loads(storage.read_bytes(storage.join(checkpoint_uri, META_FILE)))
     except FileNotFoundError:
         raise UserError(f"no {META_FILE} in {checkpoint_uri}; the checkpoint is incomplete") from None
+
+
+def load_generator_weights(checkpoint_uri: str) -> dict[str, torch.Tensor]:
+    """The generator's state dict, from generator.safetensors."""
+    try:
+        return load_safetensors(storage.read_bytes(storage.join(checkpoint_uri, GENERATOR_FILE)))
+    except FileNotFoundError:
+        raise UserError(f"no {GENERATOR_FILE} in {checkpoint_uri}; the checkpoint is incomplete") from None

@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, help="images per worker per step")
     train.add_argument("--resume", action="store_true", default=None,
                        help="continue the run's newest checkpoint (without --name: this preset's newest run)")
+    train.add_argument("--resume-from", metavar="URI",
+                       help="start this run from another run's checkpoint (a checkpoint or run directory)")
 
     sample = commands.add_parser("sample", help="write images from a checkpoint",
                                  description="Write N PNG images from a checkpoint's generator.")
@@ -94,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 _FLAG_KEYS = {
     "data": "data.path", "backend": "run.backend", "num_workers": "run.num_workers", "address": "run.ray_address",
     "gpu": "run.gpu", "storage": "run.storage", "name": "run.name", "steps": "train.steps",
-    "batch_size": "train.batch_size", "resume": "run.resume",
+    "batch_size": "train.batch_size", "resume": "run.resume", "resume_from": "run.resume_from",
 }
 
 

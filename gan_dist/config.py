@@ -47,6 +47,10 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(500, ge=1)
     sample_every: int = Field(250, ge=1, description="steps between sample grids from the fixed latents")
     bf16: bool = Field(True, description="bf16 autocast; applies on CUDA only")
+    # A NaN/Inf gradient skips that update; this many skipped steps in a row (seen at a log step) restore the
+    # newest checkpoint and multiply both learning rates by nonfinite_lr_factor.
+    nonfinite_patience: int = Field(3, ge=1)
+    nonfinite_lr_factor: float = Field(0.5, gt=0, le=1)
 
 
 class RunConfig(_Section):
@@ -58,7 +62,10 @@ class RunConfig(_Section):
     ray_address: str | None = None
     cpus_per_worker: float = Field(1.0, gt=0)
     resume: bool = False
-    keep_checkpoints: int = Field(3, ge=1)
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept")
+    keep_best: str | None = Field(None, description="also keep the best checkpoint by this logged metric")
+    keep_best_mode: Literal["min", "max"] = "min"
+    resume_from: str | None = Field(None, description="start from this checkpoint (or run) when the run has none")
     max_failures: int = Field(0, ge=0)
 
     @model_validator(mode="after")

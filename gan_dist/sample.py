@@ -16,7 +16,7 @@ def load_generator(checkpoint_uri: str, device: torch.device) -> torch.nn.Module
     meta = checkpoint.load_meta(checkpoint_uri)
     m = config_from_dict(meta["config"]).model
     G = build_generator(m.arch, meta["data"]["resolution"], meta["data"]["channels"], m.z_dim, m.g_channels)
-    G.load_state_dict(checkpoint.load_state(checkpoint_uri)["nets"]["G"])
+    G.load_state_dict(checkpoint.load_generator_weights(checkpoint_uri))
     return G.to(device).eval()
 
 

@@ -48,7 +48,16 @@ class RunTracker:
             self._lines = storage.read_bytes(self.metrics_uri).decode().splitlines() if storage.exists(self.metrics_uri) else []
 
     def log(self, metrics: dict[str, Any]) -> None:
-        line = json.dumps(metrics)
+        self._append(json.dumps(metrics))
+        print(format_line(metrics, self.total_steps), file=self.console, flush=True)
+
+    def log_event(self, event: dict[str, Any]) -> None:
+        """Something a person must know about (a restore, a skipped update): a JSON line and a console warning."""
+        self._append(json.dumps(event))
+        details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items() if k != "event")
+        print(f"warning: {event['event']}: {details}", file=self.console, flush=True)
+
+    def _append(self, line: str) -> None:
         if self._lines is None:
             fs, path = storage.resolve(self.metrics_uri)
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -57,7 +66,6 @@ class RunTracker:
         else:
             self._lines.append(line)
             storage.write_bytes(self.metrics_uri, ("\n".join(self._lines) + "\n").encode())
-        print(format_line(metrics, self.total_steps), file=self.console, flush=True)
 
     def message(self, text: str) -> None:
         print(text, file=self.console, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -61,12 +62,14 @@ def tiny_config(data: str, storage: str, **overrides):
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3_server):
     """One local Ray for the whole session: starting one costs 10-20 s on 2 cores. Four logical CPUs, so two
-    one-CPU workers leave room for the Ray Data read tasks."""
+    one-CPU workers leave room for the Ray Data read tasks. The loopback S3 endpoint and its keys reach the
+    workers through the job's runtime_env, as `gan-dist train` passes them."""
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": aws})
     yield ray
     ray.shutdown()
 
@@ -118,7 +121,7 @@ def s3_server(tmp_path_factory):
         "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
     })
-    yield endpoint
+    yield S3Server(endpoint, server.pid)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -127,6 +130,12 @@ def s3_server(tmp_path_factory):
     server.terminate()
     server.wait(timeout=30)
     log.close()
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    pid: int  # SIGSTOP/SIGCONT it to take the endpoint down and bring it back with its objects intact
 
 
 _S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_REGION",

@@ -2,11 +2,13 @@
 
 import json
 
+import pytest
 import torch
 
 from conftest import tiny_config
 from gan_dist import checkpoint
 from gan_dist.data.reader import DataPosition, read_manifest
+from gan_dist.errors import UserError
 from gan_dist.runtime.local import LocalContext
 from gan_dist.train.loop import train_loop
 from gan_dist.train.task import GenerationTask
@@ -104,3 +106,100 @@ def test_sample_grids_are_written_on_schedule(tiny_data, tmp_path):
     assert [l["step"] for l in lines] == [2, 4, 6]
     assert {"loss_D", "loss_G", "D_real", "D_fake", "img_per_s", "images_seen"} <= lines[-1].keys()
     assert lines[-1]["images_seen"] == 6 * 8
+
+
+class PoisonedBatches:
+    """Wraps a context so that the n-th batches it hands out (counting across restarts) carry NaN pixels: what
+    a corrupt input or an overflow does to a real step."""
+
+    def __init__(self, ctx, poisoned: set[int]):
+        self.ctx, self.poisoned, self.handed_out = ctx, poisoned, 0
+
+    def __getattr__(self, name):
+        return getattr(self.ctx, name)
+
+    def batches(self, start):
+        for batch, position in self.ctx.batches(start):
+            self.handed_out += 1
+            if self.handed_out in self.poisoned:
+                batch = batch.float()
+                batch[0, 0, 0, 0] = float("nan")
+            yield batch, position
+
+
+def test_nonfinite_gradient_skips_the_update(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path))
+    ctx = PoisonedBatches(local_ctx(cfg, tmp_path / "run"), poisoned={2})
+    task = GenerationTask(cfg, 16, 1, ctx.device, distributed=False)
+    batches = ctx.batches(DataPosition())
+    task.step(next(batches)[0], 0, rank=0)
+    before = {k: v.clone() for k, v in task.D.state_dict().items()}
+    adam_steps = task.opt_d.state[task.D.net[0].weight]["step"].clone()
+    out = task.step(next(batches)[0], 1, rank=0)
+    assert not torch.isfinite(out["grad_norm_D"])
+    assert all(torch.equal(v, task.D.state_dict()[k]) for k, v in before.items() if k.endswith("weight"))
+    assert torch.equal(task.opt_d.state[task.D.net[0].weight]["step"], adam_steps)
+    assert task.skipped_total.item() == 1 and task.bad_streak.item() == 1
+    task.step(next(batches)[0], 2, rank=0)
+    assert task.bad_streak.item() == 0 and all(torch.isfinite(p).all() for p in task.D.parameters())
+
+
+def test_repeated_nonfinite_steps_restore_the_checkpoint_with_lower_learning_rates(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 10, "train.log_every": 1,
+                                                   "train.checkpoint_every": 4, "train.nonfinite_patience": 3})
+    ctx = PoisonedBatches(local_ctx(cfg, tmp_path / "run"), poisoned={5, 6, 7})
+    result = train_loop(ctx, cfg)
+    assert result.step == 10
+    lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = [l for l in lines if "event" in l]
+    assert [(e["event"], e["step"]) for e in events] == [
+        ("nonfinite_skip", 5), ("nonfinite_skip", 6), ("nonfinite_skip", 7), ("nonfinite_restore", 7)]
+    assert events[-1]["restored_step"] == 4 and events[-1]["lr_D"] == pytest.approx(cfg.train.lr_d / 2)
+    # after the restore, steps 5..10 ran again from checkpoint 4 with clean data
+    assert [l["step"] for l in lines if "event" not in l][-6:] == [5, 6, 7, 8, 9, 10]
+    final = checkpoint.load_state(str(tmp_path / "run" / "checkpoint_000000010"))
+    assert final["optimizers"]["D"]["param_groups"][0]["lr"] == pytest.approx(cfg.train.lr_d / 2)
+    assert all(torch.isfinite(v).all() for v in final["nets"]["G"].values() if v.is_floating_point())
+
+
+def test_divergence_before_the_first_checkpoint_is_a_clear_error(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"train.log_every": 1, "train.checkpoint_every": 100,
+                                                   "train.steps": 10})
+    ctx = PoisonedBatches(local_ctx(cfg, tmp_path / "run"), poisoned={1, 2, 3})
+    with pytest.raises(UserError, match="diverged .* before the first checkpoint; lower the learning rates"):
+        train_loop(ctx, cfg)
+
+
+def test_checkpoint_holds_the_generator_for_inference_and_every_rank_rng(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path))
+    train_loop(local_ctx(cfg, tmp_path / "run"), cfg)
+    uri = str(tmp_path / "run" / "checkpoint_000000006")
+    weights = checkpoint.load_generator_weights(uri)
+    state = checkpoint.load_state(uri)
+    assert weights.keys() == state["nets"]["G"].keys()
+    assert all(torch.equal(weights[k], state["nets"]["G"][k]) for k in weights)
+    assert len(state["rng"]) == 1 and state["rng"][0]["cpu"].dtype == torch.uint8
+    meta = json.loads((tmp_path / "run" / "checkpoint_000000006" / "meta.json").read_text())
+    assert set(meta["files"]) == {"state.pt", "generator.safetensors"}
+
+
+def test_retention_keeps_the_newest_and_the_best(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 12, "train.checkpoint_every": 2,
+                                                   "run.keep_checkpoints": 2, "run.keep_best": "loss_D"})
+    train_loop(local_ctx(cfg, tmp_path / "run"), cfg)
+    logged = {l["step"]: l["loss_D"] for l in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())}
+    best = min(range(2, 13, 2), key=lambda step: logged[step])
+    assert checkpoint.list_checkpoints(str(tmp_path / "run")) == sorted({10, 12, best})
+
+
+def test_resume_from_starts_a_new_run_from_another_runs_checkpoint(tiny_data, tmp_path):
+    from gan_dist.runtime.launch import train
+
+    first = tiny_config(tiny_data, str(tmp_path), **{"run.name": "first"})
+    train(first)
+    second = tiny_config(tiny_data, str(tmp_path), **{"run.name": "second", "train.steps": 8,
+                                                      "run.resume_from": str(tmp_path / "first")})
+    result = train(second)
+    assert (result.resumed_from, result.step) == (6, 8)
+    assert checkpoint.list_checkpoints(str(tmp_path / "first")) == [3, 6]
+    assert checkpoint.list_checkpoints(str(tmp_path / "second")) == [8]

@@ -46,6 +46,8 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
                         f"pass --resume to continue it, or --name for a new run")
     if cfg.run.resume and not existing:
         print(f"no checkpoint of run '{name}' to resume; starting it fresh", file=sys.stderr)
+    if cfg.run.resume_from:  # a run directory stands for its newest complete checkpoint
+        cfg.run.resume_from = checkpoint.resolve_checkpoint(storage.absolute_uri(cfg.run.resume_from))
     backend = cfg.run.resolved_backend()
     print(f"run '{name}': {manifest.count} images {manifest.resolution}x{manifest.resolution}x{manifest.channels} "
           f"from {data_uri}, {backend} backend, {cfg.run.num_workers} worker(s), output in {run_uri}", flush=True)

@@ -34,7 +34,7 @@ class LocalContext:
         return checkpoint.latest_complete(self.run_uri)
 
     def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
-        checkpoint.publish_local(self.run_uri, step, state, meta, keep=self.cfg.run.keep_checkpoints)
+        checkpoint.publish_local(self.run_uri, step, state, meta)
 
 
 def run_local(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:

@@ -144,15 +144,23 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_
             name=name,
             storage_path=storage_path,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints),
+            # Retention (newest K plus the best by a metric) is the loop's own, the same for both backends.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
         datasets={"train": dataset},
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
-        message = _failure_message(err)
-        if message:
-            raise UserError(message) from None
-        raise
+        raise UserError(_failure_message(err) or (
+            f"training failed ({_first_line(err)}) after {cfg.run.max_failures} restart(s); the newest complete "
+            f"checkpoint is kept: rerun with --resume --name {name} to continue")) from None
     return result.return_value
+
+
+def _first_line(err: Exception) -> str:
+    """The innermost worker or controller error, on one line."""
+    failures = getattr(err, "worker_failures", None) or {}
+    inner = next(iter(failures.values()), None) or getattr(err, "controller_failure", None) or err
+    lines = [line.strip() for line in str(getattr(inner, "cause", inner)).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(inner).__name__)[:300]

@@ -8,11 +8,13 @@ from typing import Any
 
 import torch
 
-from gan_dist.checkpoint import load_state
+from gan_dist.checkpoint import load_state, prune
 from gan_dist.config import Config
 from gan_dist.data.reader import DataPosition
+from gan_dist.errors import UserError
 from gan_dist.runtime.context import WorkerContext
 from gan_dist.tracking import RunTracker
+from gan_dist.train import rng
 from gan_dist.train.task import GenerationTask
 
 GRID_SIZE = 64
@@ -47,6 +49,14 @@ def fixed_latents(task: GenerationTask, seed: int) -> torch.Tensor:
     return task.latents(GRID_SIZE, seed ^ 0x5A5A5A5A).clone()
 
 
+def restore(task: GenerationTask, ctx: WorkerContext, checkpoint: str) -> TrainState:
+    """Load a checkpoint into the task and this rank's RNG; every rank reads the same files."""
+    saved = load_state(checkpoint, ctx.device)
+    task.load_state_dict(saved)
+    rng.restore(saved.get("rng", []), ctx.rank)
+    return TrainState.from_dict(saved["train"])
+
+
 def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     t = cfg.train
     task = GenerationTask(cfg, ctx.manifest.resolution, ctx.manifest.channels, ctx.device, ctx.world_size > 1)
@@ -54,17 +64,16 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     grid_z = fixed_latents(task, t.seed)
 
     state, resumed_from = TrainState(), None
-    checkpoint = ctx.latest_checkpoint()
+    checkpoint = _newest_checkpoint(ctx, cfg)
     if checkpoint is not None:
-        saved = load_state(checkpoint, ctx.device)
-        task.load_state_dict(saved)
-        state = TrainState.from_dict(saved["train"])
+        state = restore(task, ctx, checkpoint)
         resumed_from = state.step
         if tracker:
             tracker.message(f"resumed from step {state.step} ({checkpoint})")
 
     metrics: dict[str, float] = {}
-    window_start, window_images = time.perf_counter(), 0
+    window_start, window_images, skipped_before = time.perf_counter(), 0, 0.0
+    checkpoint_seconds = 0.0  # time spent writing and uploading checkpoints, to watch their cost
     batches = ctx.batches(state.position)
     while state.step < t.steps:
         real, position = next(batches)
@@ -78,19 +87,60 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
         if state.step % t.log_every == 0 or last:
             # .item() synchronises the device: only at log steps, never every step.
             elapsed = time.perf_counter() - window_start
+            skipped_total = task.skipped_total.item()
             metrics = {"step": state.step, "images_seen": state.images_seen,
-                       **{k: v.item() for k, v in out.items()}, "img_per_s": window_images / max(elapsed, 1e-9)}
+                       **{k: v.item() for k, v in out.items()}, "img_per_s": window_images / max(elapsed, 1e-9),
+                       "skipped_updates": skipped_total - skipped_before, "checkpoint_seconds": checkpoint_seconds}
+            skipped_before = skipped_total
             if tracker:
                 tracker.log(metrics)
+                if metrics["skipped_updates"]:
+                    tracker.log_event({"event": "nonfinite_skip", "step": state.step,
+                                       "skipped_updates": int(metrics["skipped_updates"])})
             window_start, window_images = time.perf_counter(), 0
+            if task.bad_streak.item() >= t.nonfinite_patience:
+                state = _recover_from_divergence(task, ctx, cfg, tracker, state.step)
+                batches = ctx.batches(state.position)
+                continue
         if tracker and (state.step % t.sample_every == 0 or last):
             tracker.sample_grid(state.step, task.sample(grid_z))
         if state.step % t.checkpoint_every == 0 or last:
-            divergence = task.rank_divergence()
-            if tracker and divergence:
-                tracker.message(f"warning: replicas differ across ranks at step {state.step} (by {divergence:.3g})")
-            payload = {**task.state_dict(), "train": state.to_dict()} if ctx.rank == 0 else None
-            meta = {"step": state.step, "metrics": metrics, "config": cfg.model_dump(), "rank_divergence": divergence,
-                    "world_size": ctx.world_size, "data": {"resolution": task.resolution, "channels": task.channels}}
-            ctx.save_checkpoint(state.step, payload, meta)
+            started = time.perf_counter()
+            _save(task, ctx, cfg, state, metrics)
+            checkpoint_seconds += time.perf_counter() - started
     return LoopResult(state.step, resumed_from, metrics)
+
+
+def _save(task: GenerationTask, ctx: WorkerContext, cfg: Config, state: TrainState, metrics: dict) -> None:
+    divergence = task.rank_divergence()  # collectives first: every rank takes part
+    rng_states = rng.gather_all()
+    if ctx.rank == 0 and divergence:
+        print(f"warning: replicas differ across ranks at step {state.step} (by {divergence:.3g})", flush=True)
+    payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states} if ctx.rank == 0 else None
+    meta = {"step": state.step, "metrics": metrics, "config": cfg.model_dump(), "rank_divergence": divergence,
+            "world_size": ctx.world_size, "data": {"resolution": task.resolution, "channels": task.channels}}
+    ctx.save_checkpoint(state.step, payload, meta)
+    if ctx.rank == 0:
+        r = cfg.run
+        prune(ctx.run_uri, r.keep_checkpoints, r.keep_best, r.keep_best_mode)
+
+
+def _newest_checkpoint(ctx: WorkerContext, cfg: Config) -> str | None:
+    """This run's newest complete checkpoint; for a run that has none yet, --resume-from's."""
+    return ctx.latest_checkpoint() or cfg.run.resume_from
+
+
+def _recover_from_divergence(task: GenerationTask, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
+                             step: int) -> TrainState:
+    """Too many non-finite updates in a row: back to the newest checkpoint with lower learning rates."""
+    checkpoint = _newest_checkpoint(ctx, cfg)
+    if checkpoint is None:
+        raise UserError(f"training diverged (non-finite gradients) at step {step}, before the first checkpoint; "
+                        f"lower the learning rates, e.g. --set train.lr_d={cfg.train.lr_d / 2:g}")
+    state = restore(task, ctx, checkpoint)
+    lr_g, lr_d = task.scale_learning_rates(cfg.train.nonfinite_lr_factor)
+    task.bad_streak.zero_()
+    if tracker:
+        event = {"event": "nonfinite_restore", "step": step, "restored_step": state.step, "lr_G": lr_g, "lr_D": lr_d}
+        tracker.log_event(event)
+    return state

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import get_total_norm
 
 from gan_dist.config import Config
 from gan_dist.models import build_discriminator, build_generator
@@ -65,6 +66,10 @@ class GenerationTask:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
         self.use_bf16 = t.bf16 and device.type == "cuda"
         self.noise = torch.Generator(device=device)
+        # Fused Adam skips a non-finite update on the device itself; elsewhere the step asks the host.
+        self.skip_on_device = fused
+        self.bad_streak = torch.zeros((), device=device)  # consecutive steps with a skipped update
+        self.skipped_total = torch.zeros((), device=device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else contextlib.nullcontext()
@@ -86,21 +91,44 @@ class GenerationTask:
             loss_d = losses.d_nonsaturating(real_logits, fake_logits)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
-        self.opt_d.step()
+        grad_norm_d, bad_d = self._guarded_update(self.opt_d, self.D)
 
         # The plain D (not its DDP wrapper): no D gradients to synchronise in the G update.
         with self.autocast(), frozen(self.D):
             loss_g = losses.g_nonsaturating(self.D(fake).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        self.opt_g.step()
+        grad_norm_g, bad_g = self._guarded_update(self.opt_g, self.G)
 
+        bad = (bad_d | bad_g).float()
+        self.bad_streak = (self.bad_streak + 1) * bad
+        self.skipped_total += bad
         return {
             "loss_D": loss_d.detach(),
             "loss_G": loss_g.detach(),
             "D_real": torch.sigmoid(real_logits.detach()).mean(),
             "D_fake": torch.sigmoid(fake_logits.detach()).mean(),
+            "grad_norm_D": grad_norm_d,
+            "grad_norm_G": grad_norm_g,
         }
+
+    def _guarded_update(self, optimizer: torch.optim.Optimizer, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step unless the gradient norm is NaN/Inf. The gradients are already averaged across ranks, so every
+        rank reaches the same verdict and the replicas stay identical."""
+        grad_norm = get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+        bad = ~torch.isfinite(grad_norm)
+        if self.skip_on_device:
+            optimizer.found_inf = bad.float()
+            optimizer.step()
+        elif not bad.item():
+            optimizer.step()
+        return grad_norm.detach(), bad
+
+    def scale_learning_rates(self, factor: float) -> list[float]:
+        for optimizer in (self.opt_g, self.opt_d):
+            for group in optimizer.param_groups:
+                group["lr"] *= factor
+        return [self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]]
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor) -> torch.Tensor:
