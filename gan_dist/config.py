@@ -23,8 +23,8 @@ class DataConfig(_Section):
     # A prepared shard directory (local or s3://); None trains on the embedded digits, prepared once into the cache.
     path: str | None = None
     shuffle: bool = True
-    # Under Ray, a worker whose part of the dataset is at most this size reads it once through Ray Data and
-    # keeps it resident (on its device), reshuffling per epoch there; larger data streams every epoch.
+    # Under Ray, a dataset of at most this size is read once by every worker and kept resident (on its device);
+    # each epoch a worker takes its disjoint rows of one seeded permutation. Larger data streams, split by Ray Data.
     resident_max_gb: float = Field(4.0, ge=0)
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from gan_dist import checkpoint
@@ -28,10 +29,15 @@ SHUFFLE_BUFFER_ROWS = 4096
 STREAM_CHUNK_ROWS = 1024
 
 
+def keeps_resident(cfg: Config, manifest: Manifest) -> bool:
+    return manifest.count * manifest.image_bytes / 2**30 <= cfg.data.resident_max_gb
+
+
 class RayContext:
     def __init__(self, cfg: Config, manifest: Manifest, run_uri: str):
         context = ray.train.get_context()
         self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
+        self.resident = keeps_resident(cfg, manifest)
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
 
@@ -40,17 +46,15 @@ class RayContext:
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         shard = ray.train.get_dataset_shard("train")
-        share_gb = self.manifest.count * self.manifest.image_bytes / self.world_size / 2**30
-        if share_gb <= self.cfg.data.resident_max_gb:
-            return self._resident_batches(shard, start)
-        return self._streamed_batches(shard, start)
+        return self._resident_batches(shard, start) if self.resident else self._streamed_batches(shard, start)
 
     def _resident_batches(self, shard, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        """One pass through Ray Data gives this worker its disjoint rows; later epochs reshuffle them in place.
-        Each Ray Data epoch costs seconds of pipeline start-up, which small datasets would pay every few steps."""
+        """The whole (unsplit, ordered) dataset is read once and kept, on the device when there is one; each epoch
+        every rank takes its disjoint rows of one seeded permutation, exactly as the local backend does. So a run
+        is reproducible and a resume exact, and no epoch pays Ray Data's seconds of pipeline start-up."""
         parts = [decode_images(b["image"], self.manifest) for b in shard.iter_batches(batch_size=4096, batch_format="numpy")]
         images = np.concatenate(parts) if parts else np.empty((0, 1, 1, 1), np.uint8)
-        reader = InMemoryReader(images, self.cfg.train.batch_size, 0, 1, self.cfg.train.seed * 7919 + self.rank,
+        reader = InMemoryReader(images, self.cfg.train.batch_size, self.rank, self.world_size, self.cfg.train.seed,
                                 self.cfg.data.shuffle, self.device)
         return reader.batches(start)
 
@@ -130,11 +134,15 @@ def _failure_message(err: Exception) -> str | None:
 def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
     ensure_ray(cfg)
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
+    resident = keeps_resident(cfg, manifest)
     dataset = ray.data.read_parquet(
         shard_uris(storage.absolute_uri(data_uri), manifest),
-        # Seeded, and reseeded on every execution (epoch) of the pipeline.
-        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle else None,
+        # Streamed data: file order seeded, and reseeded on every execution (epoch) of the pipeline.
+        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle and not resident else None,
     ).select_columns(["image"])
+    # Resident data goes to every worker whole and in file order; each takes its own rows (see RayContext).
+    data_config = DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)) \
+        if resident else DataConfig()
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "run_uri": run_uri, "loop": loop},
@@ -148,6 +156,7 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
         datasets={"train": dataset},
+        dataset_config=data_config,
     )
     try:
         result = trainer.fit()
