@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
     sample.add_argument("--out", required=True, help="output folder or s3:// URI")
     sample.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+
+    report = commands.add_parser("report", help="draw a run's loss and metric curves to a PNG",
+                                 description="Draw losses, D outputs, gradient norms and throughput from RUN's "
+                                             "metrics.jsonl; restores and skipped updates show as red lines.")
+    report.add_argument("run", metavar="RUN", help="run directory (local or s3://)")
+    report.add_argument("--out", help="PNG path (default RUN/curves.png)")
     return parser
 
 
@@ -131,6 +137,12 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} images to {args.out}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from gan_dist.report import draw_curves
+
+    print(f"wrote {draw_curves(args.run, args.out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        {"train": _train, "prepare": _prepare, "sample": _sample}[args.command](args)
+        {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report}[args.command](args)
     except UserError as err:
         print(f"gan-dist: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

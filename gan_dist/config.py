@@ -80,12 +80,21 @@ class RunConfig(_Section):
         return "ray" if self.num_workers > 1 or self.ray_address else "local"
 
 
+class LogConfig(_Section):
+    # auto: WANDB_MODE if set, else online when WANDB_API_KEY is set, else disabled.
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    wandb_project: str = "gan-dist"
+    wandb_entity: str | None = None
+    console_every_s: float = Field(10.0, gt=0, description="seconds between console lines (Ray, or no terminal)")
+
+
 class Config(_Section):
     preset: str = DEFAULT_PRESET
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
+    log: LogConfig = LogConfig()
 
 
 def _describe(err: ValidationError) -> str:

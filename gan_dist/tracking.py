@@ -1,19 +1,25 @@
-"""Rank 0's outputs in the run directory: metrics as JSON lines, a console line per log, PNG sample grids."""
+"""Rank 0's outputs: metrics as JSON lines and PNG sample grids in the run directory, W&B, and the console."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import sys
+import time
 from typing import Any, TextIO
 
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from gan_dist.config import LogConfig
 from gan_dist.runtime import storage
 
 METRICS_FILE = "metrics.jsonl"
+# Shown on the console; everything else still goes to metrics.jsonl and W&B.
+CONSOLE_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "img_per_s")
 
 
 def png_bytes(image_chw_u8: torch.Tensor) -> bytes:
@@ -25,37 +31,166 @@ def png_bytes(image_chw_u8: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def grid_png(images_u8: torch.Tensor, nrow: int = 8) -> bytes:
-    """uint8 B×C×H×W -> one PNG of the images tiled `nrow` to a row."""
-    return png_bytes(make_grid(images_u8, nrow=nrow, padding=2, pad_value=0))
+def grid_image(images_u8: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """uint8 B×C×H×W -> one uint8 C×H'×W' image of the batch tiled `nrow` to a row."""
+    return make_grid(images_u8, nrow=nrow, padding=2, pad_value=0)
 
 
 def format_line(metrics: dict[str, Any], total_steps: int) -> str:
     parts = [f"step {metrics['step']}/{total_steps}"]
-    parts += [f"{key} {value:.4g}" for key, value in metrics.items() if key not in ("step", "images_seen")]
+    parts += [f"{key} {metrics[key]:.4g}" for key in CONSOLE_KEYS if key in metrics]
     return " | ".join(parts)
 
 
-class RunTracker:
-    """Appends metrics to `metrics.jsonl` (kept on resume) and writes sample grids under `samples/`."""
+def wandb_mode(configured: str) -> str:
+    if configured != "auto":
+        return configured
+    env = os.environ.get("WANDB_MODE", "")
+    if env in ("online", "offline", "disabled"):
+        return env
+    return "online" if os.environ.get("WANDB_API_KEY") else "disabled"
 
-    def __init__(self, run_uri: str, total_steps: int, console: TextIO = sys.stdout):
-        self.run_uri, self.total_steps, self.console = run_uri, total_steps, console
+
+def wandb_run_id(run_uri: str) -> str:
+    """One W&B run per gan-dist run: restarts and resumes of the same run directory log to the same W&B run."""
+    return hashlib.sha1(run_uri.encode()).hexdigest()[:16]
+
+
+class WandbSink:
+    """W&B on rank 0. Any failure warns once and switches it off: an unreachable W&B never stops training."""
+
+    def __init__(self, cfg: LogConfig, run_id: str, name: str, config: dict[str, Any], directory: str | None,
+                 console: TextIO):
+        self.run, self.console = None, console
+        mode = wandb_mode(cfg.wandb)
+        if mode == "disabled":
+            return
+        # Read per run: W&B caches its settings process-wide at the first init.
+        init_timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", "90"))
+        try:
+            import wandb
+
+            self._image = wandb.Image
+            self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, id=run_id, name=name,
+                                  resume="allow", config=config, mode=mode, dir=directory,
+                                  settings=wandb.Settings(silent=True, console="off", init_timeout=init_timeout))
+        except Exception as exc:  # noqa: BLE001 - whatever W&B raises, training goes on
+            self._switch_off(exc)
+
+    def log(self, payload: dict[str, Any], step: int) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log(payload, step=step)
+        except Exception as exc:  # noqa: BLE001
+            self._switch_off(exc)
+
+    def image(self, key: str, image_chw_u8: torch.Tensor, step: int) -> None:
+        if self.run is not None:
+            self.log({key: self._image(image_chw_u8.permute(1, 2, 0).cpu().numpy())}, step)
+
+    def finish(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish()
+            except Exception as exc:  # noqa: BLE001
+                self._switch_off(exc)
+
+    def _switch_off(self, exc: BaseException) -> None:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        print(f"warning: W&B is off for the rest of this run ({first}); metrics still go to {METRICS_FILE}",
+              file=self.console, flush=True)
+        self.run = None
+
+
+class Console:
+    """On a terminal, one progress line redrawn in place (step, img/s, ETA, last losses); elsewhere (Ray's
+    log stream, CI) one compact line every `every_s` seconds and at the last step."""
+
+    def __init__(self, total_steps: int, every_s: float, stream: TextIO):
+        self.total, self.every_s, self.stream = total_steps, every_s, stream
+        self.interactive = stream.isatty()
+        self.started = self.last_print = time.perf_counter()
+        self.first_step: int | None = None
+        self.latest: dict[str, Any] = {}
+
+    def progress(self, step: int) -> None:
+        if self.first_step is None:
+            self.first_step = step - 1
+        # The last step's line is drawn by metrics(), with its final losses.
+        if self.interactive and step < self.total and time.perf_counter() - self.last_print > 0.25:
+            self._redraw(step)
+
+    def metrics(self, metrics: dict[str, Any]) -> None:
+        self.latest = metrics
+        now = time.perf_counter()
+        if self.interactive:
+            self._redraw(metrics["step"])
+        elif now - self.last_print >= self.every_s or metrics["step"] == self.total:
+            self.last_print = now
+            print(format_line(metrics, self.total), file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        print(("\r\033[K" if self.interactive else "") + text, file=self.stream, flush=True)
+
+    def _redraw(self, step: int) -> None:
+        self.last_print = now = time.perf_counter()
+        done = step - (self.first_step or 0)
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else 0.0
+        width = 20
+        bar = "#" * int(width * step / self.total) + "-" * (width - int(width * step / self.total))
+        losses = " ".join(f"{k} {self.latest[k]:.3g}" for k in CONSOLE_KEYS if k in self.latest)
+        end = "\n" if step == self.total else ""
+        self.stream.write(f"\r\033[K[{bar}] {step}/{self.total} {rate:.1f} step/s ETA {eta:,.0f}s {losses}{end}")
+        self.stream.flush()
+
+
+class RunTracker:
+    """Appends metrics and events to `metrics.jsonl` (kept on resume), writes sample grids under `samples/`, and
+    sends the same to W&B and the console."""
+
+    def __init__(self, run_uri: str, total_steps: int, cfg: LogConfig, run_id: str, config: dict[str, Any],
+                 console: TextIO | None = None):
+        console = console or sys.stdout  # looked up now: tests and notebooks swap sys.stdout
+        self.run_uri = run_uri
         self.metrics_uri = storage.join(run_uri, METRICS_FILE)
+        self.console = Console(total_steps, cfg.console_every_s, console)
         # Object stores cannot append: keep the lines and rewrite the (small) file; local files are appended.
         self._lines: list[str] | None = None
         if storage.is_remote(run_uri):
             self._lines = storage.read_bytes(self.metrics_uri).decode().splitlines() if storage.exists(self.metrics_uri) else []
+        local_dir = None if storage.is_remote(run_uri) else run_uri
+        self.wandb = WandbSink(cfg, run_id, os.path.basename(run_uri.rstrip("/")), config,
+                               os.environ.get("WANDB_DIR") or local_dir, console)
 
     def log(self, metrics: dict[str, Any]) -> None:
         self._append(json.dumps(metrics))
-        print(format_line(metrics, self.total_steps), file=self.console, flush=True)
+        self.wandb.log({k: v for k, v in metrics.items() if k != "step"}, metrics["step"])
+        self.console.metrics(metrics)
 
     def log_event(self, event: dict[str, Any]) -> None:
         """Something a person must know about (a restore, a skipped update): a JSON line and a console warning."""
         self._append(json.dumps(event))
+        self.wandb.log({f"events/{event['event']}": 1}, event["step"])
         details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items() if k != "event")
-        print(f"warning: {event['event']}: {details}", file=self.console, flush=True)
+        self.console.message(f"warning: {event['event']}: {details}")
+
+    def progress(self, step: int) -> None:
+        self.console.progress(step)
+
+    def message(self, text: str) -> None:
+        self.console.message(text)
+
+    def sample_grid(self, step: int, images_u8: torch.Tensor) -> str:
+        grid = grid_image(images_u8)
+        uri = storage.join(self.run_uri, "samples", f"step_{step:09d}.png")
+        storage.write_bytes(uri, png_bytes(grid))
+        self.wandb.image("samples", grid, step)
+        return uri
+
+    def close(self) -> None:
+        self.wandb.finish()
 
     def _append(self, line: str) -> None:
         if self._lines is None:
@@ -66,11 +201,3 @@ class RunTracker:
         else:
             self._lines.append(line)
             storage.write_bytes(self.metrics_uri, ("\n".join(self._lines) + "\n").encode())
-
-    def message(self, text: str) -> None:
-        print(text, file=self.console, flush=True)
-
-    def sample_grid(self, step: int, images_u8: torch.Tensor) -> str:
-        uri = storage.join(self.run_uri, "samples", f"step_{step:09d}.png")
-        storage.write_bytes(uri, grid_png(images_u8))
-        return uri

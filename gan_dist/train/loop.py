@@ -13,7 +13,7 @@ from gan_dist.config import Config
 from gan_dist.data.reader import DataPosition
 from gan_dist.errors import UserError
 from gan_dist.runtime.context import WorkerContext
-from gan_dist.tracking import RunTracker
+from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train import rng
 from gan_dist.train.task import GenerationTask
 
@@ -60,7 +60,6 @@ def restore(task: GenerationTask, ctx: WorkerContext, checkpoint: str) -> TrainS
 def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     t = cfg.train
     task = GenerationTask(cfg, ctx.manifest.resolution, ctx.manifest.channels, ctx.device, ctx.world_size > 1)
-    tracker = RunTracker(ctx.run_uri, t.steps) if ctx.rank == 0 else None
     grid_z = fixed_latents(task, t.seed)
 
     state, resumed_from = TrainState(), None
@@ -68,7 +67,12 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     if checkpoint is not None:
         state = restore(task, ctx, checkpoint)
         resumed_from = state.step
-        if tracker:
+    tracker = None
+    if ctx.rank == 0:
+        config = {**cfg.model_dump(), "dataset": {"count": ctx.manifest.count, "resolution": task.resolution,
+                                                  "channels": task.channels}, "world_size": ctx.world_size}
+        tracker = RunTracker(ctx.run_uri, t.steps, cfg.log, wandb_run_id(ctx.run_uri), config)
+        if checkpoint is not None:
             tracker.message(f"resumed from step {state.step} ({checkpoint})")
 
     metrics: dict[str, float] = {}
@@ -82,6 +86,8 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
         state.images_seen += real.shape[0] * ctx.world_size
         state.position = position
         window_images += real.shape[0] * ctx.world_size
+        if tracker:
+            tracker.progress(state.step)
 
         last = state.step == t.steps
         if state.step % t.log_every == 0 or last:
@@ -90,7 +96,8 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
             skipped_total = task.skipped_total.item()
             metrics = {"step": state.step, "images_seen": state.images_seen,
                        **{k: v.item() for k, v in out.items()}, "img_per_s": window_images / max(elapsed, 1e-9),
-                       "skipped_updates": skipped_total - skipped_before, "checkpoint_seconds": checkpoint_seconds}
+                       "skipped_updates": skipped_total - skipped_before, "checkpoint_seconds": checkpoint_seconds,
+                       "epoch": state.position.epoch, **task.learning_rates(), **_device_memory(ctx.device)}
             skipped_before = skipped_total
             if tracker:
                 tracker.log(metrics)
@@ -108,7 +115,15 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
             started = time.perf_counter()
             _save(task, ctx, cfg, state, metrics)
             checkpoint_seconds += time.perf_counter() - started
+    if tracker:
+        tracker.close()
     return LoopResult(state.step, resumed_from, metrics)
+
+
+def _device_memory(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}
+    return {"gpu_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30}
 
 
 def _save(task: GenerationTask, ctx: WorkerContext, cfg: Config, state: TrainState, metrics: dict) -> None:
@@ -118,7 +133,8 @@ def _save(task: GenerationTask, ctx: WorkerContext, cfg: Config, state: TrainSta
         print(f"warning: replicas differ across ranks at step {state.step} (by {divergence:.3g})", flush=True)
     payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states} if ctx.rank == 0 else None
     meta = {"step": state.step, "metrics": metrics, "config": cfg.model_dump(), "rank_divergence": divergence,
-            "world_size": ctx.world_size, "data": {"resolution": task.resolution, "channels": task.channels}}
+            "world_size": ctx.world_size, "data": {"resolution": task.resolution, "channels": task.channels},
+            "wandb_run_id": wandb_run_id(ctx.run_uri)}
     ctx.save_checkpoint(state.step, payload, meta)
     if ctx.rank == 0:
         r = cfg.run

@@ -124,6 +124,9 @@ class GenerationTask:
             optimizer.step()
         return grad_norm.detach(), bad
 
+    def learning_rates(self) -> dict[str, float]:
+        return {"lr_G": self.opt_g.param_groups[0]["lr"], "lr_D": self.opt_d.param_groups[0]["lr"]}
+
     def scale_learning_rates(self, factor: float) -> list[float]:
         for optimizer in (self.opt_g, self.opt_d):
             for group in optimizer.param_groups:

@@ -1,0 +1,74 @@
+"""What a person watches: W&B (offline, read back from its own files), the curves PNG, the console."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_config
+from gan_dist.report import draw_curves
+from gan_dist.runtime.launch import train
+from gan_dist.tracking import Console
+from wandb_records import history, run_id
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+def test_wandb_offline_run_carries_metrics_and_grids_and_a_resume_continues_it(tiny_data, tmp_path, wandb_offline):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 4, "train.log_every": 2,
+                                                   "train.sample_every": 2, "train.checkpoint_every": 2})
+    train(cfg)
+    cfg.train.steps, cfg.run.resume = 6, True
+    train(cfg)
+
+    runs = sorted((tmp_path / "tiny" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2
+    files = [next(r.glob("run-*.wandb")) for r in runs]
+    assert run_id(files[0]) == run_id(files[1])  # the resumed run continues the same W&B run
+
+    rows = history(files[0])
+    logged = [r for r in rows if "loss_D" in r]
+    assert [r["_step"] for r in logged] == [2, 4]
+    for key in ("loss_G", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "lr_G", "lr_D", "img_per_s",
+                "images_seen", "epoch"):
+        assert key in logged[-1], key
+    grids = [r for r in rows if r.get("samples/_type") == "image-file"]
+    assert [r["_step"] for r in grids] == [2, 4]
+    for row in grids:  # the history points at the PNG W&B keeps beside it: the 8x8 grid of 16 px samples
+        assert Image.open(runs[0] / "files" / row["samples/path"]).size == (8 * 18 + 2, 8 * 18 + 2)
+    assert [r["_step"] for r in history(files[1]) if "loss_D" in r] == [6]
+
+
+def test_unreachable_wandb_warns_once_and_training_goes_on(tiny_data, tmp_path, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "10")
+    cfg = tiny_config(tiny_data, str(tmp_path))
+    assert train(cfg).step == 6
+    out = capfd.readouterr().out
+    assert out.count("warning: W&B is off for the rest of this run") == 1
+
+
+def test_curves_png_shows_the_run(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 12, "train.log_every": 1})
+    train(cfg)
+    target = draw_curves(str(tmp_path / "tiny"))
+    image = np.asarray(Image.open(target).convert("L"), dtype=float)
+    assert image.shape[0] > 300 and image.shape[1] > 500
+    assert image.std() > 10  # lines and labels, not a blank canvas
+
+
+def test_console_prints_compact_lines_off_a_terminal():
+    stream = io.StringIO()
+    console = Console(total_steps=100, every_s=3600, stream=stream)
+    for step in (10, 20, 100):
+        console.metrics({"step": step, "loss_D": 1.0, "loss_G": 2.0, "img_per_s": 5.0, "grad_norm_D": 3.0})
+    lines = stream.getvalue().splitlines()
+    # the first line waits for the interval; the last step always prints
+    assert lines == ["step 100/100 | loss_D 1 | loss_G 2 | img_per_s 5"]
