@@ -3,6 +3,7 @@ reported through Ray Train to `RunConfig.storage_path`."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -112,14 +113,22 @@ def ensure_ray(cfg: Config) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")  # set for `ray job submit` entrypoints
-    # Train V2 does not forward the driver's AWS_* variables to its workers and Ray Data tasks; the job's
-    # runtime_env does (they stay in the cluster's memory, never in our files or logs).
-    runtime_env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    runtime_env = _aws_runtime_env()
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     else:
         needed = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 2
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, runtime_env=runtime_env)
+
+
+def _aws_runtime_env() -> dict[str, Any] | None:
+    """Train V2 does not forward the driver's AWS_* variables to its workers and Ray Data tasks; the job's
+    runtime_env does (they stay in the cluster's memory, never in our files or logs). Inside a `ray job submit`
+    job, variables the job's own runtime_env already sets are left to it: Ray refuses to merge the same key."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("runtime_env") or {}
+    taken = job.get("env_vars") or {}
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_") and k not in taken}
+    return {"env_vars": aws} if aws else None
 
 
 def _failure_message(err: Exception) -> str | None:
