@@ -154,9 +154,9 @@ def _recover_from_divergence(task: GenerationTask, ctx: WorkerContext, cfg: Conf
         raise UserError(f"training diverged (non-finite gradients) at step {step}, before the first checkpoint; "
                         f"lower the learning rates, e.g. --set train.lr_d={cfg.train.lr_d / 2:g}")
     state = restore(task, ctx, checkpoint)
-    lr_g, lr_d = task.scale_learning_rates(cfg.train.nonfinite_lr_factor)
+    task.scale_learning_rates(cfg.train.nonfinite_lr_factor)
     task.bad_streak.zero_()
     if tracker:
-        event = {"event": "nonfinite_restore", "step": step, "restored_step": state.step, "lr_G": lr_g, "lr_D": lr_d}
-        tracker.log_event(event)
+        tracker.log_event({"event": "nonfinite_restore", "step": step, "restored_step": state.step,
+                           **task.learning_rates()})
     return state

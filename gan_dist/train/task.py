@@ -127,11 +127,10 @@ class GenerationTask:
     def learning_rates(self) -> dict[str, float]:
         return {"lr_G": self.opt_g.param_groups[0]["lr"], "lr_D": self.opt_d.param_groups[0]["lr"]}
 
-    def scale_learning_rates(self, factor: float) -> list[float]:
+    def scale_learning_rates(self, factor: float) -> None:
         for optimizer in (self.opt_g, self.opt_d):
             for group in optimizer.param_groups:
                 group["lr"] *= factor
-        return [self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"]]
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor) -> torch.Tensor:
