@@ -6,16 +6,10 @@ image shape: the discriminator's stride-2 stages mirror the generator's upsampli
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-
-def _stages(resolution: int) -> int:
-    if resolution < 8 or resolution & (resolution - 1):
-        raise ValueError(f"DCGAN needs a power-of-two resolution >= 8, got {resolution}")
-    return int(math.log2(resolution)) - 2  # 4x4 -> resolution takes this many doublings
+from gan_dist.models.common import doublings
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -30,7 +24,7 @@ def _init_weights(module: nn.Module) -> None:
 class Generator(nn.Module):
     def __init__(self, resolution: int, channels: int, z_dim: int = 100, width: int = 64):
         super().__init__()
-        stages = _stages(resolution)
+        stages = doublings(resolution, 8, "DCGAN")
         self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
         widths = [width * 2 ** (stages - 1 - i) for i in range(stages)]  # e.g. 256, 128, 64 for 32x32
         layers: list[nn.Module] = [
@@ -52,7 +46,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     def __init__(self, resolution: int, channels: int, width: int = 64):
         super().__init__()
-        stages = _stages(resolution)
+        stages = doublings(resolution, 8, "DCGAN")
         widths = [width * 2**i for i in range(stages)]  # e.g. 64, 128, 256 for 32x32
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for c_in, c_out in zip(widths, widths[1:]):

@@ -1,0 +1,92 @@
+"""ResNet SNGAN (Miyato et al. 2018) for any power-of-two resolution >= 16 and any channel count.
+
+At 32x32 with the default widths these are the CIFAR-10 benchmark networks (same layers and parameter count as
+the reference SNGAN_G / SNGAN_D). G: 4x4 -> R, one upsampling residual block per doubling. D: no batch norm,
+spectral norm on every layer; an "optimized" first block, downsampling blocks down to 8x8, then two blocks at
+8x8. D's power iterations are not in its forward: the training step calls `update_spectral_norms(D)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gan_dist.models.common import doublings
+from gan_dist.models.spectral import INIT_ITERATIONS, SNConv2d, SNLinear, SpectralNorm
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+        if isinstance(module, SpectralNorm):
+            module.power_iteration(INIT_ITERATIONS)  # the weight changed: bring sigma up to date
+
+
+class _Residual(nn.Module):
+    """main(x) + shortcut(x), the shape of every block in both networks."""
+
+    def __init__(self, main: nn.Module, shortcut: nn.Module):
+        super().__init__()
+        self.main, self.shortcut = main, shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x) + self.shortcut(x)
+
+
+def _g_block(width: int) -> _Residual:
+    main = nn.Sequential(
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Upsample(scale_factor=2),
+        nn.Conv2d(width, width, 3, 1, 1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, 1, 1),
+    )
+    return _Residual(main, nn.Upsample(scale_factor=2))
+
+
+def _d_block(c_in: int, c_out: int, down: bool, first: bool = False) -> _Residual:
+    # The first ("optimized") block sees the image itself, so it has no ReLU before its first convolution.
+    main: list[nn.Module] = [] if first else [nn.ReLU()]
+    main += [SNConv2d(c_in, c_out, 3, 1, 1), nn.ReLU(), SNConv2d(c_out, c_out, 3, 1, 1)]
+    # Pooling before the 1x1 shortcut convolution equals pooling after it (both are linear) at a quarter of the cost.
+    shortcut: list[nn.Module] = [nn.AvgPool2d(2)] if down else []
+    if down:
+        main.append(nn.AvgPool2d(2))
+    if down or c_in != c_out:
+        shortcut.append(SNConv2d(c_in, c_out, 1))
+    return _Residual(nn.Sequential(*main), nn.Sequential(*shortcut))  # an empty Sequential is the identity
+
+
+class Generator(nn.Module):
+    def __init__(self, resolution: int, channels: int, z_dim: int = 128, width: int = 256):
+        super().__init__()
+        stages = doublings(resolution, 16, "ResNet-SN")
+        self.z_dim, self.resolution, self.channels, self.width = z_dim, resolution, channels, width
+        self.fc = nn.Linear(z_dim, 4 * 4 * width)
+        self.blocks = nn.Sequential(*(_g_block(width) for _ in range(stages)))
+        self.out = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh())
+        self.apply(_init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: B×z_dim -> images B×C×R×R in [-1, 1]."""
+        return self.out(self.blocks(self.fc(z).view(z.shape[0], self.width, 4, 4)))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, resolution: int, channels: int, width: int = 128):
+        super().__init__()
+        downs = doublings(resolution, 16, "ResNet-SN") - 1  # resolution -> 8x8
+        blocks = [_d_block(channels, width, down=True, first=True)]
+        blocks += [_d_block(width, width, down=True) for _ in range(downs - 1)]
+        blocks += [_d_block(width, width, down=False) for _ in range(2)]
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = SNLinear(width, 1)
+        self.apply(_init_weights)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images B×C×R×R -> one logit per image (B,)."""
+        features = torch.relu(self.blocks(images)).sum(dim=(2, 3))
+        return self.fc(features).view(images.shape[0])
