@@ -7,7 +7,7 @@ import pytest
 from conftest import numbered_images, row_ids
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, prepare, write_shards
-from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, read_manifest
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, read_manifest, worker_rows, worker_seed
 from gan_dist.errors import UserError
 
 
@@ -56,18 +56,28 @@ def test_missing_dataset_says_to_prepare(tmp_path):
         read_manifest(str(tmp_path / "nothing"))
 
 
-def test_ranks_read_disjoint_rows_and_epochs_reshuffle():
-    images = numbered_images(64)
-    readers = [InMemoryReader(images, 8, rank, 2, seed=3, shuffle=True) for rank in range(2)]
-    epoch = [[row_ids(next(it)[0]) for _ in range(4)] for it in (r.batches(DataPosition()) for r in readers)]
-    rank0, rank1 = sum(epoch[0], []), sum(epoch[1], [])
-    assert set(rank0).isdisjoint(rank1) and sorted(rank0 + rank1) == list(range(64))
-    second = readers[0].batches(DataPosition(epoch=1))
-    assert sum((row_ids(next(second)[0]) for _ in range(4)), []) != rank0
+def test_workers_load_disjoint_shares_that_cover_the_dataset(tmp_path):
+    images = numbered_images(100, resolution=8)
+    write_shards(images, None, str(tmp_path / "d"), shard_size=30)  # shares cross shard boundaries
+    manifest = read_manifest(str(tmp_path / "d"))
+    shares = [load_images(str(tmp_path / "d"), manifest, worker_rows(100, rank, 3)) for rank in range(3)]
+    assert [len(share) for share in shares] == [33, 33, 34]
+    np.testing.assert_array_equal(np.concatenate(shares), images)
+
+
+def test_epochs_cover_the_rows_once_and_reshuffle():
+    reader = InMemoryReader(numbered_images(64), 8, seed=3, shuffle=True)
+    it = reader.batches(DataPosition())
+    first = sum((row_ids(next(it)[0]) for _ in range(8)), [])
+    second = sum((row_ids(next(it)[0]) for _ in range(8)), [])
+    assert sorted(first) == sorted(second) == list(range(64))
+    assert first != second and first != list(range(64))
+    other_worker = InMemoryReader(numbered_images(64), 8, seed=worker_seed(3, 1), shuffle=True)
+    assert row_ids(next(other_worker.batches(DataPosition()))[0]) != first[:8]
 
 
 def test_reader_resumes_at_its_position():
-    reader = InMemoryReader(numbered_images(64), 8, 0, 1, seed=0, shuffle=True)
+    reader = InMemoryReader(numbered_images(64), 8, seed=0, shuffle=True)
     it = reader.batches(DataPosition())
     seen = [next(it) for _ in range(11)]  # crosses into the second epoch
     assert seen[-1][1] == DataPosition(epoch=1, batch=3)
@@ -77,4 +87,4 @@ def test_reader_resumes_at_its_position():
 
 def test_dataset_smaller_than_a_batch_is_an_error():
     with pytest.raises(UserError, match="lower --batch-size"):
-        InMemoryReader(numbered_images(10), 8, 0, 2, seed=0, shuffle=False)
+        InMemoryReader(numbered_images(6), 8, seed=0, shuffle=False)

@@ -96,11 +96,11 @@ def test_second_run_resumes_at_the_next_step(first_run, capfd):
 
 
 def test_streamed_data_path_also_gives_disjoint_rows(ray_cluster, tiny_data, tmp_path):
-    """Data above `resident_max_gb` streams through Ray Data each epoch instead of being kept by the worker."""
+    """data.placement=stream: the shards stream through Ray Data (decoded in its tasks), split across workers."""
     rows = tmp_path / "rows"
     rows.mkdir()
     cfg = tiny_config(tiny_data, str(tmp_path), **{"run.num_workers": 2, "run.name": "streamed",
-                                                    "data.resident_max_gb": 0, "train.steps": 6})
+                                                    "data.placement": "stream", "train.steps": 6})
     assert train(cfg, loop=make_recording_loop(str(rows))).step == 6
     rank0 = json.loads((rows / "rows-rank0.json").read_text())
     rank1 = json.loads((rows / "rows-rank1.json").read_text())

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -29,20 +30,33 @@ def shard_uris(data_uri: str, manifest: Manifest) -> list[str]:
     return [storage.join(data_uri, name) for name in manifest.shards]
 
 
-def load_images(data_uri: str, manifest: Manifest) -> np.ndarray:
-    """Every image of the dataset as one uint8 N×H×W×C array."""
-    parts = []
+def worker_rows(count: int, rank: int, world_size: int) -> range:
+    """The contiguous rows a worker keeps: equal shares (±1), disjoint, together the whole dataset. Prepare writes
+    the images in shuffled order, so a contiguous share is a random sample of the dataset."""
+    return range(count * rank // world_size, count * (rank + 1) // world_size)
+
+
+def load_images(data_uri: str, manifest: Manifest, rows: range | None = None) -> np.ndarray:
+    """The dataset's images (or just `rows` of them, reading only the shards that hold them) as uint8 N×H×W×C."""
+    rows = range(manifest.count) if rows is None else rows
+    parts, first = [], 0
     for uri in shard_uris(data_uri, manifest):
         fs, path = storage.resolve(uri)
         try:
-            table = pq.read_table(path, columns=["image"], filesystem=fs)
-        except OSError as exc:
-            raise UserError(f"cannot read shard {uri}: {exc}") from None
-        parts.append(decode_images(table.column("image"), manifest))
-    images = np.concatenate(parts) if parts else np.empty((0,), np.uint8)
-    if len(images) != manifest.count:
-        raise UserError(f"{data_uri}: shards hold {len(images)} images but the manifest says {manifest.count}; re-run prepare")
-    return images
+            shard = pq.ParquetFile(fs.open_input_file(path))
+            stop = first + shard.metadata.num_rows
+            if first < rows.stop and rows.start < stop:
+                column = shard.read(columns=["image"]).column("image")
+                lo, hi = max(rows.start, first) - first, min(rows.stop, stop) - first
+                parts.append(decode_images(column.slice(lo, hi - lo), manifest))
+        except (OSError, pa.ArrowException) as exc:
+            raise UserError(f"cannot read shard {uri}: {exc}; restore the file or re-run `gan-dist prepare`") from None
+        first = stop
+    if first != manifest.count:
+        raise UserError(f"{data_uri}: shards hold {first} images but the manifest says {manifest.count}; re-run prepare")
+    if not parts:
+        return np.empty((0, manifest.resolution, manifest.resolution, manifest.channels), np.uint8)
+    return np.concatenate(parts)
 
 
 @dataclass
@@ -53,39 +67,38 @@ class DataPosition:
     batch: int = 0
 
 
+def worker_seed(seed: int, rank: int) -> int:
+    """Each worker shuffles its own rows with its own reproducible stream."""
+    return seed * 1_000_003 + rank * 7919
+
+
 class InMemoryReader:
-    """The dataset held as one uint8 tensor; each epoch a seeded permutation, split disjointly across ranks."""
+    """A worker's rows held as one uint8 tensor on its device; each epoch one seeded permutation of them. On a GPU
+    the batches are gathered there: no host work, no copies per step."""
 
-    def __init__(self, images: np.ndarray, batch_size: int, rank: int, world_size: int, seed: int, shuffle: bool,
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, shuffle: bool,
                  device: torch.device | str = "cpu"):
-        # On a GPU the whole set lives on the device and batches are gathered there: no host work per step.
         self.images = torch.from_numpy(images).to(device)
-        self.batch_size = batch_size
-        self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle = seed, shuffle
-        self.batches_per_epoch = len(images) // (batch_size * world_size)
+        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
+        self.batches_per_epoch = len(images) // batch_size
         if self.batches_per_epoch == 0:
-            raise UserError(
-                f"dataset of {len(images)} images is smaller than one global batch "
-                f"({batch_size} x {world_size} workers); lower --batch-size"
-            )
+            raise UserError(f"a worker holds {len(images)} images, fewer than one batch of {batch_size}; "
+                            f"lower --batch-size (or use fewer workers)")
 
-    def _epoch_rows(self, epoch: int) -> torch.Tensor:
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
         n = len(self.images)
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        else:
-            order = torch.arange(n)
-        # Rank r takes every world_size-th row: disjoint across ranks, equal counts.
-        return order[self.rank :: self.world_size]
+        if not self.shuffle:
+            return torch.arange(n, device=self.images.device)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(n, generator=generator).to(self.images.device)
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         """Yields (uint8 batch B×H×W×C, position after it) forever, from `start`."""
         epoch, batch = start.epoch, start.batch
         while True:
-            rows = self._epoch_rows(epoch)
+            order = self._epoch_order(epoch)
             while batch < self.batches_per_epoch:
-                index = rows[batch * self.batch_size : (batch + 1) * self.batch_size].to(self.images.device)
+                index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
                 batch += 1
                 yield self.images[index], DataPosition(epoch, batch)
             epoch, batch = epoch + 1, 0

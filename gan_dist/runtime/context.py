@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 import torch
 
+from gan_dist.data.placement import Placement
 from gan_dist.data.reader import DataPosition
 from gan_dist.data.shards import Manifest
 
@@ -17,6 +18,7 @@ class WorkerContext(Protocol):
     device: torch.device
     manifest: Manifest
     run_uri: str
+    placement: Placement  # resident on the device, or streamed; logged at the start
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         """uint8 batches B×H×W×C (this rank's part of each epoch) with the position after each, from `start`."""

@@ -10,7 +10,9 @@ import torch
 
 from gan_dist import checkpoint
 from gan_dist.config import Config
-from gan_dist.data.reader import DataPosition, InMemoryReader, load_images
+from gan_dist.data import placement
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, worker_seed
+from gan_dist.data.stream import StreamReader
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
@@ -24,8 +26,15 @@ class LocalContext:
     def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
         self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
         self.device = torch.device("cuda" if cfg.run.gpu else "cpu")
-        self.reader = InMemoryReader(load_images(data_uri, manifest), cfg.train.batch_size, 0, 1,
-                                     cfg.train.seed, cfg.data.shuffle, self.device)
+        self.placement = placement.choose(cfg.data, manifest, 1, self.device)
+        t = cfg.train
+        self.reader: InMemoryReader | StreamReader
+        if self.placement.resident:
+            self.reader = InMemoryReader(load_images(data_uri, manifest), t.batch_size, worker_seed(t.seed, 0),
+                                         cfg.data.shuffle, self.device)
+        else:
+            self.reader = StreamReader(data_uri, manifest, t.batch_size, 0, 1, t.seed, cfg.data.shuffle, self.device,
+                                       workers=cfg.data.stream_workers)
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         return self.reader.batches(start)

@@ -1,5 +1,6 @@
-"""The Ray backend: TorchTrainer over N workers, the shards as a Ray Data dataset split across them, checkpoints
-reported through Ray Train to `RunConfig.storage_path`."""
+"""The Ray backend: TorchTrainer over N workers, checkpoints reported through Ray Train to `RunConfig.storage_path`.
+Data that fits a worker's device is read by each worker once (its share of rows, with pyarrow); larger data streams
+as a Ray Data dataset split across the workers, decoded in Ray Data tasks."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.data import ExecutionOptions
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from gan_dist import checkpoint
 from gan_dist.config import Config, config_from_dict
-from gan_dist.data.reader import DataPosition, InMemoryReader, shard_uris
+from gan_dist.data import placement
+from gan_dist.data.prefetch import to_device_ahead
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, shard_uris, worker_rows, worker_seed
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
@@ -27,50 +32,66 @@ from gan_dist.train.loop import LoopResult
 
 # Rows buffered per worker for the local shuffle; the file order is also shuffled per epoch.
 SHUFFLE_BUFFER_ROWS = 4096
+# Rows per Ray Data block decoded in its tasks, and per batch the worker fetches: Ray's cost is per batch handed
+# over, so the worker takes ~this many rows at a time and slices training batches out of them.
 STREAM_CHUNK_ROWS = 1024
 
 
-def keeps_resident(cfg: Config, manifest: Manifest) -> bool:
-    return manifest.count * manifest.image_bytes / 2**30 <= cfg.data.resident_max_gb
+def decode_block(batch: pa.Table, manifest: Manifest) -> dict[str, np.ndarray]:
+    """Runs in Ray Data tasks, outside the training process: shard rows -> fixed-shape uint8 N×H×W×C."""
+    return {"image": decode_images(batch.column("image"), manifest)}
+
+
+class _ImagesCollate(NumpyBatchCollateFn):
+    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(batch["image"])  # already decoded: no per-row work in the training process
 
 
 class RayContext:
-    def __init__(self, cfg: Config, manifest: Manifest, run_uri: str):
+    def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
         context = ray.train.get_context()
-        self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
-        self.resident = keeps_resident(cfg, manifest)
+        self.cfg, self.manifest, self.data_uri, self.run_uri = cfg, manifest, data_uri, run_uri
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
+        self.placement = self._agree(placement.choose(cfg.data, manifest, self.world_size, self.device))
+        self._reader: InMemoryReader | None = None
 
-    def _collate(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(decode_images(batch["image"], self.manifest))
+    def _agree(self, chosen: placement.Placement) -> placement.Placement:
+        """Resident only if every worker's device can hold its share: all ranks must take the same path."""
+        if self.world_size == 1:
+            return chosen
+        flag = torch.tensor([int(chosen.resident)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        if bool(flag.item()) == chosen.resident:
+            return chosen
+        return placement.Placement(False, "data: stream (another worker's device cannot hold its share)")
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        shard = ray.train.get_dataset_shard("train")
-        return self._resident_batches(shard, start) if self.resident else self._streamed_batches(shard, start)
+        if self.placement.resident:
+            return self._resident_reader().batches(start)
+        return to_device_ahead(self._streamed_batches(ray.train.get_dataset_shard("train"), start), self.device)
 
-    def _resident_batches(self, shard, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        """The whole (unsplit, ordered) dataset is read once and kept, on the device when there is one; each epoch
-        every rank takes its disjoint rows of one seeded permutation, exactly as the local backend does. So a run
-        is reproducible and a resume exact, and no epoch pays Ray Data's seconds of pipeline start-up."""
-        parts = [decode_images(b["image"], self.manifest) for b in shard.iter_batches(batch_size=4096, batch_format="numpy")]
-        images = np.concatenate(parts) if parts else np.empty((0, 1, 1, 1), np.uint8)
-        reader = InMemoryReader(images, self.cfg.train.batch_size, self.rank, self.world_size, self.cfg.train.seed,
-                                self.cfg.data.shuffle, self.device)
-        return reader.batches(start)
+    def _resident_reader(self) -> InMemoryReader:
+        """This worker's contiguous share of the rows, read once with pyarrow and kept on the device; each epoch a
+        seeded permutation of it. Reproducible, exactly resumable, and no epoch pays Ray Data's start-up."""
+        if self._reader is None:
+            rows = worker_rows(self.manifest.count, self.rank, self.world_size)
+            t = self.cfg.train
+            self._reader = InMemoryReader(load_images(self.data_uri, self.manifest, rows), t.batch_size,
+                                          worker_seed(t.seed, self.rank), self.cfg.data.shuffle, self.device)
+        return self._reader
 
     def _streamed_batches(self, shard, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         # Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping
         # into a different order of the interrupted one.
         epoch = start.epoch + (1 if start.batch else 0)
         size = self.cfg.train.batch_size
-        # Ray Data's cost is per batch it hands over: fetch ~STREAM_CHUNK_ROWS at a time and slice them here.
         per_chunk = max(1, STREAM_CHUNK_ROWS // size)
         while True:
             seed = self.cfg.train.seed * 1_000_003 + epoch * 7919 + self.rank
             shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if self.cfg.data.shuffle else {}
-            chunks = shard.iter_torch_batches(batch_size=size * per_chunk, collate_fn=self._collate, prefetch_batches=2,
-                                              **shuffle)
+            chunks = shard.iter_torch_batches(batch_size=size * per_chunk, collate_fn=_ImagesCollate(), device="cpu",
+                                              pin_memory=self.device.type == "cuda", prefetch_batches=2, **shuffle)
             index = 0
             for chunk in chunks:
                 for offset in range(0, len(chunk) - size + 1, size):  # drop_last, per chunk
@@ -102,7 +123,7 @@ class RayContext:
 
 def _worker_entry(config: dict[str, Any]) -> LoopResult:
     cfg = config_from_dict(config["cfg"])
-    ctx = RayContext(cfg, Manifest(**config["manifest"]), config["run_uri"])
+    ctx = RayContext(cfg, Manifest(**config["manifest"]), config["data_uri"], config["run_uri"])
     return config["loop"](ctx, cfg)
 
 
@@ -143,18 +164,17 @@ def _failure_message(err: Exception) -> str | None:
 def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
     ensure_ray(cfg)
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
-    resident = keeps_resident(cfg, manifest)
+    # Read only by streamed workers (resident ones read their rows with pyarrow): decoded in Ray Data tasks.
     dataset = ray.data.read_parquet(
         shard_uris(storage.absolute_uri(data_uri), manifest),
-        # Streamed data: file order seeded, and reseeded on every execution (epoch) of the pipeline.
-        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle and not resident else None,
-    ).select_columns(["image"])
-    # Resident data goes to every worker whole and in file order; each takes its own rows (see RayContext).
-    data_config = DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)) \
-        if resident else DataConfig()
+        # File order seeded, and reseeded on every execution (epoch) of the pipeline.
+        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle else None,
+    ).select_columns(["image"]).map_batches(decode_block, fn_kwargs={"manifest": manifest}, batch_format="pyarrow",
+                                            batch_size=STREAM_CHUNK_ROWS)
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "run_uri": run_uri, "loop": loop},
+        train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "data_uri": storage.absolute_uri(data_uri),
+                           "run_uri": run_uri, "loop": loop},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=RunConfig(
@@ -165,7 +185,6 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
         datasets={"train": dataset},
-        dataset_config=data_config,
     )
     try:
         result = trainer.fit()

@@ -1,0 +1,58 @@
+"""Host batches -> device batches ahead of the step: pinned memory, asynchronous copies on a side stream.
+
+On a GPU the GAN step is launch-bound, so a pageable or synchronous copy in the step's stream stalls it; here the
+copies of the next `depth` batches run on their own stream while the step runs on the consumer's stream.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def to_device_ahead(batches: Iterable[tuple[torch.Tensor, T]], device: torch.device | str,
+                    depth: int = 2) -> Iterator[tuple[torch.Tensor, T]]:
+    """(host tensor, tag) pairs -> (device tensor, same tag), `depth` copies in flight. Off CUDA: the items
+    themselves, unchanged (the same iterator, no copies)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return iter(batches)
+    return _cuda_ahead(iter(batches), device, max(1, depth))
+
+
+def _cuda_ahead(source: Iterator[tuple[torch.Tensor, T]], device: torch.device,
+                depth: int) -> Iterator[tuple[torch.Tensor, T]]:
+    side = torch.cuda.Stream(device)
+    in_flight: deque = deque()  # (device tensor, tag, copy-done event, host tensor kept alive until the copy ends)
+    try:
+        for host, tag in source:
+            if not host.is_pinned():  # a pageable source would make the "asynchronous" copy synchronous
+                host = host.pin_memory()
+            with torch.cuda.stream(side):
+                on_device = host.to(device, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(side)
+            in_flight.append((on_device, tag, done, host))
+            if len(in_flight) > depth:  # the consumer works on one batch while `depth` more are copied
+                yield _hand_over(in_flight.popleft(), device)
+        while in_flight:
+            yield _hand_over(in_flight.popleft(), device)
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:  # e.g. stops the DataLoader workers behind it now rather than at garbage collection
+            close()
+
+
+def _hand_over(item: tuple, device: torch.device) -> tuple[torch.Tensor, object]:
+    on_device, tag, done, _host = item
+    consumer = torch.cuda.current_stream(device)
+    consumer.wait_event(done)  # the step's kernels start after the copy, without blocking the host
+    # The tensor was allocated on the side stream: tell the caching allocator the consumer uses it, so its
+    # memory is not handed out again before the consumer's work on it has finished.
+    on_device.record_stream(consumer)
+    return on_device, tag
