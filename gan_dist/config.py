@@ -23,13 +23,16 @@ class DataConfig(_Section):
     # A prepared shard directory (local or s3://); None trains on the embedded digits, prepared once into the cache.
     path: str | None = None
     shuffle: bool = True
-    # Under Ray, a dataset of at most this size is read once by every worker and kept resident (on its device);
-    # each epoch a worker takes its disjoint rows of one seeded permutation. Larger data streams, split by Ray Data.
-    resident_max_gb: float = Field(4.0, ge=0)
+    # resident: each worker reads its share of the rows once and keeps them on its device as uint8, sampling
+    # batches there. stream: fixed-shape uint8 batches built outside the training process, pinned, copied ahead.
+    # auto: resident when a worker's share fits in resident_max_share of its device memory (host RAM on CPU).
+    placement: Literal["auto", "resident", "stream"] = "auto"
+    resident_max_share: float = Field(0.25, gt=0, le=1)
+    stream_workers: int = Field(2, ge=1, description="reader processes per worker for streamed data (local backend)")
 
 
 class ModelConfig(_Section):
-    arch: Literal["dcgan"] = "dcgan"
+    arch: Literal["dcgan", "resnet_sn"] = "dcgan"
     z_dim: int = Field(64, ge=1)
     g_channels: int = Field(32, ge=1, description="width of the generator's last hidden stage")
     d_channels: int = Field(32, ge=1, description="width of the discriminator's first stage")
@@ -46,7 +49,15 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     sample_every: int = Field(250, ge=1, description="steps between sample grids from the fixed latents")
-    bf16: bool = Field(True, description="bf16 autocast; applies on CUDA only")
+    loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    # Speed switches. Each applies on CUDA only and falls back to plain eager fp32 on the CPU.
+    bf16: bool = Field(True, description="bf16 autocast")
+    fused_adam: bool = Field(True, description="Adam's fused CUDA kernel; also skips non-finite updates on the device")
+    # auto: reduce-overhead (CUDA graphs; these GANs are launch-bound at per-GPU batches of 64-256) on CUDA, off on CPU.
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
+    compile_backend: str = Field("inductor", description="torch.compile backend; aot_eager checks graph safety cheaply")
+    # One D forward on cat(real, fake) when D has no batch norm (batch statistics would mix the two).
+    concat_d_forward: bool = True
     # A NaN/Inf gradient skips that update; this many skipped steps in a row (seen at a log step) restore the
     # newest checkpoint and multiply both learning rates by nonfinite_lr_factor.
     nonfinite_patience: int = Field(3, ge=1)

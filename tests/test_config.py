@@ -37,7 +37,7 @@ def test_bad_values_name_the_key(overrides, message):
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(UserError, match="presets: dcgan-digits"):
+    with pytest.raises(UserError, match="presets: dcgan-64, dcgan-digits, resnet-sn-32"):
         load_config("no-such-preset")
 
 

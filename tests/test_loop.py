@@ -68,13 +68,18 @@ def _tensors(tree, prefix=""):
     return out
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(tiny_data, tmp_path):
-    straight = tiny_config(tiny_data, str(tmp_path), **{"run.name": "straight"})
+RESNET = {"model.arch": "resnet_sn", "model.g_channels": 16, "model.d_channels": 16, "train.loss": "hinge"}
+
+
+@pytest.mark.parametrize("variant", [{"data.placement": "resident"}, {"data.placement": "stream"},
+                                     {"data.placement": "resident", **RESNET}], ids=["resident", "stream", "resnet_sn"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(variant, tiny_data, tmp_path):
+    straight = tiny_config(tiny_data, str(tmp_path), **{"run.name": "straight", **variant})
     train_loop(local_ctx(straight, tmp_path / "straight"), straight)
 
-    first = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 3})
+    first = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 3, **variant})
     train_loop(local_ctx(first, tmp_path / "split"), first)
-    second = tiny_config(tiny_data, str(tmp_path), **{"run.resume": True})
+    second = tiny_config(tiny_data, str(tmp_path), **{"run.resume": True, **variant})
     result = train_loop(local_ctx(second, tmp_path / "split"), second)
     assert result.resumed_from == 3 and result.step == 6
 

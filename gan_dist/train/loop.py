@@ -72,6 +72,8 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
         config = {**cfg.model_dump(), "dataset": {"count": ctx.manifest.count, "resolution": task.resolution,
                                                   "channels": task.channels}, "world_size": ctx.world_size}
         tracker = RunTracker(ctx.run_uri, t.steps, cfg.log, wandb_run_id(ctx.run_uri), config)
+        tracker.message(ctx.placement.reason)
+        tracker.message(task.features.describe())
         if checkpoint is not None:
             tracker.message(f"resumed from step {state.step} ({checkpoint})")
 

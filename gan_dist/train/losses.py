@@ -12,3 +12,17 @@ def d_nonsaturating(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tor
 def g_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
     """-log D(G(z)): strong gradients early, when D rejects fakes easily (Goodfellow et al. 2014)."""
     return F.softplus(-fake_logits).mean()
+
+
+def d_hinge(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """max(0, 1 - D(x)) + max(0, 1 + D(G(z))): SNGAN's discriminator loss (Miyato et al. 2018)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def g_hinge(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-D(G(z)): the generator side of the hinge loss."""
+    return -fake_logits.mean()
+
+
+# name -> (discriminator loss, generator loss)
+LOSSES = {"nonsaturating": (d_nonsaturating, g_nonsaturating), "hinge": (d_hinge, g_hinge)}

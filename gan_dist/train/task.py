@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import get_total_norm
 
 from gan_dist.config import Config
-from gan_dist.models import build_discriminator, build_generator
-from gan_dist.train import losses
+from gan_dist.models import build_discriminator, build_generator, update_spectral_norms
+from gan_dist.train import losses, speed
 
 
 def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
@@ -61,10 +61,15 @@ class GenerationTask:
             ids = [device] if device.type == "cuda" else None
             self.G_ddp = DistributedDataParallel(self.G, device_ids=ids)
             self.D_ddp = DistributedDataParallel(self.D, device_ids=ids)
-        fused = device.type == "cuda"
+        self.features = speed.resolve(t, device, self.D)
+        self.d_loss, self.g_loss = losses.LOSSES[t.loss]
+        fused = self.features.fused_adam
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
-        self.use_bf16 = t.bf16 and device.type == "cuda"
+        # What the step calls: compiled views when asked. G/D stay plain for sampling, state dicts and checks.
+        self.G_step = speed.compiled(self.G_ddp, self.features)
+        self.D_step = speed.compiled(self.D_ddp, self.features)
+        self.D_for_g = speed.compiled(self.D, self.features)
         self.noise = torch.Generator(device=device)
         # Fused Adam skips a non-finite update on the device itself; elsewhere the step asks the host.
         self.skip_on_device = fused
@@ -72,7 +77,7 @@ class GenerationTask:
         self.skipped_total = torch.zeros((), device=device)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.use_bf16 else contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.features.bf16 else contextlib.nullcontext()
 
     def latents(self, n: int, seed: int) -> torch.Tensor:
         self.noise.manual_seed(seed)
@@ -81,21 +86,22 @@ class GenerationTask:
     def step(self, real_u8: torch.Tensor, step: int, rank: int) -> dict[str, torch.Tensor]:
         """One D update then one G update. The latents are a pure function of (seed, rank, step), so a resumed
         run draws exactly the noise the uninterrupted run would have drawn, without RNG state."""
+        speed.mark_step_begin(self.features)
         real = to_model_range(real_u8.to(self.device, non_blocking=True))
         z = self.latents(real.shape[0], noise_seed(self.cfg.train.seed, rank, step))
+        update_spectral_norms(self.D)  # the power iteration, outside any compiled region: forwards stay pure
 
         with self.autocast():
-            fake = self.G_ddp(z)
-            real_logits = self.D_ddp(real).float()
-            fake_logits = self.D_ddp(fake.detach()).float()
-            loss_d = losses.d_nonsaturating(real_logits, fake_logits)
+            fake = self.G_step(z)
+            real_logits, fake_logits = self._d_logits(real, fake.detach())
+            loss_d = self.d_loss(real_logits, fake_logits)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         grad_norm_d, bad_d = self._guarded_update(self.opt_d, self.D)
 
         # The plain D (not its DDP wrapper): no D gradients to synchronise in the G update.
         with self.autocast(), frozen(self.D):
-            loss_g = losses.g_nonsaturating(self.D(fake).float())
+            loss_g = self.g_loss(self.D_for_g(fake).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         grad_norm_g, bad_g = self._guarded_update(self.opt_g, self.G)
@@ -111,6 +117,13 @@ class GenerationTask:
             "grad_norm_D": grad_norm_d,
             "grad_norm_G": grad_norm_g,
         }
+
+    def _d_logits(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's float logits for the real and the fake batch: one forward over both when D allows it."""
+        if self.features.concat_d_forward:
+            logits = self.D_step(torch.cat([real, fake.to(real.dtype)])).float()
+            return logits[: len(real)], logits[len(real) :]
+        return self.D_step(real).float(), self.D_step(fake).float()
 
     def _guarded_update(self, optimizer: torch.optim.Optimizer, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """Step unless the gradient norm is NaN/Inf. The gradients are already averaged across ranks, so every
