@@ -96,6 +96,26 @@ def _parser() -> argparse.ArgumentParser:
                                              "metrics.jsonl; restores and skipped updates show as red lines.")
     report.add_argument("run", metavar="RUN", help="run directory (local or s3://)")
     report.add_argument("--out", help="PNG path (default RUN/curves.png)")
+    bench = commands.add_parser(
+        "bench", help="time the training step on synthetic on-device data, on real shards, and the reference loop",
+        description="Time the project's training step in this process on one device: on synthetic uint8 batches "
+                    "already on the device, on real shards kept resident and streamed, and (with --reference) the "
+                    "plain PyTorch loop of reference_gan_bench.py at the same model and batch. Prints img/s and "
+                    "ratios.")
+    bench.add_argument("preset", nargs="?", default=DEFAULT_PRESET, help=f"preset name or YAML file (default {DEFAULT_PRESET})")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.compile=off (repeatable)")
+    bench.add_argument("--batch-size", type=_positive_int, help="images per step")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="auto: the GPU when there is one (default)")
+    bench.add_argument("--steps", type=_positive_int, default=40, help="timed steps per repeat (default 40)")
+    bench.add_argument("--warmup", type=_positive_int, default=8, help="untimed steps first (default 8)")
+    bench.add_argument("--repeats", type=_positive_int, default=3, help="timed repeats; the median counts (default 3)")
+    bench.add_argument("--data", help="prepared shards (default: synthetic shards written to a temporary folder)")
+    bench.add_argument("--resolution", type=_positive_int, default=64, help="synthetic shards' resolution (default 64)")
+    bench.add_argument("--channels", type=int, choices=[1, 3], default=3, help="synthetic shards' channels (default 3)")
+    bench.add_argument("--reference", metavar="PATH", help="path of reference_gan_bench.py to time beside the step")
+    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return parser
 
 
@@ -130,6 +150,26 @@ def _prepare(args: argparse.Namespace) -> None:
           f"in {len(manifest.shards)} shards to {args.out}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    import torch
+
+    from gan_dist.bench import BenchOptions, format_rows, run_bench, write_json
+
+    overrides: dict[str, Any] = dict(parse_override(text) for text in args.overrides)
+    if args.batch_size:
+        overrides["train.batch_size"] = args.batch_size
+    cfg = load_config(args.preset, overrides)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+    options = BenchOptions(device, args.steps, args.warmup, args.repeats, args.data, args.resolution, args.channels,
+                           args.reference)
+    rows = run_bench(cfg, options)
+    print(format_rows(rows))
+    if args.json:
+        write_json(rows, cfg, options, args.json)
+
+
 def _sample(args: argparse.Namespace) -> None:
     from gan_dist.sample import write_samples
 
@@ -150,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report}[args.command](args)
+        {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench}[args.command](args)
     except UserError as err:
         print(f"gan-dist: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -27,9 +27,9 @@ from gan_dist.data.sources import ArraySource
 from gan_dist.runtime import storage
 
 
-def synthetic_images(count: int, resolution: int, seed: int = 0) -> np.ndarray:
+def synthetic_images(count: int, resolution: int, seed: int = 0, channels: int = 3) -> np.ndarray:
     """Smooth random pictures (upsampled 8×8 noise): PNG compresses them the way it compresses photos, roughly."""
-    small = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (count, 3, 8, 8), dtype=np.uint8))
+    small = torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (count, channels, 8, 8), dtype=np.uint8))
     big = torch.nn.functional.interpolate(small.float(), size=(resolution, resolution), mode="bilinear")
     return big.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 

@@ -1,0 +1,190 @@
+"""`gan-dist bench`: the project's training step, in this process on one device, fed four ways.
+
+    synthetic   uint8 batches already on the device: the step's own ceiling
+    resident    real shards, each worker's rows kept on the device (data.placement=resident)
+    stream      real shards through the streaming reader: reader processes, pinned memory, copies ahead
+    reference   the plain PyTorch loop of reference_gan_bench.py (--reference PATH) at the same model and batch
+
+Prints images/s and the ratios the throughput targets are stated in; --json writes the rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from gan_dist.config import Config
+from gan_dist.data.bench import synthetic_images
+from gan_dist.data.images import ImageSpec
+from gan_dist.data.prepare import PrepareOptions, write_dataset
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, read_manifest, worker_seed
+from gan_dist.data.shards import Manifest
+from gan_dist.data.sources import ArraySource
+from gan_dist.data.stream import StreamReader
+from gan_dist.errors import UserError
+from gan_dist.train.task import GenerationTask
+
+# The reference script's models, by our architecture name: (its model key, its loss name).
+REFERENCE_MODELS = {"dcgan": ("dcgan64", "bce"), "resnet_sn": ("sngan32", "hinge")}
+
+
+@dataclass
+class BenchOptions:
+    device: torch.device
+    steps: int = 40  # timed steps per repeat
+    warmup: int = 8  # untimed steps first (compilation, CUDA graph capture, reader start-up)
+    repeats: int = 3  # the median repeat is reported
+    data: str | None = None  # prepared shards; None writes synthetic ones at resolution × channels
+    resolution: int = 64
+    channels: int = 3
+    reference: str | None = None  # path to reference_gan_bench.py
+
+
+@dataclass
+class BenchRow:
+    path: str
+    img_per_s: float
+    step_ms: float
+    note: str = ""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[int], None], batch_size: int, options: BenchOptions) -> tuple[float, float]:
+    """(images/s, ms per step) of the median of `repeats` windows of `steps` steps, device synchronised."""
+    for i in range(options.warmup):
+        step(i)
+    _sync(options.device)
+    windows, i = [], options.warmup
+    for _ in range(options.repeats):
+        started = time.perf_counter()
+        for _ in range(options.steps):
+            step(i)
+            i += 1
+        _sync(options.device)
+        windows.append((time.perf_counter() - started) / options.steps)
+    seconds = statistics.median(windows)
+    return batch_size / seconds, seconds * 1000
+
+
+def _project_step(task: GenerationTask, batches: Iterator[tuple[torch.Tensor, DataPosition]]) -> Callable[[int], None]:
+    def step(i: int) -> None:
+        real, _ = next(batches)
+        task.step(real, i, 0)
+    return step
+
+
+def _cycle(batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+    i = 0
+    while True:
+        yield batches[i % len(batches)], DataPosition(0, i)
+        i += 1
+
+
+def _synthetic_shards(root: str, options: BenchOptions, count: int) -> str:
+    uri = str(Path(root) / "shards")
+    source = ArraySource(synthetic_images(count, options.resolution, channels=options.channels), None, [], "synthetic")
+    write_dataset(source, uri, PrepareOptions(ImageSpec(options.resolution, options.channels), shard_size=4096),
+                  progress=False)
+    return uri
+
+
+def load_reference(path: str) -> ModuleType:
+    if not Path(path).is_file():
+        raise UserError(f"no reference script at {path}; pass the path of reference_gan_bench.py")
+    spec = importlib.util.spec_from_file_location("reference_gan_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _reference_step(module: ModuleType, cfg: Config, task: GenerationTask, manifest: Manifest,
+                    options: BenchOptions) -> Callable[[int], None] | str:
+    """The reference's own step at our config, or why it cannot be compared (a different architecture)."""
+    key, loss = REFERENCE_MODELS[cfg.model.arch]
+    make_g, make_d, resolution, z_dim, _ = module.MODELS[key]
+    module.DEV = options.device.type
+    torch.manual_seed(0)
+    G, D = make_g().to(options.device), make_d().to(options.device)
+    ours = (manifest.resolution, manifest.channels, cfg.model.z_dim, _count(task.G), _count(task.D))
+    theirs = (resolution, 3, z_dim, _count(G), _count(D))
+    if ours != theirs:
+        return (f"not comparable: reference {key} has (resolution, channels, z_dim, G params, D params) = {theirs}, "
+                f"this config {ours}")
+    fused = options.device.type == "cuda"
+    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999), fused=fused)
+    dtype = torch.bfloat16 if task.features.bf16 else None
+    step = module.make_step(G, D, opt_g, opt_d, loss, z_dim, cfg.train.batch_size, dtype, False)
+    reals = [torch.rand(cfg.train.batch_size, 3, resolution, resolution, device=options.device) * 2 - 1
+             for _ in range(4)]
+    return lambda i: step(reals[i % 4])
+
+
+def _count(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
+    batch = cfg.train.batch_size
+    count = min(batch * (options.warmup + options.repeats * options.steps), 60_000)
+    with tempfile.TemporaryDirectory(prefix="gan-dist-bench-") as root:
+        data_uri = options.data or _synthetic_shards(root, options, max(count, 2 * batch))
+        manifest = read_manifest(data_uri)
+
+        def fresh_task() -> GenerationTask:  # each path starts from the same weights and optimizer state
+            return GenerationTask(cfg, manifest.resolution, manifest.channels, options.device, distributed=False)
+
+        rows = []
+        task = fresh_task()
+        shape = (batch, manifest.resolution, manifest.resolution, manifest.channels)
+        fixed = [torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device) for _ in range(4)]
+        rows.append(BenchRow("synthetic", *time_steps(_project_step(task, _cycle(fixed)), batch, options),
+                             task.features.describe()))
+        seed = worker_seed(cfg.train.seed, 0)
+        resident = InMemoryReader(load_images(data_uri, manifest), batch, seed, True, options.device)
+        task = fresh_task()
+        rows.append(BenchRow("resident", *time_steps(_project_step(task, resident.batches(DataPosition())), batch,
+                                                     options), f"{manifest.count} images on {options.device}"))
+        streamed = StreamReader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device,
+                                workers=cfg.data.stream_workers)
+        task = fresh_task()
+        rows.append(BenchRow("stream", *time_steps(_project_step(task, streamed.batches(DataPosition())), batch,
+                                                   options), f"{cfg.data.stream_workers} reader processes"))
+        if options.reference:
+            reference = _reference_step(load_reference(options.reference), cfg, task, manifest, options)
+            if isinstance(reference, str):
+                rows.append(BenchRow("reference", 0.0, 0.0, reference))
+            else:
+                rows.append(BenchRow("reference", *time_steps(reference, batch, options), "plain eager PyTorch"))
+    return rows
+
+
+def format_rows(rows: list[BenchRow]) -> str:
+    by_path = {row.path: row.img_per_s for row in rows}
+    lines = [f"{'path':<11}{'img/s':>11}{'ms/step':>9}{'÷synthetic':>12}{'÷reference':>12}  note"]
+    for row in rows:
+        vs_synthetic = row.img_per_s / by_path["synthetic"]
+        vs_reference = row.img_per_s / by_path["reference"] if by_path.get("reference") else None
+        lines.append(f"{row.path:<11}{row.img_per_s:>11,.0f}{row.step_ms:>9.2f}{vs_synthetic:>11.2f}x"
+                     f"{f'{vs_reference:.2f}x' if vs_reference else '-':>12}  {row.note}")
+    return "\n".join(lines)
+
+
+def write_json(rows: list[BenchRow], cfg: Config, options: BenchOptions, path: str) -> None:
+    device = torch.cuda.get_device_name(options.device) if options.device.type == "cuda" else "cpu"
+    record = {"torch": torch.__version__, "device": device, "batch_size": cfg.train.batch_size,
+              "model": cfg.model.model_dump(), "rows": [asdict(row) for row in rows]}
+    Path(path).write_text(json.dumps(record, indent=1))
