@@ -26,7 +26,7 @@ from gan_dist.config import Config
 from gan_dist.data.bench import synthetic_images
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, write_dataset
-from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, read_manifest, worker_seed
+from gan_dist.data.reader import DataPosition, read_manifest, resident_reader
 from gan_dist.data.shards import Manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.data.stream import StreamReader
@@ -153,8 +153,7 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
         fixed = [torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device) for _ in range(4)]
         rows.append(BenchRow("synthetic", *time_steps(_project_step(task, _cycle(fixed)), batch, options),
                              task.features.describe()))
-        seed = worker_seed(cfg.train.seed, 0)
-        resident = InMemoryReader(load_images(data_uri, manifest), batch, seed, True, options.device)
+        resident = resident_reader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device)
         task = fresh_task()
         rows.append(BenchRow("resident", *time_steps(_project_step(task, resident.batches(DataPosition())), batch,
                                                      options), f"{manifest.count} images on {options.device}"))

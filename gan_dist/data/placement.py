@@ -16,10 +16,6 @@ class Placement:
     resident: bool
     reason: str  # one line for the console: what was chosen and why
 
-    @property
-    def name(self) -> str:
-        return "resident" if self.resident else "stream"
-
 
 def device_memory_bytes(device: torch.device) -> int:
     """Total memory of the device the batches are used on: the GPU's, or this host's RAM for the CPU."""

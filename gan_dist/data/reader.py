@@ -102,3 +102,10 @@ class InMemoryReader:
                 batch += 1
                 yield self.images[index], DataPosition(epoch, batch)
             epoch, batch = epoch + 1, 0
+
+
+def resident_reader(data_uri: str, manifest: Manifest, batch_size: int, rank: int, world_size: int, seed: int,
+                    shuffle: bool, device: torch.device | str) -> InMemoryReader:
+    """A worker's contiguous share of the rows, read once and kept on its device."""
+    images = load_images(data_uri, manifest, worker_rows(manifest.count, rank, world_size))
+    return InMemoryReader(images, batch_size, worker_seed(seed, rank), shuffle, device)

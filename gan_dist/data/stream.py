@@ -237,9 +237,7 @@ class StreamReader:
     def _epoch_dataset(self, epoch: int, skip: int) -> tuple[EpochDataset, int]:
         """This rank's epoch from batch `skip` on, and the epoch's length in batches."""
         order = self._order(epoch)
-        length = self.batches_per_epoch(epoch)
-        if length == 0:  # not reachable after the construction check; kept as a guard
-            raise UserError(f"epoch {epoch} leaves a rank without a batch of {self.batch_size}; lower --batch-size")
+        length = self.batches_per_epoch(epoch)  # > 0: checked at construction
         split = self._split(order, self.rank)
         quota, _ = round_robin_taken(self._worker_batches(split), length)
         skipped, rotation = round_robin_taken(quota, min(skip, length))

@@ -11,7 +11,7 @@ import torch
 from gan_dist import checkpoint
 from gan_dist.config import Config
 from gan_dist.data import placement
-from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, worker_seed
+from gan_dist.data.reader import DataPosition, InMemoryReader, resident_reader
 from gan_dist.data.stream import StreamReader
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
@@ -30,8 +30,8 @@ class LocalContext:
         t = cfg.train
         self.reader: InMemoryReader | StreamReader
         if self.placement.resident:
-            self.reader = InMemoryReader(load_images(data_uri, manifest), t.batch_size, worker_seed(t.seed, 0),
-                                         cfg.data.shuffle, self.device)
+            self.reader = resident_reader(data_uri, manifest, t.batch_size, 0, 1, t.seed, cfg.data.shuffle,
+                                          self.device)
         else:
             self.reader = StreamReader(data_uri, manifest, t.batch_size, 0, 1, t.seed, cfg.data.shuffle, self.device,
                                        workers=cfg.data.stream_workers)

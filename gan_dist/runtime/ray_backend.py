@@ -24,7 +24,7 @@ from gan_dist import checkpoint
 from gan_dist.config import Config, config_from_dict
 from gan_dist.data import placement
 from gan_dist.data.prefetch import to_device_ahead
-from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, shard_uris, worker_rows, worker_seed
+from gan_dist.data.reader import DataPosition, InMemoryReader, resident_reader, shard_uris
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
@@ -75,10 +75,8 @@ class RayContext:
         """This worker's contiguous share of the rows, read once with pyarrow and kept on the device; each epoch a
         seeded permutation of it. Reproducible, exactly resumable, and no epoch pays Ray Data's start-up."""
         if self._reader is None:
-            rows = worker_rows(self.manifest.count, self.rank, self.world_size)
-            t = self.cfg.train
-            self._reader = InMemoryReader(load_images(self.data_uri, self.manifest, rows), t.batch_size,
-                                          worker_seed(t.seed, self.rank), self.cfg.data.shuffle, self.device)
+            self._reader = resident_reader(self.data_uri, self.manifest, self.cfg.train.batch_size, self.rank,
+                                           self.world_size, self.cfg.train.seed, self.cfg.data.shuffle, self.device)
         return self._reader
 
     def _streamed_batches(self, shard, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
