@@ -3,6 +3,7 @@
     synthetic   uint8 batches already on the device: the step's own ceiling
     resident    real shards, each worker's rows kept on the device (data.placement=resident)
     stream      real shards through the streaming reader: reader processes, pinned memory, copies ahead
+    ray-stream  (--ray) real shards through Ray Data, decoded in its tasks: the Ray backend's streamed path
     reference   the plain PyTorch loop of reference_gan_bench.py (--reference PATH) at the same model and batch
 
 Prints images/s and the ratios the throughput targets are stated in; --json writes the rows.
@@ -47,6 +48,7 @@ class BenchOptions:
     resolution: int = 64
     channels: int = 3
     reference: str | None = None  # path to reference_gan_bench.py
+    ray: bool = False  # also time the Ray Data streamed path (joins or starts a Ray)
 
 
 @dataclass
@@ -133,6 +135,16 @@ def _reference_step(module: ModuleType, cfg: Config, task: GenerationTask, manif
     return lambda i: step(reals[i % 4])
 
 
+def _ray_stream_row(cfg: Config, manifest: Manifest, data_uri: str, task: GenerationTask,
+                    options: BenchOptions) -> BenchRow:
+    from gan_dist.runtime.ray_backend import ensure_ray, shard_dataset, stream_batches
+
+    ensure_ray(cfg)
+    batches = stream_batches(shard_dataset(cfg, manifest, data_uri).iterator(), cfg, 0, options.device, DataPosition())
+    return BenchRow("ray-stream", *time_steps(_project_step(task, batches), cfg.train.batch_size, options),
+                    "Ray Data in this process, decoded in its tasks")
+
+
 def _count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -162,6 +174,8 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
         task = fresh_task()
         rows.append(BenchRow("stream", *time_steps(_project_step(task, streamed.batches(DataPosition())), batch,
                                                    options), f"{cfg.data.stream_workers} reader processes"))
+        if options.ray:
+            rows.append(_ray_stream_row(cfg, manifest, data_uri, fresh_task(), options))
         if options.reference:
             reference = _reference_step(load_reference(options.reference), cfg, task, manifest, options)
             if isinstance(reference, str):

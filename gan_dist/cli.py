@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--resolution", type=_positive_int, default=64, help="synthetic shards' resolution (default 64)")
     bench.add_argument("--channels", type=int, choices=[1, 3], default=3, help="synthetic shards' channels (default 3)")
     bench.add_argument("--reference", metavar="PATH", help="path of reference_gan_bench.py to time beside the step")
+    bench.add_argument("--ray", action="store_true", help="also time the Ray Data streamed path (starts a local Ray)")
     bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return parser
 
@@ -163,7 +164,7 @@ def _bench(args: argparse.Namespace) -> None:
         raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     options = BenchOptions(device, args.steps, args.warmup, args.repeats, args.data, args.resolution, args.channels,
-                           args.reference)
+                           args.reference, args.ray)
     rows = run_bench(cfg, options)
     print(format_rows(rows))
     if args.json:

@@ -122,3 +122,14 @@ def test_resumed_ray_run_matches_an_uninterrupted_one_exactly(first_run, tmp_pat
     for name in ("G", "D"):
         for key, tensor in a["nets"][name].items():
             assert torch.equal(tensor, b["nets"][name][key]), (name, key)
+
+
+def test_step_benchmark_also_times_the_ray_data_streamed_path(ray_cluster, tmp_path):
+    from gan_dist import cli
+
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--device", "cpu", "--resolution", "16", "--channels", "1", "--batch-size", "4",
+                     "--steps", "2", "--warmup", "1", "--repeats", "1", "--ray", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["path"] for row in rows] == ["synthetic", "resident", "stream", "ray-stream"]
+    assert rows[-1]["img_per_s"] > 0 and "Ray Data" in rows[-1]["note"]

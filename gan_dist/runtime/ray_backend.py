@@ -16,6 +16,7 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
+from ray.data import DataIterator
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -47,6 +48,40 @@ class _ImagesCollate(NumpyBatchCollateFn):
         return torch.from_numpy(batch["image"])  # already decoded: no per-row work in the training process
 
 
+def shard_dataset(cfg: Config, manifest: Manifest, data_uri: str) -> ray.data.Dataset:
+    """The shards as a Ray Data dataset of decoded uint8 images; the decoding runs in Ray Data tasks."""
+    return ray.data.read_parquet(
+        shard_uris(storage.absolute_uri(data_uri), manifest),
+        # File order seeded, and reseeded on every execution (epoch) of the pipeline.
+        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle else None,
+    ).select_columns(["image"]).map_batches(decode_block, fn_kwargs={"manifest": manifest}, batch_format="pyarrow",
+                                            batch_size=STREAM_CHUNK_ROWS)
+
+
+def stream_batches(shard: DataIterator, cfg: Config, rank: int, device: torch.device,
+                   start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+    """Training batches from a Ray Data iterator, epoch after epoch, on `device`: pinned and copied ahead on a GPU.
+    Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping into a
+    different order of the interrupted one."""
+    def host_batches() -> Iterator[tuple[torch.Tensor, DataPosition]]:
+        epoch = start.epoch + (1 if start.batch else 0)
+        size = cfg.train.batch_size
+        per_chunk = max(1, STREAM_CHUNK_ROWS // size)
+        while True:
+            seed = cfg.train.seed * 1_000_003 + epoch * 7919 + rank
+            shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if cfg.data.shuffle else {}
+            chunks = shard.iter_torch_batches(batch_size=size * per_chunk, collate_fn=_ImagesCollate(), device="cpu",
+                                              pin_memory=device.type == "cuda", prefetch_batches=2, **shuffle)
+            index = 0
+            for chunk in chunks:
+                for offset in range(0, len(chunk) - size + 1, size):  # drop_last, per chunk
+                    index += 1
+                    yield chunk[offset : offset + size], DataPosition(epoch, index)
+            epoch += 1
+
+    return to_device_ahead(host_batches(), device)
+
+
 class RayContext:
     def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
         context = ray.train.get_context()
@@ -69,7 +104,7 @@ class RayContext:
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
         if self.placement.resident:
             return self._resident_reader().batches(start)
-        return to_device_ahead(self._streamed_batches(ray.train.get_dataset_shard("train"), start), self.device)
+        return stream_batches(ray.train.get_dataset_shard("train"), self.cfg, self.rank, self.device, start)
 
     def _resident_reader(self) -> InMemoryReader:
         """This worker's contiguous share of the rows, read once with pyarrow and kept on the device; each epoch a
@@ -78,24 +113,6 @@ class RayContext:
             self._reader = resident_reader(self.data_uri, self.manifest, self.cfg.train.batch_size, self.rank,
                                            self.world_size, self.cfg.train.seed, self.cfg.data.shuffle, self.device)
         return self._reader
-
-    def _streamed_batches(self, shard, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        # Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping
-        # into a different order of the interrupted one.
-        epoch = start.epoch + (1 if start.batch else 0)
-        size = self.cfg.train.batch_size
-        per_chunk = max(1, STREAM_CHUNK_ROWS // size)
-        while True:
-            seed = self.cfg.train.seed * 1_000_003 + epoch * 7919 + self.rank
-            shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if self.cfg.data.shuffle else {}
-            chunks = shard.iter_torch_batches(batch_size=size * per_chunk, collate_fn=_ImagesCollate(), device="cpu",
-                                              pin_memory=self.device.type == "cuda", prefetch_batches=2, **shuffle)
-            index = 0
-            for chunk in chunks:
-                for offset in range(0, len(chunk) - size + 1, size):  # drop_last, per chunk
-                    index += 1
-                    yield chunk[offset : offset + size], DataPosition(epoch, index)
-            epoch += 1
 
     def latest_checkpoint(self) -> str | None:
         # Ray registers a checkpoint only after its controller sees the report; a hard crash just after an
@@ -162,13 +179,8 @@ def _failure_message(err: Exception) -> str | None:
 def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
     ensure_ray(cfg)
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
-    # Read only by streamed workers (resident ones read their rows with pyarrow): decoded in Ray Data tasks.
-    dataset = ray.data.read_parquet(
-        shard_uris(storage.absolute_uri(data_uri), manifest),
-        # File order seeded, and reseeded on every execution (epoch) of the pipeline.
-        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle else None,
-    ).select_columns(["image"]).map_batches(decode_block, fn_kwargs={"manifest": manifest}, batch_format="pyarrow",
-                                            batch_size=STREAM_CHUNK_ROWS)
+    # Read only by streamed workers (resident ones read their rows with pyarrow).
+    dataset = shard_dataset(cfg, manifest, data_uri)
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "data_uri": storage.absolute_uri(data_uri),

@@ -21,6 +21,7 @@ class StepFeatures:
     compile_mode: str | None  # None: eager
     compile_backend: str
     concat_d_forward: bool
+    compile_optional: bool = False  # chosen by "auto": a graph that fails to compile runs eagerly instead
 
     @property
     def cuda_graphs(self) -> bool:
@@ -50,6 +51,7 @@ def resolve(train: TrainConfig, device: torch.device, discriminator: nn.Module) 
         compile_backend=train.compile_backend,
         # Batch norm would normalise real and fake with shared statistics: D then tells them apart by the batch.
         concat_d_forward=train.concat_d_forward and not has_batch_norm(discriminator),
+        compile_optional=train.compile == "auto",
     )
 
 
@@ -57,6 +59,8 @@ def compiled(net: nn.Module, features: StepFeatures) -> nn.Module:
     """`net` under torch.compile when asked; the module itself otherwise. The plain module keeps its state."""
     if features.compile_mode is None:
         return net
+    if features.compile_optional:  # process-wide; an explicit compile mode keeps failures loud
+        torch._dynamo.config.suppress_errors = True
     if features.compile_backend != "inductor":  # modes are inductor's; other backends warn and ignore them
         return torch.compile(net, backend=features.compile_backend)
     mode = None if features.compile_mode == "default" else features.compile_mode
