@@ -121,7 +121,8 @@ class GenerationTask:
     def _d_logits(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D's float logits for the real and the fake batch: one forward over both when D allows it."""
         if self.features.concat_d_forward:
-            logits = self.D_step(torch.cat([real, fake.to(real.dtype)])).float()
+            # In the generator's dtype (bf16 under autocast): D's first layer would cast to it anyway.
+            logits = self.D_step(torch.cat([real.to(fake.dtype), fake])).float()
             return logits[: len(real)], logits[len(real) :]
         return self.D_step(real).float(), self.D_step(fake).float()
 
