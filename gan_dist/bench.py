@@ -135,14 +135,13 @@ def _reference_step(module: ModuleType, cfg: Config, task: GenerationTask, manif
     return lambda i: step(reals[i % 4])
 
 
-def _ray_stream_row(cfg: Config, manifest: Manifest, data_uri: str, task: GenerationTask,
-                    options: BenchOptions) -> BenchRow:
+def _ray_batches(cfg: Config, manifest: Manifest, data_uri: str,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+    """The Ray backend's streamed path, iterated in this process (joins or starts a Ray)."""
     from gan_dist.runtime.ray_backend import ensure_ray, shard_dataset, stream_batches
 
     ensure_ray(cfg)
-    batches = stream_batches(shard_dataset(cfg, manifest, data_uri).iterator(), cfg, 0, options.device, DataPosition())
-    return BenchRow("ray-stream", *time_steps(_project_step(task, batches), cfg.train.batch_size, options),
-                    "Ray Data in this process, decoded in its tasks")
+    return stream_batches(shard_dataset(cfg, manifest, data_uri).iterator(), cfg, 0, device, DataPosition())
 
 
 def _count(net: torch.nn.Module) -> int:
@@ -159,25 +158,24 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
         def fresh_task() -> GenerationTask:  # each path starts from the same weights and optimizer state
             return GenerationTask(cfg, manifest.resolution, manifest.channels, options.device, distributed=False)
 
-        rows = []
-        task = fresh_task()
+        def measure(path: str, batches: Iterator[tuple[torch.Tensor, DataPosition]], note: str) -> BenchRow:
+            task = fresh_task()
+            img_per_s, step_ms = time_steps(_project_step(task, batches), batch, options)
+            return BenchRow(path, img_per_s, step_ms, note or task.features.describe())
+
         shape = (batch, manifest.resolution, manifest.resolution, manifest.channels)
         fixed = [torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device) for _ in range(4)]
-        rows.append(BenchRow("synthetic", *time_steps(_project_step(task, _cycle(fixed)), batch, options),
-                             task.features.describe()))
+        rows = [measure("synthetic", _cycle(fixed), "")]
         resident = resident_reader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device)
-        task = fresh_task()
-        rows.append(BenchRow("resident", *time_steps(_project_step(task, resident.batches(DataPosition())), batch,
-                                                     options), f"{manifest.count} images on {options.device}"))
+        rows.append(measure("resident", resident.batches(DataPosition()), f"{manifest.count} images on {options.device}"))
         streamed = StreamReader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device,
                                 workers=cfg.data.stream_workers)
-        task = fresh_task()
-        rows.append(BenchRow("stream", *time_steps(_project_step(task, streamed.batches(DataPosition())), batch,
-                                                   options), f"{cfg.data.stream_workers} reader processes"))
+        rows.append(measure("stream", streamed.batches(DataPosition()), f"{cfg.data.stream_workers} reader processes"))
         if options.ray:
-            rows.append(_ray_stream_row(cfg, manifest, data_uri, fresh_task(), options))
+            rows.append(measure("ray-stream", _ray_batches(cfg, manifest, data_uri, options.device),
+                                "Ray Data in this process, decoded in its tasks"))
         if options.reference:
-            reference = _reference_step(load_reference(options.reference), cfg, task, manifest, options)
+            reference = _reference_step(load_reference(options.reference), cfg, fresh_task(), manifest, options)
             if isinstance(reference, str):
                 rows.append(BenchRow("reference", 0.0, 0.0, reference))
             else:
