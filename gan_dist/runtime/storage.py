@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import tempfile
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -91,3 +92,29 @@ def check_bucket(uri: str) -> None:
         found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
     if not found:
         raise UserError(f"bucket '{bucket}' of {uri} does not exist; create it or fix the URI")
+
+
+def check_output_dir(uri: str, flag: str) -> None:
+    """Fail in one line, before any work, when `uri` cannot hold outputs: an unreachable endpoint, a missing
+    bucket, a path that is a file (or lies under one), or a folder that cannot be written."""
+    if is_remote(uri):
+        check_bucket(uri)
+        fs, path = resolve(uri)
+        with user_errors(uri, "reach"):
+            is_file = fs.get_file_info(path).type == pafs.FileType.File
+        if is_file:
+            raise UserError(f"{flag} {uri} is an object, not a folder; pass a prefix that holds no object")
+        return
+    path = os.path.abspath(uri.removeprefix("file://"))
+    existing = path
+    while not os.path.exists(existing):  # the folder is made later; what must be writable is its nearest ancestor
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "" if existing == path else f" ({existing} is a file)"
+        raise UserError(f"{flag} {uri} is not a folder{where}; pass a folder path")
+    try:  # a real write: permission bits say nothing for root, and nothing about read-only mounts
+        handle, probe = tempfile.mkstemp(prefix=".gan-dist-probe-", dir=existing)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{flag} {uri} cannot be written ({exc.strerror or exc}); pass a writable folder") from None
