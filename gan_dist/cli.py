@@ -139,12 +139,14 @@ def _train(args: argparse.Namespace) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     from gan_dist.data.images import ImageSpec
     from gan_dist.data.prepare import PrepareOptions, prepare
+    from gan_dist.models import check_resolution
 
+    check_resolution(args.resolution)  # before reading a single image
     channels = args.channels or (1 if args.source == "digits" else 3)
     min_size = args.resolution // 4 if args.min_size is None else args.min_size
     spec = ImageSpec(args.resolution, channels, args.crop, args.resize_filter, min_size)
     options = PrepareOptions(spec, args.format, args.shard_size, args.workers, args.limit,
-                             None if args.shuffle_seed < 0 else args.shuffle_seed)
+                             args.shuffle_seed)
     manifest, skipped = prepare(args.source, args.out, options, root=args.root, download=args.download)
     print(skipped.summary(manifest.count + sum(skipped.counts.values())), file=sys.stderr)
     print(f"wrote {manifest.count} images ({args.resolution}x{args.resolution}x{channels}, {args.format}) "

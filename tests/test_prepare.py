@@ -215,3 +215,206 @@ def test_missing_bucket_and_wrong_credentials_are_one_line_errors(s3_server, buc
     assert len(done.stderr.strip().splitlines()) == 1
     assert "wrong-secret" not in done.stderr  # never echo secrets
     assert s3_client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+
+# --- Odd inputs users give `gan-dist prepare`: the right pixels, or a one-line refusal that names the fix. ---
+
+TARGET = np.arange(0, 256, 17, dtype=np.uint8).reshape(1, 4, 4).repeat(3, axis=0)  # 0..255, both ends included
+
+
+def _prepare_npz(tmp_path, images, labels=None):
+    """4×4 images (and labels) saved as a user would, with np.savez, prepared at their own size in source order."""
+    np.savez(tmp_path / "d.npz", images=images, **({} if labels is None else {"labels": labels}))
+    options = PrepareOptions(ImageSpec(4, 1), shuffle_seed=None)
+    return prepare(str(tmp_path / "d.npz"), str(tmp_path / "out"), options, progress=False)[0]
+
+
+def _refused(call, *expected: str) -> None:
+    with pytest.raises(UserError) as excinfo:
+        call()
+    message = str(excinfo.value)
+    assert "\n" not in message and "pickle" not in message.lower(), message  # one line; never advise unpickling
+    for text in expected:
+        assert text in message, message
+
+
+@pytest.mark.parametrize("as_float", [
+    pytest.param(lambda t: t / 255.0, id="0..1"),
+    pytest.param(lambda t: t / 127.5 - 1.0, id="-1..1"),
+    pytest.param(lambda t: t + np.where(t == 0, 0.3, -0.3), id="0..255"),  # not whole: rounded
+])
+def test_float_npz_pixels_are_scaled_by_the_range_of_the_whole_array(tmp_path, as_float):
+    manifest = _prepare_npz(tmp_path, as_float(TARGET.astype(np.float64)).astype(np.float32))
+    np.testing.assert_array_equal(load_images(str(tmp_path / "out"), manifest)[..., 0], TARGET)
+
+
+def test_float_range_is_one_decision_for_all_images_not_a_guess_per_image(tmp_path):
+    images = TARGET.astype(np.float64)
+    images[0] = np.linspace(0.0, 1.0, 16).reshape(4, 4)  # a near-black image in a 0..255 dataset: stays near-black
+    manifest = _prepare_npz(tmp_path, images)
+    pixels = load_images(str(tmp_path / "out"), manifest)[..., 0]
+    np.testing.assert_array_equal(pixels[0], np.rint(images[0]))
+    np.testing.assert_array_equal(pixels[1:], TARGET[1:])
+
+
+@pytest.mark.parametrize("images, expected", [
+    pytest.param(TARGET.astype(np.uint16), TARGET, id="uint16-within-0..255"),
+    pytest.param(TARGET.astype(np.int64), TARGET, id="int64-within-0..255"),
+    pytest.param(TARGET > 100, np.where(TARGET > 100, 255, 0), id="bool-mask"),
+])
+def test_integer_and_bool_npz_pixels(tmp_path, images, expected):
+    manifest = _prepare_npz(tmp_path, images)
+    np.testing.assert_array_equal(load_images(str(tmp_path / "out"), manifest)[..., 0], expected)
+
+
+@pytest.mark.parametrize("images, expected", [
+    pytest.param(np.where(TARGET > 100, np.nan, 0.5), "nan..nan", id="nan"),
+    pytest.param(np.where(TARGET > 100, np.inf, 0.5), "0.5..inf", id="inf"),
+    pytest.param(np.where(TARGET > 100, -3.0, 0.5), "-3..0.5", id="below-minus-1"),
+    pytest.param(np.where(TARGET > 100, 300.0, 0.5), "0.5..300", id="above-255"),
+    pytest.param(TARGET.astype(np.uint16) * 257, "uint16 pixel values span 0..65535", id="uint16-full-range"),
+    pytest.param(TARGET.astype(np.int16) - 5, "int16 pixel values span -5..250", id="negative-int"),
+    pytest.param(TARGET.astype(np.complex64), "dtype complex64", id="complex"),
+])
+def test_npz_pixels_outside_the_accepted_ranges_are_refused(tmp_path, images, expected):
+    accepted = "[0, 1], [-1, 1] or [0, 255]" if images.dtype.kind == "f" else "uint8"
+    _refused(lambda: _prepare_npz(tmp_path, images), "d.npz", expected, accepted)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("labels, names, indices", [
+    pytest.param(np.array(["dog", "cat", "dog"]), ["cat", "dog"], [1, 0, 1], id="strings"),
+    pytest.param(np.array([b"b", b"a", b"b"]), ["a", "b"], [1, 0, 1], id="bytes"),
+    pytest.param(np.array([1.0, 0.0, 2.0]), ["0", "1", "2"], [1, 0, 2], id="whole-floats"),
+    pytest.param(np.array([9, 0, 5]), ["0", "5", "9"], [2, 0, 1], id="gaps"),  # indices that match the names
+    pytest.param(np.array([[1], [0], [1]]), ["0", "1"], [1, 0, 1], id="N×1"),
+])
+def test_npz_labels_become_class_indices_named_by_their_values(tmp_path, labels, names, indices):
+    manifest = _prepare_npz(tmp_path, TARGET, labels)
+    assert manifest.class_names == names
+    assert pq.read_table(tmp_path / "out" / manifest.shards[0]).column("label").to_pylist() == indices
+
+
+def _save_raw(data: bytes):
+    return lambda path: path.write_bytes(data)
+
+
+def _save_npy(path):
+    with open(path, "wb") as handle:
+        np.save(handle, TARGET)
+
+
+@pytest.mark.parametrize("save, expected", [
+    pytest.param(lambda p: np.savez(p, images=np.array([np.zeros((4, 4)), np.zeros((5, 5))], dtype=object)),
+                 "array 'images' holds Python objects", id="object-images"),
+    pytest.param(lambda p: np.savez(p, images=TARGET, labels=np.array(["a", 1, None], dtype=object)),
+                 "array 'labels' holds Python objects", id="object-labels"),
+    pytest.param(_save_raw(b"<html>a web page saved under the wrong name</html>"), "is not an .npz archive",
+                 id="text-file"),
+    pytest.param(_save_raw(b""), "is not an .npz archive", id="empty-file"),
+    pytest.param(_save_npy, "is not an .npz archive", id="npy-named-npz"),
+    pytest.param(lambda p: np.savez(p), "holds no arrays", id="no-arrays"),
+    pytest.param(lambda p: np.savez(p, images=np.zeros(5)), "images must be N×H×W", id="rank-1"),
+    pytest.param(lambda p: np.savez(p, images=np.zeros((0, 4, 4), np.uint8)), "holds no images", id="no-images"),
+    pytest.param(lambda p: np.savez(p, images=TARGET, labels=np.array([0, 0.5, 1])), "whole class ids, got 0.5",
+                 id="fractional-labels"),
+    pytest.param(lambda p: np.savez(p, images=TARGET, labels=np.eye(3)), "labels.argmax(1)", id="one-hot-labels"),
+    pytest.param(lambda p: np.savez(p, images=TARGET, labels=np.arange(4)), "4 labels for 3 images",
+                 id="labels-length"),
+])
+def test_bad_npz_files_are_one_line_refusals(tmp_path, save, expected):
+    save(tmp_path / "d.npz")
+    options = PrepareOptions(ImageSpec(4, 1))
+    _refused(lambda: prepare(str(tmp_path / "d.npz"), str(tmp_path / "out"), options, progress=False), expected)
+
+
+def test_bad_npz_through_the_console_script_never_advises_unpickling(tmp_path):
+    np.savez(tmp_path / "objects.npz", images=np.array([np.zeros((4, 4)), np.zeros((5, 5))], dtype=object))
+    (tmp_path / "page.npz").write_text("<html>a web page saved under the wrong name</html>")
+    for name, expected in (("objects.npz", "holds Python objects"), ("page.npz", "is not an .npz archive")):
+        done = run("prepare", name, "out", cwd=tmp_path)
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        assert "pickle" not in done.stderr.lower()
+
+
+def test_every_input_skipped_says_why_in_its_one_line(tmp_path):
+    (tmp_path / "tiny").mkdir()
+    for i in range(3):
+        Image.new("RGB", (4, 4)).save(tmp_path / "tiny" / f"{i}.png")
+    (tmp_path / "tiny" / "notes.txt").write_text("x")
+    done = run("prepare", "tiny", "out", "--limit", "1", "--shuffle-seed", "-1", cwd=tmp_path)  # min size 32/4
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("prepare: ")]  # not the progress line
+    assert errors == ["gan-dist: error: every input was skipped, nothing was written: 3 too small, 1 not an image "
+                      "file; first: tiny/0.png (too small); lower --min-size to keep small images"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_or_holds_other_files_is_refused_before_any_reading(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    # The source does not exist: the refusal names OUT, so OUT was checked first.
+    _refused(lambda: prepare("missing.npz", str(tmp_path / "notes.txt"), PrepareOptions(SPEC32), progress=False),
+             "OUT", "notes.txt", "is not a folder")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (32, 32)).save(folder / "a.png")
+    done = run("prepare", "photos", "photos", cwd=tmp_path)  # the source folder given as OUT too
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "gan-dist: error: OUT photos is not empty (1 other entries, e.g. a.png); choose " \
+                                  "another OUT or empty it first"
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png"]
+
+
+def test_out_holding_only_an_interrupted_prepare_is_accepted(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("shard-00000.parquet", "shard-00001.parquet.tmp", ".gan-dist-probe-x"):
+        (out / name).write_bytes(b"left over")
+    manifest = write_dataset(ArraySource(TARGET, None, [], "arrays"), str(out),
+                             PrepareOptions(ImageSpec(4, 1), shuffle_seed=None), progress=False)[0]
+    np.testing.assert_array_equal(load_images(str(out), manifest)[..., 0], TARGET)
+
+
+@pytest.mark.parametrize("options, flag", [
+    (dict(spec=ImageSpec(0, 3)), "--resolution must be at least 1, got 0"),
+    (dict(spec=ImageSpec(32, 3, min_size=-4)), "--min-size must be at least 0, got -4"),
+    (dict(spec=ImageSpec(32, 2)), "--channels must be 1 or 3, got 2"),
+    (dict(spec=SPEC32, workers=0), "--workers must be at least 1"),
+    (dict(spec=SPEC32, limit=0), "--limit must be at least 1"),
+    (dict(spec=SPEC32, shard_size=0), "--shard-size must be at least 1"),
+    (dict(spec=SPEC32, shuffle_seed=-5), "--shuffle-seed must be a seed >= 0, or -1"),
+])
+def test_bad_prepare_options_are_refused_by_flag(options, flag):
+    _refused(lambda: PrepareOptions(**options), flag)
+
+
+def test_shuffle_seed_minus_one_keeps_the_source_order(tmp_path):
+    options = PrepareOptions(ImageSpec(4, 1), shuffle_seed=-1)
+    assert options.shuffle_seed is None
+    manifest = write_dataset(ArraySource(TARGET, None, [], "arrays"), str(tmp_path / "out"), options, progress=False)[0]
+    np.testing.assert_array_equal(load_images(str(tmp_path / "out"), manifest)[..., 0], TARGET)
+
+
+def test_source_that_is_a_file_but_no_npz(tmp_path):
+    (tmp_path / "photo.png").write_bytes(b"not read")
+    _refused(lambda: prepare(str(tmp_path / "photo.png"), str(tmp_path / "out"), PrepareOptions(SPEC32),
+                             progress=False), "photo.png is a file", ".npz")
+
+
+def test_folder_classes_are_the_subfolders_with_images_and_links_are_followed_once(tmp_path):
+    root, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    for folder in (root / "cats", root / "empty", root / ".git", elsewhere / "dogs"):
+        folder.mkdir(parents=True)
+    for path in (root / "cats" / "c.png", root / ".git" / "h.png", elsewhere / "dogs" / "d1.png",
+                 elsewhere / "dogs" / "d2.png", elsewhere / "stray.png"):
+        Image.new("RGB", (32, 32)).save(path)
+    os.symlink(elsewhere / "dogs", root / "dogs")  # a class folder kept elsewhere
+    os.symlink(root, root / "cats" / "loop")  # back to the root: an endless path
+    os.symlink(tmp_path, root / "cats" / "up")  # above the root: would read elsewhere/stray.png
+    manifest, report = prepare(str(root), str(tmp_path / "out"), PrepareOptions(SPEC32, shuffle_seed=None),
+                               progress=False)
+    assert manifest.class_names == ["cats", "dogs"]  # not the empty folder, not .git
+    assert (manifest.count, report.counts) == (3, Counter())
+    assert pq.read_table(tmp_path / "out" / manifest.shards[0]).column("label").to_pylist() == [0, 1, 1]

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from gan_dist.errors import UserError
+
 FILTERS = ("auto", "box", "bilinear", "lanczos")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -86,10 +88,48 @@ def to_square_array(image: Image.Image, spec: ImageSpec) -> np.ndarray:
     return array.reshape(spec.resolution, spec.resolution, spec.channels)
 
 
+FLOAT_RANGES = "[0, 1], [-1, 1] or [0, 255]"
+
+
+def pixels_to_uint8(array: np.ndarray, name: str) -> np.ndarray:
+    """A whole image array -> uint8, its value range decided once from all of it: a per-image guess would scale a
+    dark image unlike a bright one. Floats may be in [0, 1], [-1, 1] (tanh outputs) or [0, 255]; integers must
+    already lie in 0..255; bool is a mask (False black, True white). Anything else is refused, never clipped."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * np.uint8(255)
+    if array.size == 0:
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        lo, hi = int(array.min()), int(array.max())
+        if lo < 0 or hi > 255:
+            hint = " (16-bit: x // 257)" if array.dtype == np.uint16 else ""
+            raise UserError(f"{name}: {array.dtype} pixel values span {lo}..{hi}, outside 0..255; scale them to "
+                            f"0..255{hint} and save them as uint8")
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise UserError(f"{name}: images of dtype {array.dtype} are not pixels; save them as uint8 or float")
+    lo, hi = float(array.min()), float(array.max())  # NaN propagates into both, so it fails every range below
+    if 0 <= lo and hi <= 1:
+        scale, offset = 255.0, 0.0
+    elif -1 <= lo and hi <= 1:
+        scale, offset = 127.5, 1.0
+    elif 0 <= lo and hi <= 255:
+        scale, offset = 1.0, 0.0
+    else:
+        raise UserError(f"{name}: float pixel values span {lo:g}..{hi:g}; accepted ranges are {FLOAT_RANGES} "
+                        f"(no NaN or infinity): rescale the images into one of them")
+    out = np.empty(array.shape, np.uint8)
+    step = max(1, 2**24 // max(array[0].size, 1))  # ~128 MB of float64 at a time, not a copy of the whole array
+    for start in range(0, len(array), step):
+        chunk = (array[start:start + step].astype(np.float64) + offset) * scale
+        out[start:start + step] = np.clip(np.rint(chunk), 0, 255)
+    return out
+
+
 def array_to_image(array: np.ndarray) -> Image.Image:
-    """One H×W or H×W×C array (uint8, or float in [0, 1]) -> PIL image."""
-    if array.dtype != np.uint8:
-        array = (np.clip(array.astype(np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    """One uint8 H×W or H×W×C array -> PIL image."""
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     return Image.fromarray(array)

@@ -10,7 +10,10 @@ import hashlib
 import io
 import multiprocessing
 import os
+import re
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gan_dist.data.images import ImageSpec, Skip, encode, to_square_array
+from gan_dist.data.images import FILTERS, ImageSpec, Skip, encode, to_square_array
 from gan_dist.data.shards import FORMATS, MANIFEST_NAME, SHARD_SCHEMA, Manifest, content_hash
 from gan_dist.data.sources import ArraySource, Source, digits_source, open_source
 from gan_dist.errors import UserError
@@ -34,11 +37,28 @@ class PrepareOptions:
     shard_size: int = 2048
     workers: int = 1
     limit: int | None = None
-    shuffle_seed: int | None = 0  # None keeps the source order
+    shuffle_seed: int | None = 0  # None (or -1, as on the command line) keeps the source order
 
     def __post_init__(self) -> None:
+        # Checked here, not only by the CLI's parser, so every caller gets a one-line error, not numpy's or PIL's.
         if self.fmt not in FORMATS:
             raise UserError(f"unknown --format '{self.fmt}'; use one of {', '.join(FORMATS)}")
+        if self.spec.channels not in (1, 3):
+            raise UserError(f"--channels must be 1 or 3, got {self.spec.channels}")
+        if self.spec.crop not in ("center", "none"):
+            raise UserError(f"unknown --crop '{self.spec.crop}'; use center or none")
+        if self.spec.resize_filter not in FILTERS:
+            raise UserError(f"unknown --resize-filter '{self.spec.resize_filter}'; use one of {', '.join(FILTERS)}")
+        for flag, value, low in (("--resolution", self.spec.resolution, 1), ("--min-size", self.spec.min_size, 0),
+                                 ("--shard-size", self.shard_size, 1), ("--workers", self.workers, 1),
+                                 ("--limit", 1 if self.limit is None else self.limit, 1)):
+            if value < low:
+                raise UserError(f"{flag} must be at least {low}, got {value}")
+        if self.shuffle_seed is not None and self.shuffle_seed < -1:
+            raise UserError(f"--shuffle-seed must be a seed >= 0, or -1 to keep the source order; "
+                            f"got {self.shuffle_seed}")
+        if self.shuffle_seed == -1:
+            object.__setattr__(self, "shuffle_seed", None)  # frozen dataclass: normalise once, here
 
 
 @dataclass
@@ -54,17 +74,29 @@ class SkipReport:
     def summary(self, total: int) -> str:
         if not self.counts:
             return f"skipped 0 of {total} inputs"
+        return f"skipped {sum(self.counts.values())} of {total} inputs: {self.reasons()}"
+
+    def reasons(self, examples: int = 5) -> str:
         by_reason = ", ".join(f"{n} {reason}" for reason, n in self.counts.most_common())
-        return f"skipped {sum(self.counts.values())} of {total} inputs: {by_reason}; first: {'; '.join(self.examples)}"
+        return f"{by_reason}; first: {'; '.join(self.examples[:examples])}"
+
+
+# What an interrupted prepare leaves in OUT: shards, temporaries of storage.write_bytes, hidden probe files.
+_LEFTOVER = re.compile(r"shard-\d+\.parquet(\.tmp)?|_manifest\.json\.tmp|\..*")
 
 
 class ShardWriter:
     """Collects encoded rows and writes a shard each `shard_size` rows; `finish` writes the manifest."""
 
     def __init__(self, out: str, spec: ImageSpec, fmt: str, shard_size: int):
-        storage.check_bucket(out)
+        storage.check_output_dir(out, "OUT")
         if storage.exists(storage.join(out, MANIFEST_NAME)):
             raise UserError(f"{out} already holds a prepared dataset; choose another OUT or delete it first")
+        # Shards among other files would mix with them (or with a source folder given as OUT by mistake).
+        others = [name for name in storage.list_dir(out) if not _LEFTOVER.fullmatch(name)]
+        if others:
+            raise UserError(f"OUT {out} is not empty ({len(others)} other entries, e.g. {others[0]}); choose "
+                            f"another OUT or empty it first")
         self.out, self.spec, self.fmt, self.shard_size = out, spec, fmt, shard_size
         self.images: list[bytes] = []
         self.labels: list[int | None] = []
@@ -92,13 +124,16 @@ class ShardWriter:
         self.count += len(self.images)
         self.images, self.labels = [], []
 
-    def finish(self, class_names: list[str], skipped: dict[str, int]) -> Manifest:
+    def finish(self, class_names: list[str], report: SkipReport) -> Manifest:
         self._flush()
-        if self.count == 0:
-            raise UserError("every input was skipped; nothing was written (see the reasons above)")
+        if self.count == 0 and not report.counts:
+            raise UserError("the source holds no images; nothing was written")
+        if self.count == 0:  # the CLI prints the skip summary only after success, so the reasons go here
+            hint = "; lower --min-size to keep small images" if "too small" in report.counts else ""
+            raise UserError(f"every input was skipped, nothing was written: {report.reasons(examples=1)}{hint}")
         manifest = Manifest(resolution=self.spec.resolution, channels=self.spec.channels, count=self.count,
                             shards=self.names, format=self.fmt, class_names=class_names,
-                            content_hash=content_hash(self.digests), skipped=dict(skipped))
+                            content_hash=content_hash(self.digests), skipped=dict(report.counts))
         storage.write_bytes(storage.join(self.out, MANIFEST_NAME), manifest.to_json().encode())
         return manifest
 
@@ -137,11 +172,14 @@ def _encode_one(index: int) -> tuple[int, bytes | None, str | None]:
 
 
 def write_dataset(source: Source, out: str, options: PrepareOptions, progress: bool = True) -> tuple[Manifest, SkipReport]:
+    return _write(source, ShardWriter(out, options.spec, options.fmt, options.shard_size), options, progress)
+
+
+def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progress: bool) -> tuple[Manifest, SkipReport]:
     global _SOURCE, _OPTIONS
     order = np.arange(len(source))
     if options.shuffle_seed is not None:  # mix classes across shards, so any prefix of the shards is a fair sample
         order = np.random.default_rng(options.shuffle_seed).permutation(order)
-    writer = ShardWriter(out, options.spec, options.fmt, options.shard_size)
     report, bar = SkipReport(), Progress(len(order)) if progress else None
     _SOURCE, _OPTIONS = source, options
     pool = multiprocessing.get_context("fork").Pool(options.workers) if options.workers > 1 else None
@@ -165,13 +203,14 @@ def write_dataset(source: Source, out: str, options: PrepareOptions, progress: b
         _SOURCE = _OPTIONS = None
     if bar:
         bar.update(done, final=True)
-    return writer.finish(source.class_names, dict(report.counts)), report
+    return writer.finish(source.class_names, report), report
 
 
 def prepare(source: str, out: str, options: PrepareOptions, root: str | None = None, download: bool = False,
             progress: bool = True) -> tuple[Manifest, SkipReport]:
     with storage.user_errors(out, "write the dataset to"):
-        return write_dataset(open_source(source, root, download), out, options, progress)
+        writer = ShardWriter(out, options.spec, options.fmt, options.shard_size)  # a bad OUT fails before any reading
+        return _write(open_source(source, root, download), writer, options, progress)
 
 
 def write_shards(images: np.ndarray, labels: np.ndarray | None, out: str, *, shard_size: int = 512,
@@ -193,12 +232,21 @@ def cache_dir() -> Path:
 
 
 def embedded_digits(resolution: int = 32) -> str:
-    """The embedded dataset, prepared once into the cache and reused."""
+    """The embedded dataset, prepared once into the cache and reused. Written into a private folder and renamed
+    into place, so processes preparing it at once (Ray workers on one node) never see each other's halves."""
     out = cache_dir() / f"digits-{resolution}"
     if not (out / MANIFEST_NAME).is_file():
-        if out.exists():  # an interrupted earlier prepare: no manifest, so nothing in it counts
-            for leftover in out.iterdir():
-                leftover.unlink()
-        write_dataset(digits_source(), str(out), PrepareOptions(spec=ImageSpec(resolution, 1), shard_size=512),
-                      progress=False)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            write_dataset(digits_source(), str(staging), PrepareOptions(spec=ImageSpec(resolution, 1), shard_size=512),
+                          progress=False)
+            if out.exists() and not (out / MANIFEST_NAME).is_file():  # an interrupted prepare of an older version
+                shutil.rmtree(out)
+            os.rename(staging, out)
+        except OSError:
+            if not (out / MANIFEST_NAME).is_file():  # another process won the rename: its copy is the same
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(out)

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import inspect
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
-from gan_dist.data.images import IMAGE_SUFFIXES, Skip, array_to_image, decode_file
+from gan_dist.data.images import IMAGE_SUFFIXES, Skip, array_to_image, decode_file, pixels_to_uint8
 from gan_dist.errors import UserError
 
 
@@ -27,22 +29,38 @@ class Source(Protocol):
     def describe(self, index: int) -> str: ...
 
 
+def _is_image_name(path: Path) -> bool:
+    return not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
 class ImageFolder:
-    """A folder, read recursively. Top-level subfolders are classes (labels in sorted order); a folder without
-    subfolders is unlabeled. Files that are not images by name are listed too, so they count as skips."""
+    """A folder, read recursively. Top-level subfolders that hold images are classes (labels in sorted order); a
+    folder without such subfolders is unlabeled. Files that are not images by name are listed too, so they count
+    as skips. Linked folders are followed, each real folder once, so a link back up the tree is no endless loop;
+    hidden folders (.git, .ipynb_checkpoints) are not inputs."""
 
     def __init__(self, root: str):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"source folder {root} does not exist or is not a folder")
-        subdirs = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        self.class_names = subdirs
         self.paths: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
+        top = os.path.realpath(self.root)
+        seen = {top}
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
+            kept = []
+            for name in sorted(dirnames):
+                real = os.path.realpath(os.path.join(dirpath, name))
+                # A link to the root or above it is a loop back into the tree (and would read outside it).
+                if name.startswith(".") or real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
+                    continue
+                seen.add(real)
+                kept.append(name)
+            dirnames[:] = kept
             self.paths += [Path(dirpath, name) for name in sorted(filenames)]
-        self._labels = {name: index for index, name in enumerate(subdirs)}
-        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in self.paths):
+        # Classes come from where the images are: an empty subfolder is no class with zero examples.
+        self.class_names = sorted({c for c in map(self._class_of, filter(_is_image_name, self.paths)) if c})
+        self._labels = {name: index for index, name in enumerate(self.class_names)}
+        if not any(map(_is_image_name, self.paths)):
             raise UserError(f"no image files under {root} ({len(self.paths)} other files); "
                             f"expected {', '.join(sorted(IMAGE_SUFFIXES))}")
 
@@ -62,9 +80,9 @@ class ImageFolder:
 
     def load(self, index: int) -> Image.Image:
         path = self.paths[index]
-        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not _is_image_name(path):
             raise Skip("not an image file")
-        if self.class_names and self._class_of(path) is None:
+        if self.class_names and self._class_of(path) not in self._labels:
             raise Skip("outside the class folders")
         try:
             data = path.read_bytes()
@@ -74,14 +92,15 @@ class ImageFolder:
 
 
 class ArraySource:
-    """In-memory arrays N×H×W or N×H×W×C (uint8, or float in [0, 1]) with optional labels."""
+    """In-memory arrays N×H×W or N×H×W×C with optional integer labels. The pixels become uint8 here, once for the
+    whole array (see pixels_to_uint8), so the workers only slice."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray | None, class_names: list[str], name: str):
         if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3, 4)):
             raise UserError(f"{name}: images must be N×H×W or N×H×W×C with C in 1, 3, 4; got shape {images.shape}")
         if labels is not None and len(labels) != len(images):
             raise UserError(f"{name}: {len(labels)} labels for {len(images)} images")
-        self.images, self.labels, self.class_names, self.name = images, labels, class_names, name
+        self.images, self.labels, self.class_names, self.name = pixels_to_uint8(images, name), labels, class_names, name
 
     def __len__(self) -> int:
         return len(self.images)
@@ -96,22 +115,64 @@ class ArraySource:
         return array_to_image(self.images[index])
 
 
+def labels_to_classes(raw: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
+    """Labels as saved -> class indices 0..K-1 and the K class names: the distinct values in sorted order, so
+    strings, whole floats and gaps (0, 5, 9) all give indices that match the names."""
+    if raw.ndim == 2 and raw.shape[1] == 1:  # N×1, as Keras saves them
+        raw = raw[:, 0]
+    if raw.ndim != 1:
+        raise UserError(f"{name}: labels must hold one class per image, got shape {raw.shape} "
+                        f"(for one-hot labels save labels.argmax(1))")
+    if raw.dtype.kind == "f":
+        fractional = ~np.isfinite(raw) | (raw != np.round(raw))
+        if fractional.any():
+            raise UserError(f"{name}: labels must be whole class ids, got {raw[fractional][0]:g}; save integer "
+                            f"or string labels")
+        raw = raw.astype(np.int64)
+    elif raw.dtype.kind not in "biuSU":
+        raise UserError(f"{name}: labels of dtype {raw.dtype} are not class ids; save integer or string labels")
+    values, indices = np.unique(raw, return_inverse=True)
+    names = [v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in values.tolist()]
+    return indices.astype(np.int64), names
+
+
+_NOT_READABLE = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _npz_array(arrays: np.lib.npyio.NpzFile, key: str, path: str) -> np.ndarray:
+    """One array of an .npz; numpy reads (and may fail) only here, on access."""
+    try:
+        value = arrays[key]
+    except _NOT_READABLE as exc:
+        if "Object arrays" in str(exc):  # refused by allow_pickle=False; objects are no pixels or labels anyway
+            raise UserError(f"{path}: array '{key}' holds Python objects, not numbers; save it as a numeric "
+                            f"array (e.g. numpy.stack the images) with numpy.savez") from None
+        raise UserError(f"{path}: array '{key}' cannot be read ({type(exc).__name__}); the file is damaged, "
+                        f"save it again with numpy.savez") from None
+    if not isinstance(value, np.ndarray):  # a zip member that is no .npy
+        raise UserError(f"{path}: '{key}' is not a numpy array; save the file with numpy.savez")
+    return value
+
+
 def npz_source(path: str) -> ArraySource:
     """An .npz with images under `images`, `x` or the first array, and labels under `labels` or `y`."""
+    not_npz = f"{path} is not an .npz archive (or is damaged); save the arrays with numpy.savez(path, images=...)"
     try:
         arrays = np.load(path, allow_pickle=False)  # never unpickle objects from a data file
     except FileNotFoundError:
         raise UserError(f"no such file {path}") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a readable .npz ({exc})") from None
+    except _NOT_READABLE:  # numpy's own message here suggests unpickling: never advise that for a data file
+        raise UserError(not_npz) from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):  # a single .npy array under an .npz name
+        raise UserError(not_npz)
     keys = list(arrays.keys())
     image_key = next((k for k in ("images", "x", "X") if k in keys), keys[0] if keys else None)
     if image_key is None:
-        raise UserError(f"{path} holds no arrays")
+        raise UserError(f"{path} holds no arrays; save the images with numpy.savez(path, images=...)")
     label_key = next((k for k in ("labels", "y", "Y") if k in keys), None)
-    labels = arrays[label_key].astype(np.int64) if label_key else None
-    names = [str(c) for c in np.unique(labels)] if labels is not None else []
-    return ArraySource(arrays[image_key], labels, names, os.path.basename(path))
+    name = os.path.basename(path)
+    labels, names = labels_to_classes(_npz_array(arrays, label_key, path), name) if label_key else (None, [])
+    return ArraySource(_npz_array(arrays, image_key, path), labels, names, name)
 
 
 def digits_source() -> ArraySource:
@@ -169,7 +230,8 @@ class TorchvisionSource:
         image = self.dataset[index][0]
         if not isinstance(image, Image.Image):  # some datasets return tensors or arrays
             array = np.asarray(image)
-            image = array_to_image(array.transpose(1, 2, 0) if array.ndim == 3 and array.shape[0] in (1, 3) else array)
+            array = array.transpose(1, 2, 0) if array.ndim == 3 and array.shape[0] in (1, 3) else array
+            image = array_to_image(pixels_to_uint8(array, self.describe(index)))
         return image
 
 
@@ -177,8 +239,11 @@ def open_source(spec: str, root: str | None = None, download: bool = False) -> S
     """SOURCE as given on the command line: 'digits', an .npz file, an image folder, or a torchvision name."""
     if spec == "digits":
         return digits_source()
-    if spec.endswith(".npz"):
+    if spec.lower().endswith(".npz"):
         return npz_source(spec)
+    if os.path.exists(spec) and not os.path.isdir(spec):
+        raise UserError(f"SOURCE {spec} is a file; pass an image folder, an .npz file (numpy.savez), 'digits' "
+                        f"or a torchvision dataset name")
     if os.path.isdir(spec) or os.sep in spec or spec.startswith("."):
         return ImageFolder(spec)
     if root is None:
