@@ -11,6 +11,8 @@ from torch import nn
 
 from gan_dist.models.common import doublings
 
+MIN_RESOLUTION = 8  # 4x4 doubled at least once; any power of two from here
+
 
 def _init_weights(module: nn.Module) -> None:
     # The DCGAN paper's initialisation: N(0, 0.02) convolutions, N(1, 0.02) batch-norm scales.
@@ -24,7 +26,7 @@ def _init_weights(module: nn.Module) -> None:
 class Generator(nn.Module):
     def __init__(self, resolution: int, channels: int, z_dim: int = 100, width: int = 64):
         super().__init__()
-        stages = doublings(resolution, 8, "DCGAN")
+        stages = doublings(resolution, MIN_RESOLUTION, "DCGAN")
         self.z_dim, self.resolution, self.channels = z_dim, resolution, channels
         widths = [width * 2 ** (stages - 1 - i) for i in range(stages)]  # e.g. 256, 128, 64 for 32x32
         layers: list[nn.Module] = [
@@ -46,7 +48,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     def __init__(self, resolution: int, channels: int, width: int = 64):
         super().__init__()
-        stages = doublings(resolution, 8, "DCGAN")
+        stages = doublings(resolution, MIN_RESOLUTION, "DCGAN")
         widths = [width * 2**i for i in range(stages)]  # e.g. 64, 128, 256 for 32x32
         layers: list[nn.Module] = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for c_in, c_out in zip(widths, widths[1:]):

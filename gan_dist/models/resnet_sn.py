@@ -14,6 +14,8 @@ from torch import nn
 from gan_dist.models.common import doublings
 from gan_dist.models.spectral import INIT_ITERATIONS, SNConv2d, SNLinear, SpectralNorm
 
+MIN_RESOLUTION = 16  # 4x4 doubled at least twice; any power of two from here
+
 
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -63,7 +65,7 @@ def _d_block(c_in: int, c_out: int, down: bool, first: bool = False) -> _Residua
 class Generator(nn.Module):
     def __init__(self, resolution: int, channels: int, z_dim: int = 128, width: int = 256):
         super().__init__()
-        stages = doublings(resolution, 16, "ResNet-SN")
+        stages = doublings(resolution, MIN_RESOLUTION, "ResNet-SN")
         self.z_dim, self.resolution, self.channels, self.width = z_dim, resolution, channels, width
         self.fc = nn.Linear(z_dim, 4 * 4 * width)
         self.blocks = nn.Sequential(*(_g_block(width) for _ in range(stages)))
@@ -78,7 +80,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     def __init__(self, resolution: int, channels: int, width: int = 128):
         super().__init__()
-        downs = doublings(resolution, 16, "ResNet-SN") - 1  # resolution -> 8x8
+        downs = doublings(resolution, MIN_RESOLUTION, "ResNet-SN") - 1  # resolution -> 8x8
         blocks = [_d_block(channels, width, down=True, first=True)]
         blocks += [_d_block(width, width, down=True) for _ in range(downs - 1)]
         blocks += [_d_block(width, width, down=False) for _ in range(2)]
