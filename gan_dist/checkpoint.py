@@ -1,13 +1,15 @@
 """Checkpoint layout, save/load and discovery.
 
 A checkpoint is a directory `checkpoint_<step:09d>` under the run directory, the same for the Ray and the local
-backend: `state.pt` (everything a resume needs; loadable with weights_only=True) and `meta.json` (config, step,
-metrics, versions and the size of every file). A checkpoint counts as complete only when `meta.json` is present
-and every file it lists has the listed size, so a half-uploaded directory is never picked for a resume.
+backend: `state.pt` (everything a resume needs; loadable with weights_only=True), `generator.safetensors` and
+`meta.json` (config, step, metrics, versions, and the size and SHA-256 of every file). A checkpoint is *complete*
+when `meta.json` parses and every file it lists has the listed size (cheap: no download), so a half-uploaded
+directory is never picked; it *loads* when, in addition, each file read matches its checksum and deserialises.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -15,10 +17,12 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
@@ -31,18 +35,30 @@ META_FILE = "meta.json"
 _NAME = re.compile(r"^checkpoint_(\d{9})$")
 
 
+class CorruptCheckpoint(UserError):
+    """A checkpoint whose files are all there but do not load (checksum mismatch, garbage, bad meta.json)."""
+
+
 def checkpoint_name(step: int) -> str:
     return f"checkpoint_{step:09d}"
 
 
+def step_of(checkpoint_uri: str) -> int | None:
+    match = _NAME.match(os.path.basename(checkpoint_uri.rstrip("/")))
+    return int(match.group(1)) if match else None
+
+
 def write_local(directory: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write state.pt, then meta.json (listing the files and sizes it vouches for) into a local directory."""
+    """Write state.pt and generator.safetensors, then meta.json, which vouches for their sizes and checksums."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE_FILE)
     save_file({k: v.contiguous() for k, v in state["nets"]["G"].items()}, directory / GENERATOR_FILE)
-    meta = dict(meta, files={name: (directory / name).stat().st_size for name in (STATE_FILE, GENERATOR_FILE)},
-                versions={"torch": torch.__version__, "python": platform.python_version()})
+    files = {}
+    for name in (STATE_FILE, GENERATOR_FILE):
+        data = (directory / name).read_bytes()
+        files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    meta = dict(meta, files=files, versions={"torch": torch.__version__, "python": platform.python_version()})
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
 
 
@@ -58,15 +74,18 @@ def publish_local(run_dir: str, step: int, state: dict[str, Any], meta: dict[str
     return final
 
 
-def prune(run_uri: str, keep_last: int, best_metric: str | None = None, best_mode: str = "min") -> list[int]:
-    """Delete all checkpoints but the newest `keep_last` and, with `best_metric`, the best one by that metric.
-    Returns the steps kept."""
-    steps = list_checkpoints(run_uri)
+def prune(run_uri: str, keep_last: int, current_step: int, best_metric: str | None = None,
+          best_mode: str = "min") -> list[int]:
+    """Delete complete checkpoints up to `current_step` but the newest `keep_last` and, with `best_metric`, the
+    best one by that metric. Incomplete folders are neither counted nor deleted, and neither is anything past
+    `current_step` (left by an interrupted attempt; this run overwrites it when it gets there). Returns the
+    steps kept."""
+    steps = [s for s in list_checkpoints(run_uri) if s <= current_step and is_complete(_uri(run_uri, s))]
     keep = set(steps[-keep_last:])
     if best_metric:
         scored = []
         for step in steps:
-            value = load_meta(storage.join(run_uri, checkpoint_name(step))).get("metrics", {}).get(best_metric)
+            value = load_meta(_uri(run_uri, step)).get("metrics", {}).get(best_metric)
             if isinstance(value, (int, float)) and value == value:  # not NaN
                 scored.append((value if best_mode == "min" else -value, step))
         if scored:
@@ -78,61 +97,141 @@ def prune(run_uri: str, keep_last: int, best_metric: str | None = None, best_mod
     return sorted(keep)
 
 
+def _uri(run_uri: str, step: int) -> str:
+    return storage.join(run_uri, checkpoint_name(step))
+
+
 def list_checkpoints(run_uri: str) -> list[int]:
     """Steps of the checkpoint directories under a run, oldest first (complete or not)."""
     return sorted(int(m.group(1)) for name in storage.list_dir(run_uri) if (m := _NAME.match(name)))
 
 
-def is_complete(checkpoint_uri: str) -> bool:
+def _listed_files(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """name -> {"size", "sha256"}; checkpoints written before checksums list sizes only."""
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CorruptCheckpoint("its meta.json lists no files")
+    return {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in files.items()}
+
+
+def incomplete_reason(checkpoint_uri: str) -> str | None:
+    """Why a checkpoint is not complete (None when it is). Storage errors other than a missing file propagate:
+    an unreachable bucket must not make good checkpoints look torn."""
     fs, path = storage.resolve(checkpoint_uri)
     try:
-        with fs.open_input_stream(f"{path}/{META_FILE}") as src:
-            files = json.loads(src.read())["files"]
-        infos = fs.get_file_info([f"{path}/{name}" for name in files])
-    except (OSError, ValueError, KeyError):
-        return False
-    return all(info.size == files[os.path.basename(info.path)] for info in infos)
-
-
-def latest_complete(run_uri: str) -> str | None:
-    """The newest complete checkpoint under a run directory, or None."""
-    for step in reversed(list_checkpoints(run_uri)):
-        uri = storage.join(run_uri, checkpoint_name(step))
-        if is_complete(uri):
-            return uri
+        files = _listed_files(load_meta(checkpoint_uri))
+    except CorruptCheckpoint as exc:
+        return str(exc).removeprefix(f"{checkpoint_uri}: ")
+    infos = fs.get_file_info([f"{path}/{name}" for name in files])
+    for info in infos:
+        listed = files[os.path.basename(info.path)]["size"]
+        if info.size != listed:
+            have = "is missing" if info.size is None else f"has {info.size} of {listed} bytes"
+            return f"{info.base_name} {have}"
     return None
 
 
-def load_state(checkpoint_uri: str, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read state.pt with weights_only=True: a checkpoint can never run code on load."""
-    uri = storage.join(checkpoint_uri, STATE_FILE)
+def is_complete(checkpoint_uri: str) -> bool:
+    return incomplete_reason(checkpoint_uri) is None
+
+
+def latest_complete(run_uri: str, before: int | None = None) -> str | None:
+    """The newest complete checkpoint under a run directory (older than step `before`, if given), or None."""
+    for step in reversed(list_checkpoints(run_uri)):
+        if before is not None and step >= before:
+            continue
+        if is_complete(_uri(run_uri, step)):
+            return _uri(run_uri, step)
+    return None
+
+
+def _read_verified(checkpoint_uri: str, name: str) -> bytes:
+    """A checkpoint file's bytes, checked against the checksum meta.json lists for it."""
+    uri = storage.join(checkpoint_uri, name)
     try:
         data = storage.read_bytes(uri)
     except FileNotFoundError:
-        raise UserError(f"no {STATE_FILE} in {checkpoint_uri}; pass a checkpoint directory (run/checkpoint_NNNNNNNNN)") from None
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        raise CorruptCheckpoint(f"{checkpoint_uri}: no {name}; pass a checkpoint directory "
+                                f"(RUN/checkpoint_NNNNNNNNN) or a run directory") from None
+    expected = _listed_files(load_meta(checkpoint_uri)).get(name, {}).get("sha256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {name} does not match its checksum (damaged or overwritten)")
+    return data
 
 
-def resolve_checkpoint(uri: str) -> str:
-    """A checkpoint directory, or a run directory (then its newest complete checkpoint)."""
-    if storage.exists(storage.join(uri, STATE_FILE)):
-        return uri
-    latest = latest_complete(uri)
-    if latest is None:
-        raise UserError(f"no checkpoint at {uri}; pass a run directory or one of its checkpoint_* directories")
-    return latest
+def load_state(checkpoint_uri: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read state.pt, verified, with weights_only=True: a checkpoint can never run code on load."""
+    data = _read_verified(checkpoint_uri, STATE_FILE)
+    try:
+        return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+    except Exception:  # noqa: BLE001 - whatever the unpickler says; its advice to disable weights_only is wrong
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {STATE_FILE} is not a gan-dist checkpoint state") from None
+
+
+def check_loads(checkpoint_uri: str) -> None:
+    """Raise CorruptCheckpoint unless every file is there at its size and the state and generator load."""
+    reason = incomplete_reason(checkpoint_uri)
+    if reason is not None:
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {reason}")
+    load_state(checkpoint_uri)
+    load_generator_weights(checkpoint_uri)
 
 
 def load_meta(checkpoint_uri: str) -> dict[str, Any]:
     try:
-        return json.loads(storage.read_bytes(storage.join(checkpoint_uri, META_FILE)))
+        meta = json.loads(storage.read_bytes(storage.join(checkpoint_uri, META_FILE)))
     except FileNotFoundError:
-        raise UserError(f"no {META_FILE} in {checkpoint_uri}; the checkpoint is incomplete") from None
+        raise CorruptCheckpoint(f"{checkpoint_uri}: no {META_FILE}; the checkpoint is incomplete") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {META_FILE} is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {META_FILE} is not a JSON object")
+    return meta
 
 
 def load_generator_weights(checkpoint_uri: str) -> dict[str, torch.Tensor]:
-    """The generator's state dict, from generator.safetensors."""
+    """The generator's state dict, from generator.safetensors (verified)."""
+    data = _read_verified(checkpoint_uri, GENERATOR_FILE)
     try:
-        return load_safetensors(storage.read_bytes(storage.join(checkpoint_uri, GENERATOR_FILE)))
-    except FileNotFoundError:
-        raise UserError(f"no {GENERATOR_FILE} in {checkpoint_uri}; the checkpoint is incomplete") from None
+        return load_safetensors(data)
+    except SafetensorError:
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {GENERATOR_FILE} is not a safetensors file") from None
+
+
+def newest_first(run_uri: str, first: str | None) -> Iterator[str]:
+    """`first`, then the run's complete checkpoints older than the last one yielded: a caller that cannot load
+    one goes on to the next."""
+    uri = first
+    while uri is not None:
+        yield uri
+        uri = latest_complete(run_uri, before=step_of(uri))
+
+
+def is_checkpoint_dir(uri: str) -> bool:
+    return storage.exists(storage.join(uri, META_FILE)) or storage.exists(storage.join(uri, STATE_FILE))
+
+
+def resolve_checkpoint(uri: str) -> str:
+    """A checkpoint directory, or a run directory (then its newest complete checkpoint)."""
+    if is_checkpoint_dir(uri):
+        return uri
+    latest = latest_complete(uri)
+    if latest is None:
+        raise UserError(f"no complete checkpoint at {uri}; pass a run directory or one of its checkpoint_* "
+                        f"directories")
+    return latest
+
+
+def check_compatible(checkpoint_uri: str, model: dict[str, Any], resolution: int, channels: int) -> None:
+    """One line naming what differs when a checkpoint's nets cannot take this run's model or images."""
+    meta = load_meta(checkpoint_uri)
+    saved_model = meta.get("config", {}).get("model", {})
+    diffs = [f"model.{key}={saved_model[key]} (this run: {value})"
+             for key, value in model.items() if key in saved_model and saved_model[key] != value]
+    data = meta.get("data", {})
+    if (data.get("resolution"), data.get("channels")) != (resolution, channels):
+        diffs.append(f"images {data.get('resolution')}x{data.get('resolution')}x{data.get('channels')} "
+                     f"(this run: {resolution}x{resolution}x{channels})")
+    if diffs:
+        raise UserError(f"{checkpoint_uri} was trained with {', '.join(diffs)}; resume with the same model and "
+                        f"dataset, or start a new run (--name) without --resume/--resume-from")

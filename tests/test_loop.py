@@ -55,7 +55,7 @@ def test_checkpoint_roundtrip_restores_every_tensor_exactly(tiny_data, tmp_path)
                 assert torch.equal(flat_saved[key], flat_restored[key]), (part, name, key)
     assert saved["optimizers"]["G"]["state"][0]["step"] == 6  # Adam moments came along, not just weights
     meta = json.loads((tmp_path / "run" / "checkpoint_000000006" / "meta.json").read_text())
-    assert meta["step"] == 6 and meta["files"]["state.pt"] > 0
+    assert meta["step"] == 6 and meta["files"]["state.pt"]["size"] > 0 and len(meta["files"]["state.pt"]["sha256"]) == 64
 
 
 def _tensors(tree, prefix=""):

@@ -1,5 +1,6 @@
-"""The driver side of `gan-dist train`: find the data, name the run, guard against clobbering a run, dispatch
-to a backend."""
+"""The driver side of `gan-dist train`: check the storage, find the data, name the run, guard against clobbering
+a run, decide what a resume starts from, dispatch to a backend. Everything that can be refused is refused here,
+in one line, before a worker starts."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from gan_dist import checkpoint
 from gan_dist.config import Config
 from gan_dist.data.prepare import embedded_digits
 from gan_dist.data.reader import read_manifest
+from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
+from gan_dist.models import check_resolution
 from gan_dist.runtime import storage
-from gan_dist.train.loop import LoopResult, train_loop
+from gan_dist.train.loop import LOGGED_METRICS, LoopResult, train_loop
 
 
 def newest_run(storage_uri: str, preset: str) -> str | None:
@@ -35,26 +38,71 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def check_run_dir(cfg: Config, name: str, run_uri: str, manifest: Manifest) -> None:
+    """A new run needs an empty run directory; a resume needs a complete checkpoint whose nets fit this run, or
+    no checkpoint folder at all (then it starts at step 0, keeping what the run wrote before)."""
+    entries = [e for e in storage.list_dir(run_uri) if not e.startswith(".")]  # not Ray's markers, our staging
+    steps = checkpoint.list_checkpoints(run_uri)
+    if not cfg.run.resume:
+        if entries:
+            held = f"checkpoints up to step {steps[-1]}" if steps else f"no checkpoint, but {', '.join(entries[:3])}"
+            raise UserError(f"run '{name}' in {cfg.run.storage} already exists ({held}); pass --resume to continue "
+                            f"it, or --name for a new run")
+        return
+    newest = checkpoint.latest_complete(run_uri)
+    if newest is not None:
+        checkpoint.check_compatible(newest, cfg.model.model_dump(), manifest.resolution, manifest.channels)
+    elif steps:
+        names = [checkpoint.checkpoint_name(step) for step in steps]
+        torn = "; ".join(f"{n}: {checkpoint.incomplete_reason(storage.join(run_uri, n))}" for n in names)
+        raise UserError(f"run '{name}' has no complete checkpoint to resume ({torn}); nothing was changed: restore "
+                        f"or delete those folders, or start a new run (--name, optionally --resume-from)")
+    elif entries:
+        print(f"run '{name}' stopped before its first checkpoint; starting it again from step 0 (its earlier "
+              f"outputs are kept)", file=sys.stderr)
+    elif not cfg.run.resume_from:
+        print(f"no checkpoint of run '{name}' to resume; starting it fresh", file=sys.stderr)
+
+
+def resume_from(cfg: Config, manifest: Manifest) -> str | None:
+    """--resume-from as a checkpoint directory (a run directory stands for its newest complete checkpoint),
+    checked to load and to fit this run's nets."""
+    if not cfg.run.resume_from:
+        return None
+    uri = checkpoint.resolve_checkpoint(storage.absolute_uri(cfg.run.resume_from))
+    checkpoint.check_loads(uri)  # fails here, in one line, rather than in every worker
+    checkpoint.check_compatible(uri, cfg.model.model_dump(), manifest.resolution, manifest.channels)
+    return uri
+
+
+def warn_unlogged_best(cfg: Config) -> None:
+    if cfg.run.keep_best and cfg.run.keep_best not in LOGGED_METRICS:
+        print(f"warning: run.keep_best='{cfg.run.keep_best}' is never logged (logged: {', '.join(LOGGED_METRICS)}); "
+              f"only the newest {cfg.run.keep_checkpoints} checkpoint(s) are kept", file=sys.stderr)
+
+
 def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
+    storage.check_output_dir(cfg.run.storage, "--storage")  # before reading data or starting Ray
+    backend = cfg.run.resolved_backend()
+    if backend == "ray":
+        from gan_dist.runtime.ray_backend import check_address  # Ray is imported only when it is used
+
+        check_address(cfg)
     data_uri = cfg.data.path or embedded_digits()
     manifest = read_manifest(data_uri)
+    check_resolution(manifest.resolution, cfg.model.arch)
+    warn_unlogged_best(cfg)
     name = run_name(cfg)
     run_uri = storage.join(storage.absolute_uri(cfg.run.storage), name)
-    existing = checkpoint.list_checkpoints(run_uri)
-    if existing and not cfg.run.resume:
-        raise UserError(f"run '{name}' in {cfg.run.storage} already has checkpoints (up to step {existing[-1]}); "
-                        f"pass --resume to continue it, or --name for a new run")
-    if cfg.run.resume and not existing:
-        print(f"no checkpoint of run '{name}' to resume; starting it fresh", file=sys.stderr)
-    if cfg.run.resume_from:  # a run directory stands for its newest complete checkpoint
-        cfg.run.resume_from = checkpoint.resolve_checkpoint(storage.absolute_uri(cfg.run.resume_from))
-    backend = cfg.run.resolved_backend()
+    with storage.user_errors(run_uri, "read the run at"):
+        check_run_dir(cfg, name, run_uri, manifest)
+        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"resume_from": resume_from(cfg, manifest)})})
     print(f"run '{name}': {manifest.count} images {manifest.resolution}x{manifest.resolution}x{manifest.channels} "
           f"from {data_uri}, {backend} backend, {cfg.run.num_workers} worker(s), output in {run_uri}", flush=True)
     if backend == "ray":
-        from gan_dist.runtime.ray_backend import run_ray  # Ray is imported only when it is used
+        from gan_dist.runtime.ray_backend import run_ray
 
-        return run_ray(loop, cfg, manifest, data_uri, run_uri)
+        return run_ray(loop, cfg, manifest, cfg.data.path, run_uri)
     from gan_dist.runtime.local import run_local
 
     return run_local(loop, cfg, manifest, data_uri, run_uri)

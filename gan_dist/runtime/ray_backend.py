@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,8 @@ from gan_dist import checkpoint
 from gan_dist.config import Config, config_from_dict
 from gan_dist.data import placement
 from gan_dist.data.prefetch import to_device_ahead
-from gan_dist.data.reader import DataPosition, InMemoryReader, resident_reader, shard_uris
+from gan_dist.data.prepare import embedded_digits
+from gan_dist.data.reader import DataPosition, InMemoryReader, read_manifest, resident_reader, shard_uris
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
@@ -115,14 +119,9 @@ class RayContext:
         return self._reader
 
     def latest_checkpoint(self) -> str | None:
-        # Ray registers a checkpoint only after its controller sees the report; a hard crash just after an
-        # upload leaves the newest complete checkpoint unregistered. Take whichever is newer.
-        candidates = [checkpoint.latest_complete(self.run_uri)]
-        registered = ray.train.get_checkpoint()
-        if registered is not None:
-            candidates.append(storage.join(self.run_uri, os.path.basename(registered.path.rstrip("/"))))
-        found = [uri for uri in candidates if uri is not None]
-        return max(found, key=lambda uri: os.path.basename(uri)) if found else None
+        # From storage, not ray.train.get_checkpoint(): a hard crash just after an upload leaves the newest
+        # complete checkpoint unregistered with Ray, and a registered one may be torn.
+        return checkpoint.latest_complete(self.run_uri)
 
     def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
         name = checkpoint.checkpoint_name(step)
@@ -136,10 +135,92 @@ class RayContext:
                              checkpoint_dir_name=name)
 
 
-def _worker_entry(config: dict[str, Any]) -> LoopResult:
+@dataclass
+class Refused:
+    """What every worker returns, instead of training, when one of them cannot see the run's data or storage:
+    the driver prints the message as one line (a raised error would print every worker's traceback)."""
+
+    message: str
+
+
+def _worker_entry(config: dict[str, Any]) -> LoopResult | Refused:
     cfg = config_from_dict(config["cfg"])
-    ctx = RayContext(cfg, Manifest(**config["manifest"]), config["data_uri"], config["run_uri"])
+    manifest = Manifest(**config["manifest"])
+    data_uri, problem = None, None
+    try:
+        data_uri = worker_data(config["data_uri"], manifest)
+        check_storage_visible(config["storage_probe"])
+    except UserError as exc:
+        problem = str(exc)
+    problems = [p for p in _from_every_rank(problem) if p]
+    if problems:  # all ranks stop here together: none is left waiting in a collective
+        return Refused(problems[0])
+    ctx = RayContext(cfg, manifest, data_uri, config["run_uri"])
     return config["loop"](ctx, cfg)
+
+
+def _from_every_rank(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order (a collective: every rank calls it)."""
+    if ray.train.get_context().get_world_size() == 1:
+        return [value]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone
+
+
+def worker_data(data_uri: str | None, manifest: Manifest) -> str:
+    """The dataset as this worker's node sees it, checked to be the driver's (same content hash). With no --data
+    every node prepares the embedded digits into its own cache: that is deterministic, and the driver's cache is
+    on another machine in a cluster."""
+    where = f"the worker on {ray.util.get_node_ip_address()}"
+    uri = embedded_digits() if data_uri is None else data_uri
+    try:
+        seen = read_manifest(uri).content_hash
+    except UserError:
+        seen = None
+    if seen == manifest.content_hash:
+        return uri
+    if data_uri is None:
+        raise UserError(f"the embedded digits prepared by {where} differ from the driver's (another scikit-learn "
+                        f"version?); install the same gan-dist environment on every node")
+    raise UserError(f"--data {data_uri} is not the driver's dataset as {where} sees it (a local folder on another "
+                    f"machine?); on a cluster put the data in object storage (--data s3://...) or on a filesystem "
+                    f"every node mounts")
+
+
+def storage_probe(storage_uri: str) -> str | None:
+    """A file the driver leaves in a local --storage for the start of the run: a worker that cannot see it runs
+    on a machine that does not share that folder. Object storage needs no probe."""
+    if storage.is_remote(storage_uri):
+        return None
+    os.makedirs(storage_uri, exist_ok=True)
+    probe = os.path.join(storage_uri, f".gan-dist-probe-{uuid.uuid4().hex}")
+    open(probe, "w").close()
+    return probe
+
+
+def check_storage_visible(probe: str | None) -> None:
+    if probe is not None and not os.path.exists(probe):
+        storage_uri = os.path.dirname(probe)
+        raise UserError(f"--storage {storage_uri} is a local folder that the worker on "
+                        f"{ray.util.get_node_ip_address()} cannot see; on a cluster use object storage "
+                        f"(--storage s3://...) or a filesystem every node mounts")
+
+
+def check_address(cfg: Config) -> None:
+    """An unreachable --address fails in one line within seconds; Ray itself would retry for minutes."""
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        host, port = address.removeprefix("ray://"), "10001" if client else "6379"
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); start it "
+                        f"(`ray start --head`) or fix --address") from None
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -151,7 +232,11 @@ def ensure_ray(cfg: Config) -> None:
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")  # set for `ray job submit` entrypoints
     runtime_env = _aws_runtime_env()
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
+        try:
+            ray.init(address=address, runtime_env=runtime_env)
+        except ConnectionError as exc:  # e.g. --address auto with no cluster running on this machine
+            raise UserError(f"cannot join the Ray cluster at {address} ({_first_line(exc)}); start it "
+                            f"(`ray start --head`) or fix --address") from None
     else:
         needed = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 2
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, runtime_env=runtime_env)
@@ -176,15 +261,16 @@ def _failure_message(err: Exception) -> str | None:
     return None
 
 
-def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
+def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str | None, run_uri: str) -> LoopResult:
+    """`data_uri` None: the embedded digits, which each worker prepares on its own node."""
     ensure_ray(cfg)
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
-    # Read only by streamed workers (resident ones read their rows with pyarrow).
-    dataset = shard_dataset(cfg, manifest, data_uri)
+    data_uri = storage.absolute_uri(data_uri) if data_uri else None
+    probe = storage_probe(storage_path)
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "data_uri": storage.absolute_uri(data_uri),
-                           "run_uri": run_uri, "loop": loop},
+        train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "data_uri": data_uri,
+                           "run_uri": run_uri, "loop": loop, "storage_probe": probe},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=RunConfig(
@@ -194,15 +280,29 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_
             # Retention (newest K plus the best by a metric) is the loop's own, the same for both backends.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
-        datasets={"train": dataset},
+        # Read only by streamed workers (resident ones read their rows with pyarrow).
+        datasets={"train": shard_dataset(cfg, manifest, data_uri or embedded_digits())},
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
-        raise UserError(_failure_message(err) or (
-            f"training failed ({_first_line(err)}) after {cfg.run.max_failures} restart(s); the newest complete "
-            f"checkpoint is kept: rerun with --resume --name {name} to continue")) from None
+        raise UserError(_failure_message(err) or _failed_run_message(err, cfg, run_uri)) from None
+    finally:
+        if probe is not None:
+            os.remove(probe)
+    if isinstance(result.return_value, Refused):
+        raise UserError(result.return_value.message)
     return result.return_value
+
+
+def _failed_run_message(err: Exception, cfg: Config, run_uri: str) -> str:
+    """What failed, and --resume only where there is a checkpoint to resume from."""
+    name = os.path.basename(run_uri.rstrip("/"))
+    if checkpoint.latest_complete(run_uri) is None:
+        after = "before its first checkpoint; nothing to resume: fix the cause and rerun"
+    else:
+        after = f"the newest complete checkpoint is kept: rerun with --resume --name {name} to continue"
+    return f"training failed ({_first_line(err)}) after {cfg.run.max_failures} restart(s), {after}"
 
 
 def _first_line(err: Exception) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from gan_dist.checkpoint import load_state, prune
+from gan_dist import checkpoint as ckpt
 from gan_dist.config import Config
 from gan_dist.data.reader import DataPosition
 from gan_dist.errors import UserError
@@ -18,6 +18,9 @@ from gan_dist.train import rng
 from gan_dist.train.task import GenerationTask
 
 GRID_SIZE = 64
+# What a log step records: the loop's own keys and the task's; run.keep_best must name one of them.
+LOGGED_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch",
+                  "gpu_mem_gb", *GenerationTask.METRICS)
 
 
 @dataclass
@@ -51,10 +54,28 @@ def fixed_latents(task: GenerationTask, seed: int) -> torch.Tensor:
 
 def restore(task: GenerationTask, ctx: WorkerContext, checkpoint: str) -> TrainState:
     """Load a checkpoint into the task and this rank's RNG; every rank reads the same files."""
-    saved = load_state(checkpoint, ctx.device)
+    saved = ckpt.load_state(checkpoint, ctx.device)
     task.load_state_dict(saved)
     rng.restore(saved.get("rng", []), ctx.rank)
     return TrainState.from_dict(saved["train"])
+
+
+def restore_newest(task: GenerationTask, ctx: WorkerContext, cfg: Config,
+                   skipped: list[str]) -> tuple[str, TrainState] | None:
+    """The run's newest checkpoint that loads, older ones standing in for any that do not (each one's reason
+    goes to `skipped`); for a run that has none yet, --resume-from's. Corruption is in the bytes, so every rank
+    skips the same checkpoints and they all restore the same one."""
+    for uri in ckpt.newest_first(ctx.run_uri, ctx.latest_checkpoint()):
+        try:
+            return uri, restore(task, ctx, uri)
+        except ckpt.CorruptCheckpoint as exc:
+            skipped.append(str(exc))
+    if skipped:  # starting over would overwrite checkpoints that a person may still be able to repair
+        raise UserError(f"no checkpoint of this run loads ({'; '.join(skipped)}); nothing was overwritten: "
+                        f"restore or delete them, or start a new run (--name)")
+    if cfg.run.resume_from:
+        return cfg.run.resume_from, restore(task, ctx, cfg.run.resume_from)
+    return None
 
 
 def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
@@ -62,10 +83,10 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     task = GenerationTask(cfg, ctx.manifest.resolution, ctx.manifest.channels, ctx.device, ctx.world_size > 1)
     grid_z = fixed_latents(task, t.seed)
 
-    state, resumed_from = TrainState(), None
-    checkpoint = _newest_checkpoint(ctx, cfg)
-    if checkpoint is not None:
-        state = restore(task, ctx, checkpoint)
+    state, resumed_from, skipped = TrainState(), None, []
+    found = restore_newest(task, ctx, cfg, skipped)
+    if found is not None:
+        checkpoint, state = found
         resumed_from = state.step
     tracker = None
     if ctx.rank == 0:
@@ -74,7 +95,9 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
         tracker = RunTracker(ctx.run_uri, t.steps, cfg.log, wandb_run_id(ctx.run_uri), config)
         tracker.message(ctx.placement.reason)
         tracker.message(task.features.describe())
-        if checkpoint is not None:
+        for reason in skipped:
+            tracker.message(f"warning: skipping {reason}")
+        if found is not None:
             tracker.message(f"resumed from step {state.step} ({checkpoint})")
 
     metrics: dict[str, float] = {}
@@ -140,22 +163,20 @@ def _save(task: GenerationTask, ctx: WorkerContext, cfg: Config, state: TrainSta
     ctx.save_checkpoint(state.step, payload, meta)
     if ctx.rank == 0:
         r = cfg.run
-        prune(ctx.run_uri, r.keep_checkpoints, r.keep_best, r.keep_best_mode)
-
-
-def _newest_checkpoint(ctx: WorkerContext, cfg: Config) -> str | None:
-    """This run's newest complete checkpoint; for a run that has none yet, --resume-from's."""
-    return ctx.latest_checkpoint() or cfg.run.resume_from
+        ckpt.prune(ctx.run_uri, r.keep_checkpoints, state.step, r.keep_best, r.keep_best_mode)
 
 
 def _recover_from_divergence(task: GenerationTask, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
                              step: int) -> TrainState:
     """Too many non-finite updates in a row: back to the newest checkpoint with lower learning rates."""
-    checkpoint = _newest_checkpoint(ctx, cfg)
-    if checkpoint is None:
+    skipped: list[str] = []
+    found = restore_newest(task, ctx, cfg, skipped)
+    if found is None:
         raise UserError(f"training diverged (non-finite gradients) at step {step}, before the first checkpoint; "
                         f"lower the learning rates, e.g. --set train.lr_d={cfg.train.lr_d / 2:g}")
-    state = restore(task, ctx, checkpoint)
+    _, state = found
+    for reason in skipped if tracker else ():
+        tracker.message(f"warning: skipping {reason}")
     task.scale_learning_rates(cfg.train.nonfinite_lr_factor)
     task.bad_streak.zero_()
     if tracker:

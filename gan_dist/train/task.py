@@ -49,6 +49,9 @@ class GenerationTask:
     """Everything one worker trains. `G`/`D` are the plain modules; `G_ddp`/`D_ddp` the DDP wrappers when
     distributed (or the same modules otherwise)."""
 
+    # What step() returns and learning_rates() reports, logged at every log step.
+    METRICS = ("loss_D", "loss_G", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "lr_G", "lr_D")
+
     def __init__(self, cfg: Config, resolution: int, channels: int, device: torch.device, distributed: bool):
         m, t = cfg.model, cfg.train
         self.cfg, self.device = cfg, device
