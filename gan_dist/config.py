@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gan_dist.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "dcgan-digits"
+# The readers fold the seed into torch seeds as seed * ~1e12 (data/reader.py), which must stay below 2**64.
+MAX_SEED = 2**24 - 1
+# A run name is one directory under run.storage: it must not climb out of it or hide.
+RUN_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans (true/false only): YAML 1.1 reads on/off/yes/no as booleans, which turns documented
+    values such as `compile: off` into False."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_NULLS = ("~", "null", "Null", "NULL")
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Unknown keys are errors: a typo must not silently fall back to a default. inf/nan pass every bound and
+    # then wreck training.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -45,7 +68,7 @@ class TrainConfig(_Section):
     lr_d: float = Field(2e-4, gt=0)
     beta1: float = Field(0.5, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, description=f"0 to {MAX_SEED}")
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     sample_every: int = Field(250, ge=1, description="steps between sample grids from the fixed latents")
@@ -63,6 +86,13 @@ class TrainConfig(_Section):
     nonfinite_patience: int = Field(3, ge=1)
     nonfinite_lr_factor: float = Field(0.5, gt=0, le=1)
 
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, seed: int) -> int:
+        if not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"a seed is 0 to {MAX_SEED} (2**24 - 1)")
+        return seed
+
 
 class RunConfig(_Section):
     name: str | None = Field(None, description="run name; default: preset name + timestamp")
@@ -71,13 +101,21 @@ class RunConfig(_Section):
     num_workers: int = Field(1, ge=1)
     gpu: bool = False
     ray_address: str | None = None
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, ge=0.0001, description="Ray refuses finer fractions")
     resume: bool = False
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept")
     keep_best: str | None = Field(None, description="also keep the best checkpoint by this logged metric")
     keep_best_mode: Literal["min", "max"] = "min"
     resume_from: str | None = Field(None, description="start from this checkpoint (or run) when the run has none")
     max_failures: int = Field(0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_directory(cls, name: str | None) -> str | None:
+        if name is not None and not RUN_NAME.fullmatch(name):
+            raise ValueError("a run name is 1-200 of A-Z a-z 0-9 . _ -, not starting with '.' and without '..' "
+                             "(it is a directory in run.storage)")
+        return name
 
     @model_validator(mode="after")
     def _local_is_one_process(self) -> "RunConfig":
@@ -92,11 +130,16 @@ class RunConfig(_Section):
 
 
 class LogConfig(_Section):
-    # auto: WANDB_MODE if set, else online when WANDB_API_KEY is set, else disabled.
-    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    # auto: WANDB_MODE if set, else online when WANDB_API_KEY is set, else disabled. off: disabled.
+    wandb: Literal["auto", "online", "offline", "disabled", "off"] = "auto"
     wandb_project: str = "gan-dist"
     wandb_entity: str | None = None
     console_every_s: float = Field(10.0, gt=0, description="seconds between console lines (Ray, or no terminal)")
+
+    @field_validator("wandb")
+    @classmethod
+    def _off_is_disabled(cls, mode: str) -> str:
+        return "disabled" if mode == "off" else mode  # tracking passes the mode to W&B, which has no "off"
 
 
 class Config(_Section):
@@ -108,33 +151,90 @@ class Config(_Section):
     log: LogConfig = LogConfig()
 
 
-def _describe(err: ValidationError) -> str:
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _field_type(key: str) -> Any:
+    """The annotation of a dotted key in Config (a section's is its model class); None for an unknown key."""
+    node: Any = Config
+    for part in key.split("."):
+        if not _is_section(node) or part not in node.model_fields:
+            return None
+        node = node.model_fields[part].annotation
+    return node
+
+
+def _is_text(annotation: Any) -> bool:
+    """str, a Literal of strings, or either or None: fields whose value is the text as typed."""
+    if annotation is str:
+        return True
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return all(isinstance(arg, str) for arg in args)
+    if get_origin(annotation) in (Union, types.UnionType):
+        return all(arg is type(None) or _is_text(arg) for arg in args)
+    return False
+
+
+def _not_a_mapping(section: str, value: Any) -> str:
+    return f"config section '{section}' must be a mapping of its keys, not {value!r}"
+
+
+def _describe(err: ValidationError, typed: Mapping[str, str]) -> str:
+    """One line naming the key and the value as the user typed it (`typed`: --set text by key)."""
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
+    key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
+        if any("." in str(part) for part in first["loc"]):  # only a YAML file can write one: --set splits dots
+            return f"config key '{key}' has a dot in its name; in a YAML file nest it (train: {{steps: 5}})"
         return f"unknown config key '{key}' (check the spelling; `gan-dist train --help` lists the flags)"
-    value = first.get("input")
-    return f"bad config value {key}={value!r}: {first['msg']}"
+    value = typed.get(key, first.get("input"))
+    if first["type"] == "model_type":
+        return _not_a_mapping(key, value)
+    msg = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    if _is_section(_field_type(key)):
+        return f"bad config section '{key}': {msg}"  # a rule across the section's keys
+    return f"bad config value {key}={value!r}: {msg}"
 
 
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.lr_g=1e-4` -> ("train.lr_g", 0.0001); values are read as YAML scalars."""
+@dataclass(frozen=True)
+class Override:
+    """A `--set` value as the user typed it: load_config reads it by its key's type and echoes it in errors."""
+
+    text: str
+
+
+def parse_override(text: str) -> tuple[str, Override]:
+    """`train.lr_g=1e-4` -> ("train.lr_g", Override("1e-4"))."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise UserError(f"bad --set '{text}': expected key=value, e.g. --set train.lr_g=1e-4")
+    return key.strip(), Override(raw)
+
+
+def _read_value(key: str, text: str) -> Any:
+    """Text fields take the text as typed (`run.name=2024` is a name); other values are YAML scalars."""
+    if not text.strip():
+        return None  # as YAML reads an empty value
+    annotation = _field_type(key)
+    if _is_text(annotation) and not (text in _NULLS and type(None) in get_args(annotation)):
+        return text
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
+        return text
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = tree
-    for part in parents:
+    for depth, part in enumerate(parents, 1):
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
+            section = ".".join(parents[:depth])
+            if _is_section(_field_type(section)):  # the file gave the section a scalar or a list
+                raise UserError(_not_a_mapping(section, child))
             raise UserError(f"unknown config key '{key}': '{part}' is a value, not a section")
         node = child
     node[leaf] = value
@@ -142,31 +242,42 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
 
 def _read_preset(name_or_file: str) -> tuple[str, dict]:
     path = Path(name_or_file)
+    if path.is_dir():
+        raise UserError(f"'{name_or_file}' is a directory; expected a preset name or a YAML config file")
     if not path.suffix:
         path = PRESET_DIR / f"{name_or_file}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise UserError(f"no preset or config file '{name_or_file}' (presets: {known})")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        tree = yaml.load(path.read_text(), Loader=_Loader)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    sections = ", ".join(name for name, field in Config.model_fields.items() if _is_section(field.annotation))
+    if tree is None:
+        raise UserError(f"config file {path} is empty; write its sections ({sections}) or name a preset")
     if not isinstance(tree, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (data, model, train, run)")
+        raise UserError(f"config file {path} must hold a mapping of sections ({sections}), not {type(tree).__name__}")
     tree.setdefault("preset", path.stem)
     return path.stem, tree
 
 
-def load_config(preset: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Build the config from a preset name or YAML file, then apply dotted overrides."""
+def load_config(preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the config from a preset name or YAML file, then apply dotted overrides (values or Override text)."""
     _, tree = _read_preset(preset or DEFAULT_PRESET)
+    typed: dict[str, str] = {}
     for key, value in (overrides or {}).items():
+        if isinstance(value, Override):
+            typed[key] = value.text
+            value = _read_value(key, value.text)
         _set_dotted(tree, key, value)
-    return config_from_dict(tree)
+    return config_from_dict(tree, typed)
 
 
-def config_from_dict(tree: dict) -> Config:
+def config_from_dict(tree: dict, typed: Mapping[str, str] | None = None) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
-        raise UserError(_describe(err)) from None
+        raise UserError(_describe(err, typed or {})) from None

@@ -1,7 +1,17 @@
-import pytest
+import functools
+import re
+from collections.abc import Iterator
+from typing import Any, Literal, get_args, get_origin
 
-from gan_dist.config import load_config, parse_override
+import numpy as np
+import pytest
+import torch
+from pydantic import BaseModel
+
+from gan_dist.config import MAX_SEED, Config, load_config, parse_override
+from gan_dist.data.reader import DataPosition, InMemoryReader, worker_seed
 from gan_dist.errors import UserError
+from gan_dist.train.task import noise_seed
 
 
 def test_default_preset_trains_locally_on_embedded_digits():
@@ -44,3 +54,142 @@ def test_unknown_preset_lists_the_known_ones():
 def test_override_without_equals_sign_is_rejected():
     with pytest.raises(UserError, match="expected key=value"):
         parse_override("train.steps")
+
+
+def literal_values(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted key, documented value) for every Literal field of the config tree."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from literal_values(field.annotation, f"{prefix}{name}.")
+        elif get_origin(field.annotation) is Literal:
+            yield from ((f"{prefix}{name}", value) for value in get_args(field.annotation))
+
+
+def dotted(cfg: Config, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), cfg)
+
+
+ALIASES = {("log.wandb", "off"): "disabled"}  # tracking sees W&B's own name
+
+
+@pytest.mark.parametrize("key, value", list(literal_values()), ids=lambda item: str(item))
+def test_every_documented_value_works_from_set_and_from_a_file(key, value, tmp_path):
+    expected = ALIASES.get((key, value), value)
+    assert dotted(load_config(None, dict([parse_override(f"{key}={value}")])), key) == expected
+    section, leaf = key.split(".")
+    path = tmp_path / "mine.yaml"
+    path.write_text(f"{section}:\n  {leaf}: {value}\n")  # unquoted, as a user writes it
+    assert dotted(load_config(str(path)), key) == expected
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("run.name=2024", "2024"),
+        ("run.name=~", None),
+        ("data.path=null", None),
+        ("run.storage=null", "null"),  # no None there: the text is the directory name
+        ("run.gpu=off", False),
+        ("train.seed=0x10", 16),
+    ],
+)
+def test_overrides_are_read_by_the_type_of_their_key(text, value):
+    key, override = parse_override(text)
+    assert dotted(load_config(None, {key: override}), key) == value
+
+
+def test_a_section_override_reads_yaml_1_2_booleans():
+    assert load_config(None, dict([parse_override("train={compile: off, bf16: false}")])).train.compile == "off"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train.lr_g=.inf", "train.lr_g='.inf': Input should be a finite number"),
+        ("log.console_every_s=.nan", "log.console_every_s='.nan': Input should be a finite number"),
+        ("run.cpus_per_worker=0.00001", "cpus_per_worker='0.00001': Input should be greater than or equal to 0.0001"),
+    ],
+)
+def test_numbers_that_cannot_work_are_refused(text, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config(None, dict([parse_override(text)]))
+
+
+@pytest.mark.parametrize(
+    "text, echo",
+    [
+        ("train.compile=offf", "train.compile='offf'"),
+        ("train.steps=1_000.5", "train.steps='1_000.5'"),
+        ("train.batch_size=0x0", "train.batch_size='0x0'"),
+        ("run.gpu=maybe", "run.gpu='maybe'"),
+    ],
+)
+def test_bad_override_echoes_the_text_as_typed(text, echo):
+    with pytest.raises(UserError, match=f"^bad config value {re.escape(echo)}: [^\n]*$"):
+        load_config(None, dict([parse_override(text)]))
+
+
+def test_bad_literal_lists_the_valid_values():
+    with pytest.raises(UserError, match="'auto', 'off', 'default', 'reduce-overhead' or 'max-autotune'"):
+        load_config(None, dict([parse_override("train.compile=False")]))
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "a\\b", "..", "a..b", ".hidden", "", "a b", "x" * 201, "run:1"])
+def test_run_name_stays_one_directory_in_storage(name):
+    with pytest.raises(UserError, match=r"run\.name=.*a run name is 1-200 of A-Z a-z 0-9 \. _ -"):
+        load_config(None, {"run.name": name})
+
+
+@pytest.mark.parametrize("name", ["digits", "2024-01-01_v1.2", "x" * 200])
+def test_plain_run_names_pass(name):
+    assert load_config(None, dict([parse_override(f"run.name={name}")])).run.name == name
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**63])
+def test_seed_out_of_range_names_the_range(seed):
+    with pytest.raises(UserError, match=f"train.seed={seed}: a seed is 0 to {MAX_SEED}"):
+        load_config(None, {"train.seed": seed})
+
+
+def test_largest_seed_works_in_the_seed_formulas():
+    seed = load_config(None, {"train.seed": MAX_SEED}).train.seed
+    reader = InMemoryReader(np.zeros((4, 2, 2, 1), np.uint8), 2, worker_seed(seed, rank=1023), shuffle=True)
+    next(reader.batches(DataPosition(epoch=10**6)))
+    torch.Generator().manual_seed(noise_seed(seed, 1023, 10**9))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train: 5\n", "config section 'train' must be a mapping of its keys, not 5"),
+        ("train:\n  - 1\n", "config section 'train' must be a mapping of its keys, not [1]"),
+        ("train:\n", "config section 'train' must be a mapping of its keys, not None"),
+        ("train.steps: 5\n", "config key 'train.steps' has a dot in its name; in a YAML file nest it (train: {"),
+        ("train:\n  lr.g: 5\n", "config key 'train.lr.g' has a dot in its name"),
+        ("", "is empty; write its sections (data, model, train, run, log)"),
+        ("# all commented out\n", "is empty"),
+        ("just words\n", "must hold a mapping of sections (data, model, train, run, log), not str"),
+        ("- train\n", "must hold a mapping of sections (data, model, train, run, log), not list"),
+        ("train: {steps: [1\n", "is not valid YAML"),
+        (b"\xff\xfe\x00\x81binary", "is not valid YAML"),
+        ("run:\n  backend: local\n  num_workers: 2\n", "bad config section 'run': the local backend runs one process"),
+    ],
+)
+def test_yaml_structure_errors_are_one_line(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(UserError, match=re.escape(message)) as caught:
+        load_config(str(path))
+    assert "\n" not in str(caught.value)
+
+
+def test_an_override_into_a_scalar_section_names_the_section(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("train: 5\n")
+    with pytest.raises(UserError, match="config section 'train' must be a mapping of its keys, not 5"):
+        load_config(str(path), {"train.steps": 1})  # as `--steps 1` adds
+
+
+def test_a_directory_is_not_a_config(tmp_path):
+    with pytest.raises(UserError, match="is a directory; expected a preset name or a YAML config file"):
+        load_config(str(tmp_path))
