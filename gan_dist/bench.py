@@ -32,6 +32,7 @@ from gan_dist.data.shards import Manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.data.stream import StreamReader
 from gan_dist.errors import UserError
+from gan_dist.runtime import storage
 from gan_dist.train.task import GenerationTask
 
 # The reference script's models, by our architecture name: (its model key, its loss name).
@@ -198,4 +199,4 @@ def write_json(rows: list[BenchRow], cfg: Config, options: BenchOptions, path: s
     device = torch.cuda.get_device_name(options.device) if options.device.type == "cuda" else "cpu"
     record = {"torch": torch.__version__, "device": device, "batch_size": cfg.train.batch_size,
               "model": cfg.model.model_dump(), "rows": [asdict(row) for row in rows]}
-    Path(path).write_text(json.dumps(record, indent=1))
+    storage.write_bytes(path, json.dumps(record, indent=1).encode())  # local or s3://, never a half-written file

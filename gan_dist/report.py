@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+from typing import NamedTuple
+
+import pyarrow.fs as pafs
 
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
@@ -17,34 +21,79 @@ PANELS = (
 )
 
 
-def read_metrics(run_uri: str) -> tuple[list[dict], list[dict]]:
-    """(metric rows, event rows) of a run, in the order they were written."""
-    uri = storage.join(run_uri, METRICS_FILE)
+class RunMetrics(NamedTuple):
+    rows: list[dict]  # one metric record per step, by step
+    events: list[dict]  # restores and skipped updates, by step
+    skipped: int  # lines that are not a JSON record with a step
+
+
+def _record(line: str) -> dict | None:
     try:
-        lines = storage.read_bytes(uri).decode().splitlines()
-    except FileNotFoundError:
-        raise UserError(f"no {METRICS_FILE} in {run_uri}; pass a run directory (e.g. runs/NAME)") from None
-    rows = [json.loads(line) for line in lines if line.strip()]
-    return [r for r in rows if "event" not in r], [r for r in rows if "event" in r]
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
+def read_metrics(run_uri: str) -> RunMetrics:
+    """A run's metrics.jsonl as the report draws it. A run killed mid-write leaves a torn line: skipped and counted.
+    A resumed run logs again the steps after its checkpoint: for each step the record written last wins."""
+    uri = storage.join(run_uri, METRICS_FILE)
+    storage.check_bucket(run_uri)
+    fs, path = storage.resolve(run_uri)
+    with storage.user_errors(run_uri, "read"):
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.NotFound:
+            raise UserError(f"no run at {run_uri}; pass a run directory (e.g. runs/NAME)")
+        if kind == pafs.FileType.File:
+            raise UserError(f"{run_uri} is a file, not a run directory; pass a run directory (e.g. runs/NAME)")
+        try:
+            lines = storage.read_bytes(uri).decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            raise UserError(f"no {METRICS_FILE} in {run_uri}; pass a run directory (e.g. runs/NAME)") from None
+    records = [_record(line) for line in lines if line.strip()]
+    rows = {r["step"]: r for r in records if r is not None and "event" not in r}  # later records supersede
+    events = sorted((r for r in records if r is not None and "event" in r), key=lambda r: r["step"])
+    return RunMetrics([rows[step] for step in sorted(rows)], events, records.count(None))
+
+
+def curves_target(run_uri: str, out: str | None) -> str:
+    """Where the PNG goes, checked writable: RUN/curves.png, or --out, or inside --out when that is a folder
+    (like cp)."""
+    if out is None:
+        target, flag = storage.join(run_uri, "curves.png"), "--out (default)"
+    else:
+        storage.check_bucket(out)  # a missing bucket is named as such, before looking inside it
+        folder = out.endswith("/") or storage.is_folder(out)
+        target, flag = (storage.join(out, "curves.png") if folder else out), "--out"
+    storage.check_output_file(target, flag)
+    return target
 
 
 def draw_curves(run_uri: str, out: str | None = None) -> str:
     """Write the curves PNG (default RUN/curves.png) and return where it went."""
+    metrics = read_metrics(run_uri)
+    skipped = f"{metrics.skipped} unreadable line{'s' if metrics.skipped > 1 else ''} skipped"
+    if not metrics.rows:
+        raise UserError(f"{run_uri} has no metrics yet{f' ({skipped})' if metrics.skipped else ''}; "
+                        f"it logs every train.log_every steps")
+    target = curves_target(run_uri, out)
+    if metrics.skipped:  # the rest of the run is still drawn
+        print(f"warning: {skipped} in {storage.join(run_uri, METRICS_FILE)} (a write cut short, e.g. by a killed "
+              f"run)", file=sys.stderr)
+
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    rows, events = read_metrics(run_uri)
-    if not rows:
-        raise UserError(f"{run_uri} has no metrics yet; it logs every train.log_every steps")
     figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     for axis, (title, keys, log_scale) in zip(axes.flat, PANELS):
         for key in keys:
-            points = [(r["step"], r[key]) for r in rows if key in r]
+            points = [(r["step"], r[key]) for r in metrics.rows if key in r]
             if points:
                 axis.plot(*zip(*points), label=key, linewidth=1.2)
-        for event in events:  # restores and skipped updates, where they happened
+        for event in metrics.events:  # restores and skipped updates, where they happened
             axis.axvline(event["step"], color="red", linestyle=":", linewidth=0.8)
         axis.set_title(title)
         axis.set_xlabel("step")
@@ -56,6 +105,5 @@ def draw_curves(run_uri: str, out: str | None = None) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
-    target = out or storage.join(run_uri, "curves.png")
     storage.write_bytes(target, buffer.getvalue())
     return target

@@ -8,14 +8,16 @@ import json
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import torch
+import pyarrow.fs as pafs
 from PIL import Image
-from torchvision.utils import make_grid
 
 from gan_dist.config import LogConfig
 from gan_dist.runtime import storage
+
+if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` starts in a second, not ten
+    import torch
 
 METRICS_FILE = "metrics.jsonl"
 # Shown on the console; everything else still goes to metrics.jsonl and W&B.
@@ -33,6 +35,8 @@ def png_bytes(image_chw_u8: torch.Tensor) -> bytes:
 
 def grid_image(images_u8: torch.Tensor, nrow: int = 8) -> torch.Tensor:
     """uint8 B×C×H×W -> one uint8 C×H'×W' image of the batch tiled `nrow` to a row."""
+    from torchvision.utils import make_grid
+
     return make_grid(images_u8, nrow=nrow, padding=2, pad_value=0)
 
 
@@ -157,9 +161,15 @@ class RunTracker:
         self.metrics_uri = storage.join(run_uri, METRICS_FILE)
         self.console = Console(total_steps, cfg.console_every_s, console)
         # Object stores cannot append: keep the lines and rewrite the (small) file; local files are appended.
+        # A run killed mid-write leaves a last line without its newline: the next record must start a line of its
+        # own, not be glued onto the fragment (rewritten lines get one by the join; appends by _torn).
         self._lines: list[str] | None = None
+        self._torn = False
         if storage.is_remote(run_uri):
-            self._lines = storage.read_bytes(self.metrics_uri).decode().splitlines() if storage.exists(self.metrics_uri) else []
+            found = storage.exists(self.metrics_uri)
+            self._lines = storage.read_bytes(self.metrics_uri).decode(errors="replace").splitlines() if found else []
+        else:
+            self._torn = _ends_mid_line(self.metrics_uri)
         local_dir = None if storage.is_remote(run_uri) else run_uri
         self.wandb = WandbSink(cfg, run_id, os.path.basename(run_uri.rstrip("/")), config,
                                os.environ.get("WANDB_DIR") or local_dir, console)
@@ -197,7 +207,17 @@ class RunTracker:
             fs, path = storage.resolve(self.metrics_uri)
             fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
             with fs.open_append_stream(path) as out:
-                out.write((line + "\n").encode())
+                out.write((("\n" if self._torn else "") + line + "\n").encode())
+            self._torn = False
         else:
             self._lines.append(line)
             storage.write_bytes(self.metrics_uri, ("\n".join(self._lines) + "\n").encode())
+
+
+def _ends_mid_line(uri: str) -> bool:
+    """Whether a local file's last byte is not a newline (a torn last line)."""
+    fs, path = storage.resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return False
+    with fs.open_input_file(path) as src:
+        return src.size() > 0 and src.read_at(1, src.size() - 1) != b"\n"

@@ -1,15 +1,18 @@
 """What a person watches: W&B (offline, read back from its own files), the curves PNG, the console."""
 
 import io
+import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import tiny_config
-from gan_dist.report import draw_curves
+from conftest import s3_client, tiny_config
+from gan_dist.report import draw_curves, read_metrics
 from gan_dist.runtime.launch import train
-from gan_dist.tracking import Console
+from gan_dist.tracking import Console, RunTracker
+from test_cli import run
 from wandb_records import history, run_id
 
 
@@ -72,3 +75,41 @@ def test_console_prints_compact_lines_off_a_terminal():
     lines = stream.getvalue().splitlines()
     # the first line waits for the interval; the last step always prints
     assert lines == ["step 100/100 | loss_D 1 | loss_G 2 | img_per_s 5"]
+
+
+def test_a_torn_last_line_loses_no_record_after_the_resume(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 4, "train.log_every": 1,
+                                                   "train.checkpoint_every": 2, "train.sample_every": 4})
+    train(cfg)
+    # Killed while writing step 4's record, before its checkpoint: half a line, no newline, resume from step 2.
+    run_dir, metrics = tmp_path / "tiny", tmp_path / "tiny" / "metrics.jsonl"
+    text = metrics.read_bytes()
+    metrics.write_bytes(text[:text.rindex(b"{") + 30])
+    shutil.rmtree(run_dir / "checkpoint_000000004")
+    cfg.train.steps, cfg.run.resume = 6, True
+    train(cfg)
+
+    lines = metrics.read_text().splitlines()
+    assert lines[3] == text[text.rindex(b"{"):][:30].decode()  # the fragment, kept, on a line of its own
+    records = [json.loads(line) for line in lines[:3] + lines[4:]]
+    assert [r["step"] for r in records] == [1, 2, 3, 3, 4, 5, 6]  # the resumed attempt's first record is there
+    # The report draws each step once, from the record written last.
+    assert read_metrics(str(run_dir)).rows == records[:2] + records[3:]
+    done = run("report", str(run_dir))
+    assert done.returncode == 0, done.stderr
+    assert "1 unreadable line skipped" in done.stderr and "Traceback" not in done.stderr
+    assert Image.open(run_dir / "curves.png").size == (1100, 700)
+
+
+def test_a_torn_last_line_in_the_bucket_loses_no_record_either(bucket):
+    run_uri = f"s3://{bucket}/runs/torn"
+    s3_client().put_object(Bucket=bucket, Key="runs/torn/metrics.jsonl", Body=b'{"step": 1, "loss_D": 1.0}\n{"step": 2, "lo')
+    tracker = RunTracker(run_uri, 3, tiny_config("unused", "unused").log, "id", {})
+    tracker.log({"step": 3, "loss_D": 0.5})
+    tracker.close()
+    body = s3_client().get_object(Bucket=bucket, Key="runs/torn/metrics.jsonl")["Body"].read()
+    assert body == b'{"step": 1, "loss_D": 1.0}\n{"step": 2, "lo\n{"step": 3, "loss_D": 0.5}\n'
+    done = run("report", run_uri)
+    assert done.returncode == 0, done.stderr
+    assert "1 unreadable line skipped" in done.stderr and "Traceback" not in done.stderr
+    assert s3_client().head_object(Bucket=bucket, Key="runs/torn/curves.png")["ContentLength"] > 0

@@ -118,3 +118,19 @@ def check_output_dir(uri: str, flag: str) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise UserError(f"{flag} {uri} cannot be written ({exc.strerror or exc}); pass a writable folder") from None
+
+
+def is_folder(uri: str) -> bool:
+    """A local directory, or an object-store prefix that holds objects."""
+    fs, path = resolve(uri)
+    with user_errors(uri, "reach"):
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def check_output_file(uri: str, flag: str) -> None:
+    """check_output_dir for one output file: its folder must take it, and it must not be a folder itself. An
+    existing file is replaced: the user named it."""
+    folder = posixpath.dirname(uri) if is_remote(uri) else os.path.dirname(uri) or "."
+    check_output_dir(folder, f"{flag} {uri}: its folder")
+    if is_folder(uri):
+        raise UserError(f"{flag} {uri} is a folder; pass a file path")
