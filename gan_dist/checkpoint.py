@@ -17,9 +17,9 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -33,6 +33,7 @@ STATE_FILE = "state.pt"
 GENERATOR_FILE = "generator.safetensors"  # the generator alone, for inference: no pickle, no optimizer state
 META_FILE = "meta.json"
 _NAME = re.compile(r"^checkpoint_(\d{9})$")
+T = TypeVar("T")
 
 
 class CorruptCheckpoint(UserError):
@@ -211,15 +212,21 @@ def is_checkpoint_dir(uri: str) -> bool:
     return storage.exists(storage.join(uri, META_FILE)) or storage.exists(storage.join(uri, STATE_FILE))
 
 
-def resolve_checkpoint(uri: str) -> str:
-    """A checkpoint directory, or a run directory (then its newest complete checkpoint)."""
+def load_newest(uri: str, load: Callable[[str], T], warn: Callable[[str], None]) -> tuple[str, T]:
+    """(checkpoint, load(checkpoint)) for a checkpoint directory; for a run directory, for its newest complete
+    checkpoint that loads, going back past damaged ones (each named through `warn`)."""
     if is_checkpoint_dir(uri):
-        return uri
-    latest = latest_complete(uri)
-    if latest is None:
-        raise UserError(f"no complete checkpoint at {uri}; pass a run directory or one of its checkpoint_* "
-                        f"directories")
-    return latest
+        return uri, load(uri)
+    tried = 0
+    for candidate in newest_first(uri, latest_complete(uri)):
+        try:
+            return candidate, load(candidate)
+        except CorruptCheckpoint as exc:
+            tried += 1
+            warn(f"warning: skipping {exc}")
+    if tried:
+        raise UserError(f"none of the {tried} complete checkpoint(s) of {uri} loads (see the warnings above)")
+    raise UserError(f"no complete checkpoint at {uri}; pass a run directory or one of its checkpoint_* directories")
 
 
 def check_compatible(checkpoint_uri: str, model: dict[str, Any], resolution: int, channels: int) -> None:

@@ -157,6 +157,10 @@ def _bench(args: argparse.Namespace) -> None:
     import torch
 
     from gan_dist.bench import BenchOptions, format_rows, run_bench, write_json
+    from gan_dist.runtime.storage import check_output_file
+
+    if args.json:
+        check_output_file(args.json, "--json")  # one line now, not a traceback after the benchmark
 
     overrides: dict[str, Any] = dict(parse_override(text) for text in args.overrides)
     if args.batch_size:
@@ -197,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"gan-dist: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as err:  # storage that failed mid-command (an endpoint gone, a disk full): a line, not a traceback
+        print(f"gan-dist: error: {' '.join(str(err).split())[:400]}; check the storage and run the command again",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("gan-dist: interrupted; the newest complete checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

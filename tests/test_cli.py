@@ -65,7 +65,7 @@ def test_rerunning_a_run_without_resume_is_refused_and_keeps_it(trained_run):
         (["train", "--steps", "0"], "must be at least 1"),
         (["train", "--backend", "local", "--num-workers", "2"], "local backend runs one process"),
         (["train", "--data", "/nonexistent/shards"], "run `gan-dist prepare` first"),
-        (["sample", "/nonexistent/run", "--out", "x"], "no checkpoint at /nonexistent/run"),
+        (["sample", "/nonexistent/run", "--out", "x"], "no complete checkpoint at /nonexistent/run"),
         (["prepare", "mnist-from-nowhere", "out"], "is not a folder here"),
         (["prepare", "mnist-from-nowhere", "out", "--root", "."], "unknown source"),
     ],

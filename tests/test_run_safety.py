@@ -1,7 +1,6 @@
 """Nothing lost, nothing cryptic: checkpoints, run directories and `train` under bad input, on real files (and
 the console script where the user meets the message)."""
 
-import json
 import os
 import shutil
 import subprocess

@@ -65,12 +65,13 @@ def check_run_dir(cfg: Config, name: str, run_uri: str, manifest: Manifest) -> N
 
 
 def resume_from(cfg: Config, manifest: Manifest) -> str | None:
-    """--resume-from as a checkpoint directory (a run directory stands for its newest complete checkpoint),
-    checked to load and to fit this run's nets."""
+    """--resume-from as a checkpoint directory (a run directory stands for its newest checkpoint that loads),
+    checked to fit this run's nets."""
     if not cfg.run.resume_from:
         return None
-    uri = checkpoint.resolve_checkpoint(storage.absolute_uri(cfg.run.resume_from))
-    checkpoint.check_loads(uri)  # fails here, in one line, rather than in every worker
+    # Checked to load here, in one line, rather than in every worker.
+    uri, _ = checkpoint.load_newest(storage.absolute_uri(cfg.run.resume_from), checkpoint.check_loads,
+                                    lambda warning: print(warning, file=sys.stderr))
     checkpoint.check_compatible(uri, cfg.model.model_dump(), manifest.resolution, manifest.channels)
     return uri
 
