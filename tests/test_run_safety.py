@@ -230,3 +230,17 @@ def test_storage_in_a_missing_bucket_or_behind_a_dead_endpoint_is_one_line(s3_se
     done = run("train", "--storage", "s3://runs/here", env=env)
     one_line_error(done, "cannot reach s3://runs/here")
     assert "AWS_ENDPOINT_URL" in done.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_gpu_on_a_machine_without_one_is_one_line_not_a_wait(tmp_path, workers):
+    # Under Ray (2 workers, a local Ray started for the run) Ray Train would wait for GPUs forever.
+    done = run("train", "--gpu", "--num-workers", workers, "--storage", str(tmp_path))
+    one_line_error(done, "drop --gpu to train on")
+    assert "run '" not in done.stdout  # refused before the run starts
+
+
+def test_object_storage_with_the_local_backend_is_refused_before_the_run_starts(tmp_path, s3_server, bucket):
+    done = run("train", "--backend", "local", "--storage", f"s3://{bucket}/runs")
+    one_line_error(done, "the local backend writes checkpoints to a local --storage path")
+    assert "run '" not in done.stdout

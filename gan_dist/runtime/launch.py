@@ -16,6 +16,7 @@ from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.models import check_resolution
 from gan_dist.runtime import storage
+from gan_dist.runtime.local import check_local, run_local
 from gan_dist.train.loop import LOGGED_METRICS, LoopResult, train_loop
 
 
@@ -86,9 +87,11 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     storage.check_output_dir(cfg.run.storage, "--storage")  # before reading data or starting Ray
     backend = cfg.run.resolved_backend()
     if backend == "ray":
-        from gan_dist.runtime.ray_backend import check_address  # Ray is imported only when it is used
+        from gan_dist.runtime.ray_backend import check_cluster  # Ray is imported only when it is used
 
-        check_address(cfg)
+        check_cluster(cfg)
+    else:
+        check_local(cfg)
     data_uri = cfg.data.path or embedded_digits()
     manifest = read_manifest(data_uri)
     check_resolution(manifest.resolution, cfg.model.arch)
@@ -104,6 +107,4 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
         from gan_dist.runtime.ray_backend import run_ray
 
         return run_ray(loop, cfg, manifest, cfg.data.path, run_uri)
-    from gan_dist.runtime.local import run_local
-
     return run_local(loop, cfg, manifest, data_uri, run_uri)

@@ -46,9 +46,14 @@ class LocalContext:
         checkpoint.publish_local(self.run_uri, step, state, meta)
 
 
-def run_local(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
-    if storage.is_remote(run_uri):
+def check_local(cfg: Config) -> None:
+    """What the local backend cannot do, refused before any work."""
+    if storage.is_remote(cfg.run.storage):
         raise UserError("the local backend writes checkpoints to a local --storage path; use --backend ray for s3://")
     if cfg.run.gpu and not torch.cuda.is_available():
         raise UserError("--gpu was given but torch sees no CUDA device; drop --gpu to train on the CPU")
+
+
+def run_local(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
+    """The loop in this process, once `check_local` has passed."""
     return loop(LocalContext(cfg, manifest, data_uri, run_uri), cfg)

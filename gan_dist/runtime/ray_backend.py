@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -207,10 +208,17 @@ def check_storage_visible(probe: str | None) -> None:
                         f"(--storage s3://...) or a filesystem every node mounts")
 
 
-def check_address(cfg: Config) -> None:
-    """An unreachable --address fails in one line within seconds; Ray itself would retry for minutes."""
+def check_cluster(cfg: Config) -> None:
+    """Before Ray starts: an unreachable --address fails in one line within seconds (Ray itself would retry for
+    minutes), and so does --gpu for a local Ray on a machine without the GPUs (Ray Train would wait forever)."""
     address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
-    if not address or address in ("auto", "local"):
+    if not address:
+        if cfg.run.gpu and torch.cuda.device_count() < cfg.run.num_workers:
+            raise UserError(f"--gpu asks for {cfg.run.num_workers} GPU(s) and this machine has "
+                            f"{torch.cuda.device_count()}; drop --gpu to train on CPUs, or --address a cluster "
+                            f"with GPUs")
+        return
+    if address in ("auto", "local"):
         return
     client = address.startswith("ray://")
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -237,9 +245,18 @@ def ensure_ray(cfg: Config) -> None:
         except ConnectionError as exc:  # e.g. --address auto with no cluster running on this machine
             raise UserError(f"cannot join the Ray cluster at {address} ({_first_line(exc)}); start it "
                             f"(`ray start --head`) or fix --address") from None
+        warn_missing_gpus(cfg)
     else:
         needed = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 2
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, runtime_env=runtime_env)
+
+
+def warn_missing_gpus(cfg: Config) -> None:
+    """A joined cluster short of the GPUs asked for may still add them (an autoscaler): Ray Train waits."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if cfg.run.gpu and have < cfg.run.num_workers:
+        print(f"warning: --gpu asks for {cfg.run.num_workers} GPU(s) and the Ray cluster has {have:g}; waiting for "
+              f"the cluster to add them (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
 
 def _aws_runtime_env() -> dict[str, Any] | None:
