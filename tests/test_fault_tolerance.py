@@ -159,3 +159,16 @@ def test_partial_checkpoints_in_the_bucket_are_never_picked(tiny_data, bucket, t
                 continue  # only meta.json made it
             client.put_object(Bucket=bucket, Key=f"{run}/checkpoint_{step:09d}/{name}", Body=body)
     assert checkpoint.latest_complete(f"s3://{bucket}/{run}").endswith("checkpoint_000000003")
+
+
+def failing_loop(ctx, cfg):
+    raise RuntimeError("a bug in the loop")
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_does_not_advise_resume(ray_cluster, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"run.num_workers": 2, "run.name": "broken"})
+    with pytest.raises(UserError) as err:
+        train(cfg, loop=failing_loop)
+    message = str(err.value)
+    assert "a bug in the loop" in message and "before its first checkpoint; nothing to resume" in message
+    assert "--resume" not in message and "\n" not in message
