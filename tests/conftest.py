@@ -82,14 +82,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_port(port: int, process, seconds: float) -> bool:
+    """Whether `process` came to listen on 127.0.0.1:`port` within `seconds` (False once it has exited)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 endpoint on loopback (moto's server) that checks credentials: the first IAM calls are free and
     create the one user whose keys the session uses; every request after them must be signed with those keys."""
-    import socket
     import subprocess
     import sys
-    import time
 
     import boto3
 
@@ -98,16 +111,9 @@ def s3_server(tmp_path_factory):
     log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("moto's S3 server did not start; see its log")
-            time.sleep(0.2)
+    if not wait_for_port(port, server, 60):
+        server.kill()
+        pytest.fail("moto's S3 server did not start; see its log")
     endpoint = f"http://127.0.0.1:{port}"
     iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                        aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")

@@ -5,16 +5,14 @@ laptop's or a driver pod's disk is invisible to the other nodes."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import _free_port
+from conftest import _free_port, wait_for_port
 from gan_dist.data.reader import read_manifest
 from gan_dist.data.prepare import embedded_digits
 from test_cli import GAN_DIST
@@ -36,16 +34,9 @@ def outside_head(tmp_path_factory):
     head = subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--num-cpus=4", "--include-dashboard=false",
                              f"--temp-dir={session}", "--block"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or head.poll() is not None:
-                os.killpg(head.pid, signal.SIGKILL)
-                pytest.fail("the outside Ray head did not start; see head.log")
-            time.sleep(0.5)
+    if not wait_for_port(port, head, 120):
+        os.killpg(head.pid, signal.SIGKILL)
+        pytest.fail("the outside Ray head did not start; see head.log")
     yield f"127.0.0.1:{port}", node_cache
     os.killpg(head.pid, signal.SIGTERM)  # the head and everything it started, not the session's own Ray
     try:
