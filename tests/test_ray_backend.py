@@ -133,3 +133,15 @@ def test_step_benchmark_also_times_the_ray_data_streamed_path(ray_cluster, tmp_p
     rows = json.loads(out.read_text())["rows"]
     assert [row["path"] for row in rows] == ["synthetic", "resident", "stream", "ray-stream"]
     assert rows[-1]["img_per_s"] > 0 and "Ray Data" in rows[-1]["note"]
+
+
+def test_a_ray_run_resumes_after_retention_deleted_checkpoints_ray_reported(ray_cluster, tiny_data, tmp_path):
+    """Ray keeps its own record of every checkpoint reported and refuses to start from one that names deleted
+    checkpoints; gan-dist's retention deletes them, so every resume must still start."""
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"run.num_workers": 2, "run.name": "pruned", "train.steps": 4,
+                                                    "train.checkpoint_every": 2, "run.keep_checkpoints": 1})
+    train(cfg)
+    assert checkpoint.list_checkpoints(str(tmp_path / "pruned")) == [4]  # 2 was reported to Ray, then deleted
+    resumed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6}),
+                                     "run": cfg.run.model_copy(update={"resume": True})})
+    assert (train(resumed).resumed_from, checkpoint.list_checkpoints(str(tmp_path / "pruned"))) == (4, [6])

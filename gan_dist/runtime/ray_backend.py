@@ -24,6 +24,7 @@ from ray.data import DataIterator
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 from gan_dist import checkpoint
 from gan_dist.config import Config, config_from_dict
@@ -284,6 +285,7 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str | Non
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
     data_uri = storage.absolute_uri(data_uri) if data_uri else None
     probe = storage_probe(storage_path)
+    forget_ray_checkpoint_record(run_uri)
     trainer = TorchTrainer(
         _worker_entry,
         train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "data_uri": data_uri,
@@ -310,6 +312,15 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str | Non
     if isinstance(result.return_value, Refused):
         raise UserError(result.return_value.message)
     return result.return_value
+
+
+def forget_ray_checkpoint_record(run_uri: str) -> None:
+    """Delete Ray's record of the checkpoints earlier attempts reported. gan-dist finds checkpoints in storage
+    itself, and Ray refuses to start from a record that names checkpoints our retention has since deleted."""
+    record = storage.join(run_uri, CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
+    if storage.exists(record):
+        fs, path = storage.resolve(record)
+        fs.delete_file(path)
 
 
 def _failed_run_message(err: Exception, cfg: Config, run_uri: str) -> str:
