@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
 
@@ -229,16 +230,21 @@ def load_newest(uri: str, load: Callable[[str], T], warn: Callable[[str], None])
     raise UserError(f"no complete checkpoint at {uri}; pass a run directory or one of its checkpoint_* directories")
 
 
-def check_compatible(checkpoint_uri: str, model: dict[str, Any], resolution: int, channels: int) -> None:
-    """One line naming what differs when a checkpoint's nets cannot take this run's model or images."""
+def check_compatible(checkpoint_uri: str, model: dict[str, Any], manifest: Manifest, same_data: bool) -> None:
+    """One line naming what differs when a checkpoint's nets cannot take this run's model or images, or (with
+    `same_data`, for a resume of the same run) when the run was trained on another dataset."""
     meta = load_meta(checkpoint_uri)
     saved_model = meta.get("config", {}).get("model", {})
     diffs = [f"model.{key}={saved_model[key]} (this run: {value})"
              for key, value in model.items() if key in saved_model and saved_model[key] != value]
     data = meta.get("data", {})
-    if (data.get("resolution"), data.get("channels")) != (resolution, channels):
+    if (data.get("resolution"), data.get("channels")) != (manifest.resolution, manifest.channels):
         diffs.append(f"images {data.get('resolution')}x{data.get('resolution')}x{data.get('channels')} "
-                     f"(this run: {resolution}x{resolution}x{channels})")
+                     f"(this run: {manifest.resolution}x{manifest.resolution}x{manifest.channels})")
     if diffs:
         raise UserError(f"{checkpoint_uri} was trained with {', '.join(diffs)}; resume with the same model and "
                         f"dataset, or start a new run (--name) without --resume/--resume-from")
+    if same_data and data.get("content_hash", manifest.content_hash) != manifest.content_hash:
+        raise UserError(f"{checkpoint_uri} was trained on another dataset (content hash {data['content_hash'][:12]}, "
+                        f"--data here: {manifest.content_hash[:12]}); resume with the run's own --data, or start a "
+                        f"new run from this checkpoint with --name NEW --resume-from {checkpoint_uri}")

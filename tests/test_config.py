@@ -193,3 +193,9 @@ def test_an_override_into_a_scalar_section_names_the_section(tmp_path):
 def test_a_directory_is_not_a_config(tmp_path):
     with pytest.raises(UserError, match="is a directory; expected a preset name or a YAML config file"):
         load_config(str(tmp_path))
+
+
+@pytest.mark.parametrize("key", ["train.steps", "train.lr_g", "run.num_workers"])
+def test_true_or_false_is_not_a_number(key):
+    with pytest.raises(UserError, match=f"bad config value {key}='true': expected a number, not true/false"):
+        load_config(None, dict([parse_override(f"{key}=true")]))

@@ -12,6 +12,7 @@ import torch
 
 from conftest import row_ids, tiny_config
 from gan_dist import checkpoint
+from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.train.loop import train_loop
 
@@ -145,3 +146,22 @@ def test_a_ray_run_resumes_after_retention_deleted_checkpoints_ray_reported(ray_
     resumed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": 6}),
                                      "run": cfg.run.model_copy(update={"resume": True})})
     assert (train(resumed).resumed_from, checkpoint.list_checkpoints(str(tmp_path / "pruned"))) == (4, [6])
+
+
+def test_shards_that_do_not_match_their_manifest_are_refused_by_every_worker_in_one_line(ray_cluster, tiny_data,
+                                                                                         tmp_path):
+    """A worker that cannot read its rows makes every worker return the same refusal, before any training: one
+    line, not a worker traceback and Ray's generic failure."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    manifest = json.loads((data / "_manifest.json").read_text())
+    (data / "_manifest.json").write_text(json.dumps({**manifest, "resolution": 8}))  # the shards hold 16x16
+    cfg = tiny_config(str(data), str(tmp_path), **{"run.num_workers": 2, "run.name": "edited"})
+    with pytest.raises(UserError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert "shard" in message and "prepare" in message and "\n" not in message
+    assert "training failed" not in message and "--resume" not in message
+    assert not checkpoint.list_checkpoints(str(tmp_path / "edited"))

@@ -1,6 +1,7 @@
 """Nothing lost, nothing cryptic: checkpoints, run directories and `train` under bad input, on real files (and
 the console script where the user meets the message)."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -87,7 +88,7 @@ def test_a_run_stopped_before_its_first_checkpoint_is_not_reused(tiny_data, tmp_
     (run_dir / "samples" / "step_000000003.png").write_bytes(b"old grid")
     (run_dir / "metrics.jsonl").write_text('{"step": 2, "loss_D": 1.0}\n')
     before = snapshot(run_dir)
-    with pytest.raises(UserError, match="already exists .no checkpoint, but metrics.jsonl, samples.; pass --resume"):
+    with pytest.raises(UserError, match=r"already exists \(metrics but no checkpoint yet\); pass --resume"):
         train(tiny_config(tiny_data, str(tmp_path)))
     assert snapshot(run_dir) == before
     # --resume starts it again from step 0, after what it wrote before.
@@ -104,9 +105,9 @@ def test_ray_markers_alone_do_not_make_a_run(tiny_data, tmp_path):
 
 def test_resume_skips_a_damaged_newest_checkpoint_and_says_so(tiny_data, tmp_path, two_checkpoints, capsys):
     garble(two_checkpoints / "checkpoint_000000004" / "state.pt")
-    result = train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 4, "train.checkpoint_every": 2,
+    result = train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 6, "train.checkpoint_every": 2,
                                                            "run.resume": True}))
-    assert (result.resumed_from, result.step) == (2, 4)
+    assert (result.resumed_from, result.step) == (2, 6)
     out = capsys.readouterr().out
     assert "warning: skipping" in out and "checkpoint_000000004: state.pt does not match its checksum" in out
     assert checkpoint.load_state(str(two_checkpoints / "checkpoint_000000004"))["train"]["step"] == 4  # rewritten
@@ -244,3 +245,72 @@ def test_object_storage_with_the_local_backend_is_refused_before_the_run_starts(
     done = run("train", "--backend", "local", "--storage", f"s3://{bucket}/runs")
     one_line_error(done, "the local backend writes checkpoints to a local --storage path")
     assert "run '" not in done.stdout
+
+
+def test_resume_warns_about_a_torn_checkpoint_past_the_newest_complete_one(tiny_data, tmp_path, two_checkpoints,
+                                                                          capsys):
+    (two_checkpoints / "checkpoint_000000004" / "meta.json").write_text("{torn")
+    result = train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 3, "train.checkpoint_every": 2,
+                                                           "run.resume": True}))
+    assert (result.resumed_from, result.step) == (2, 3)
+    assert ("warning: checkpoint_000000004 is incomplete (meta.json is not valid JSON); resuming from step 2, and "
+            "checkpoint_000000004 is replaced when the run reaches step 4") in capsys.readouterr().err
+    assert (two_checkpoints / "checkpoint_000000004" / "meta.json").read_text() == "{torn"  # not reached: kept
+
+
+def test_a_resume_with_nothing_left_to_train_says_so(tiny_data, tmp_path, two_checkpoints, capsys):
+    before = snapshot(two_checkpoints)
+    result = train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 3, "run.resume": True}))
+    assert (result.resumed_from, result.step) == (4, 4)
+    assert "run 'tiny' is at step 4 already (--steps 3); nothing to train" in capsys.readouterr().out
+    assert snapshot(two_checkpoints) == before
+    with pytest.raises(UserError, match=r"--resume-from .*checkpoint_000000004 is at step 4, not below --steps 4"):
+        train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 4, "run.name": "new",
+                                                      "run.resume_from": str(two_checkpoints)}))
+    assert not (tmp_path / "new").exists()
+
+
+def test_resuming_a_run_on_another_dataset_of_the_same_shape_is_refused(tmp_path, tiny_data, two_checkpoints):
+    other = tmp_path / "other"
+    write_shards(numbered_images(64)[::-1].copy(), None, str(other))  # 16x16x1 as well, other images
+    with pytest.raises(UserError, match=r"was trained on another dataset .*resume with the run's own --data"):
+        train(tiny_config(str(other), str(tmp_path), **{"run.resume": True, "train.steps": 6}))
+    # A new run may start from that checkpoint on other data: that is what --resume-from is for.
+    result = train(tiny_config(str(other), str(tmp_path), **{"run.name": "finetune", "train.steps": 6,
+                                                            "run.resume_from": str(two_checkpoints)}))
+    assert (result.resumed_from, result.step) == (4, 6)
+
+
+def test_a_batch_larger_than_a_workers_share_is_refused_before_any_worker_starts(tmp_path):
+    write_shards(numbered_images(1), None, str(tmp_path / "one"))
+    done = run("train", "--data", str(tmp_path / "one"), "--num-workers", "2", "--batch-size", "4",
+               "--storage", str(tmp_path / "runs"))
+    one_line_error(done, "each of 2 worker(s) gets 0 of the dataset's 1 images, fewer than one batch of 4")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_folder_of_other_files_is_not_taken_for_a_run(tiny_data, tmp_path):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "notes.txt").write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(UserError, match=r"tiny holds other files \(notes.txt\), not a gan-dist run"):
+            train(tiny_config(tiny_data, str(tmp_path), **{"run.resume": resume}))
+    assert snapshot(tmp_path / "tiny") == {"notes.txt": b"mine"}
+
+
+def test_a_state_that_loads_but_is_not_this_tasks_is_skipped_like_a_damaged_one(tiny_data, tmp_path,
+                                                                               two_checkpoints, capsys):
+    import hashlib
+
+    import torch
+
+    newest = two_checkpoints / "checkpoint_000000004"
+    torch.save({}, newest / "state.pt")  # a valid file with a matching checksum, but no nets in it
+    meta = json.loads((newest / "meta.json").read_text())
+    data = (newest / "state.pt").read_bytes()
+    meta["files"]["state.pt"] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (newest / "meta.json").write_text(json.dumps(meta))
+    result = train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 6, "train.checkpoint_every": 2,
+                                                           "run.resume": True}))
+    assert result.resumed_from == 2
+    assert "state.pt does not hold this run's nets and optimizers" in capsys.readouterr().out

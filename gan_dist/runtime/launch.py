@@ -17,6 +17,7 @@ from gan_dist.errors import UserError
 from gan_dist.models import check_resolution
 from gan_dist.runtime import storage
 from gan_dist.runtime.local import check_local, run_local
+from gan_dist.tracking import METRICS_FILE
 from gan_dist.train.loop import LOGGED_METRICS, LoopResult, train_loop
 
 
@@ -39,42 +40,62 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir(cfg: Config, name: str, run_uri: str, manifest: Manifest) -> None:
-    """A new run needs an empty run directory; a resume needs a complete checkpoint whose nets fit this run, or
-    no checkpoint folder at all (then it starts at step 0, keeping what the run wrote before)."""
+def check_run_dir(cfg: Config, name: str, run_uri: str, manifest: Manifest) -> int | None:
+    """A new run needs an empty run directory; a resume needs a complete checkpoint whose nets and dataset are
+    this run's, or no checkpoint folder at all (then it starts at step 0, keeping what the run wrote before).
+    Returns the step a resume starts from."""
     entries = [e for e in storage.list_dir(run_uri) if not e.startswith(".")]  # not Ray's markers, our staging
     steps = checkpoint.list_checkpoints(run_uri)
+    if entries and not steps and METRICS_FILE not in entries:
+        raise UserError(f"{run_uri} holds other files ({', '.join(entries[:3])}), not a gan-dist run; choose another "
+                        f"--name or --storage")
     if not cfg.run.resume:
         if entries:
-            held = f"checkpoints up to step {steps[-1]}" if steps else f"no checkpoint, but {', '.join(entries[:3])}"
+            held = f"checkpoints up to step {steps[-1]}" if steps else "metrics but no checkpoint yet"
             raise UserError(f"run '{name}' in {cfg.run.storage} already exists ({held}); pass --resume to continue "
                             f"it, or --name for a new run")
-        return
+        return None
     newest = checkpoint.latest_complete(run_uri)
     if newest is not None:
-        checkpoint.check_compatible(newest, cfg.model.model_dump(), manifest.resolution, manifest.channels)
-    elif steps:
+        checkpoint.check_compatible(newest, cfg.model.model_dump(), manifest, same_data=True)
+        start = checkpoint.step_of(newest)
+        for step in (s for s in steps if s > start):  # torn by a crash; the run rewrites it when it gets there
+            torn = checkpoint.checkpoint_name(step)
+            print(f"warning: {torn} is incomplete ({checkpoint.incomplete_reason(storage.join(run_uri, torn))}); "
+                  f"resuming from step {start}, and {torn} is replaced when the run reaches step {step}",
+                  file=sys.stderr)
+        return start
+    if steps:
         names = [checkpoint.checkpoint_name(step) for step in steps]
         torn = "; ".join(f"{n}: {checkpoint.incomplete_reason(storage.join(run_uri, n))}" for n in names)
         raise UserError(f"run '{name}' has no complete checkpoint to resume ({torn}); nothing was changed: restore "
                         f"or delete those folders, or start a new run (--name, optionally --resume-from)")
-    elif entries:
-        print(f"run '{name}' stopped before its first checkpoint; starting it again from step 0 (its earlier "
-              f"outputs are kept)", file=sys.stderr)
+    if entries:
+        print(f"run '{name}' stopped before its first checkpoint; starting it again from step 0 (metrics.jsonl "
+              f"goes on after its earlier lines; grids are drawn again)", file=sys.stderr)
     elif not cfg.run.resume_from:
         print(f"no checkpoint of run '{name}' to resume; starting it fresh", file=sys.stderr)
+    return None
 
 
-def resume_from(cfg: Config, manifest: Manifest) -> str | None:
-    """--resume-from as a checkpoint directory (a run directory stands for its newest checkpoint that loads),
-    checked to fit this run's nets."""
+def resume_from(cfg: Config, manifest: Manifest) -> tuple[str, int] | None:
+    """--resume-from as a checkpoint directory and its step (a run directory stands for its newest checkpoint
+    that loads), checked to fit this run's nets."""
     if not cfg.run.resume_from:
         return None
     # Checked to load here, in one line, rather than in every worker.
     uri, _ = checkpoint.load_newest(storage.absolute_uri(cfg.run.resume_from), checkpoint.check_loads,
                                     lambda warning: print(warning, file=sys.stderr))
-    checkpoint.check_compatible(uri, cfg.model.model_dump(), manifest.resolution, manifest.channels)
-    return uri
+    checkpoint.check_compatible(uri, cfg.model.model_dump(), manifest, same_data=False)
+    return uri, checkpoint.load_meta(uri)["step"]
+
+
+def check_batch_fits(cfg: Config, manifest: Manifest) -> None:
+    share = manifest.count // cfg.run.num_workers  # the smallest worker's rows
+    if share < cfg.train.batch_size:
+        raise UserError(f"each of {cfg.run.num_workers} worker(s) gets {share} of the dataset's {manifest.count} "
+                        f"images, fewer than one batch of {cfg.train.batch_size}; lower --batch-size (or use fewer "
+                        f"workers)")
 
 
 def warn_unlogged_best(cfg: Config) -> None:
@@ -96,11 +117,20 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     manifest = read_manifest(data_uri)
     check_resolution(manifest.resolution, cfg.model.arch)
     warn_unlogged_best(cfg)
+    check_batch_fits(cfg, manifest)
     name = run_name(cfg)
     run_uri = storage.join(storage.absolute_uri(cfg.run.storage), name)
     with storage.user_errors(run_uri, "read the run at"):
-        check_run_dir(cfg, name, run_uri, manifest)
-        cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"resume_from": resume_from(cfg, manifest)})})
+        start = check_run_dir(cfg, name, run_uri, manifest)
+        source = resume_from(cfg, manifest)
+    if start is not None and cfg.train.steps <= start:  # a retried job whose run had already finished, say
+        print(f"run '{name}' is at step {start} already (--steps {cfg.train.steps}); nothing to train: pass --steps "
+              f"above {start} to continue it")
+        return LoopResult(start, start, {})
+    if start is None and source is not None and cfg.train.steps <= source[1]:
+        raise UserError(f"--resume-from {source[0]} is at step {source[1]}, not below --steps {cfg.train.steps}; "
+                        f"pass --steps above {source[1]}")
+    cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"resume_from": source and source[0]})})
     print(f"run '{name}': {manifest.count} images {manifest.resolution}x{manifest.resolution}x{manifest.channels} "
           f"from {data_uri}, {backend} backend, {cfg.run.num_workers} worker(s), output in {run_uri}", flush=True)
     if backend == "ray":

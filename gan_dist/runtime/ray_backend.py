@@ -91,11 +91,17 @@ def stream_batches(shard: DataIterator, cfg: Config, rank: int, device: torch.de
 class RayContext:
     def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
         context = ray.train.get_context()
-        self.cfg, self.manifest, self.data_uri, self.run_uri = cfg, manifest, data_uri, run_uri
+        self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.placement = self._agree(placement.choose(cfg.data, manifest, self.world_size, self.device))
-        self._reader: InMemoryReader | None = None
+        # Resident: this worker's contiguous share of the rows, read once with pyarrow and kept on the device; each
+        # epoch a seeded permutation of it (reproducible, exactly resumable, no Ray Data start-up per epoch). Read
+        # now, where a bad shard can still be refused by every rank together.
+        self.reader: InMemoryReader | None = None
+        if self.placement.resident:
+            self.reader = resident_reader(data_uri, manifest, cfg.train.batch_size, self.rank, self.world_size,
+                                          cfg.train.seed, cfg.data.shuffle, self.device)
 
     def _agree(self, chosen: placement.Placement) -> placement.Placement:
         """Resident only if every worker's device can hold its share: all ranks must take the same path."""
@@ -108,17 +114,9 @@ class RayContext:
         return placement.Placement(False, "data: stream (another worker's device cannot hold its share)")
 
     def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        if self.placement.resident:
-            return self._resident_reader().batches(start)
+        if self.reader is not None:
+            return self.reader.batches(start)
         return stream_batches(ray.train.get_dataset_shard("train"), self.cfg, self.rank, self.device, start)
-
-    def _resident_reader(self) -> InMemoryReader:
-        """This worker's contiguous share of the rows, read once with pyarrow and kept on the device; each epoch a
-        seeded permutation of it. Reproducible, exactly resumable, and no epoch pays Ray Data's start-up."""
-        if self._reader is None:
-            self._reader = resident_reader(self.data_uri, self.manifest, self.cfg.train.batch_size, self.rank,
-                                           self.world_size, self.cfg.train.seed, self.cfg.data.shuffle, self.device)
-        return self._reader
 
     def latest_checkpoint(self) -> str | None:
         # From storage, not ray.train.get_checkpoint(): a hard crash just after an upload leaves the newest
@@ -148,17 +146,27 @@ class Refused:
 def _worker_entry(config: dict[str, Any]) -> LoopResult | Refused:
     cfg = config_from_dict(config["cfg"])
     manifest = Manifest(**config["manifest"])
-    data_uri, problem = None, None
     try:
         data_uri = worker_data(config["data_uri"], manifest)
         check_storage_visible(config["storage_probe"])
+        problem = None
     except UserError as exc:
-        problem = str(exc)
-    problems = [p for p in _from_every_rank(problem) if p]
-    if problems:  # all ranks stop here together: none is left waiting in a collective
-        return Refused(problems[0])
-    ctx = RayContext(cfg, manifest, data_uri, config["run_uri"])
+        data_uri, problem = None, str(exc)
+    if refused := _refusal(problem):
+        return refused
+    try:  # reads this worker's rows when they stay on its device: a dataset that fails is refused by every rank
+        ctx, problem = RayContext(cfg, manifest, data_uri, config["run_uri"]), None
+    except UserError as exc:
+        ctx, problem = None, str(exc)
+    if refused := _refusal(problem):
+        return refused
     return config["loop"](ctx, cfg)
+
+
+def _refusal(problem: str | None) -> Refused | None:
+    """Any rank's problem, for every rank to return together: none is left waiting in a collective."""
+    problems = [p for p in _from_every_rank(problem) if p]
+    return Refused(problems[0]) if problems else None
 
 
 def _from_every_rank(value: Any) -> list[Any]:

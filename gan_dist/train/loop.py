@@ -55,9 +55,14 @@ def fixed_latents(task: GenerationTask, seed: int) -> torch.Tensor:
 def restore(task: GenerationTask, ctx: WorkerContext, checkpoint: str) -> TrainState:
     """Load a checkpoint into the task and this rank's RNG; every rank reads the same files."""
     saved = ckpt.load_state(checkpoint, ctx.device)
-    task.load_state_dict(saved)
-    rng.restore(saved.get("rng", []), ctx.rank)
-    return TrainState.from_dict(saved["train"])
+    try:
+        task.load_state_dict(saved)
+        rng.restore(saved.get("rng", []), ctx.rank)
+        return TrainState.from_dict(saved["train"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # loads, but is not this task's state
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ckpt.CorruptCheckpoint(f"{checkpoint}: state.pt does not hold this run's nets and optimizers "
+                                     f"({detail})") from None
 
 
 def restore_newest(task: GenerationTask, ctx: WorkerContext, cfg: Config,
@@ -158,7 +163,9 @@ def _save(task: GenerationTask, ctx: WorkerContext, cfg: Config, state: TrainSta
         print(f"warning: replicas differ across ranks at step {state.step} (by {divergence:.3g})", flush=True)
     payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states} if ctx.rank == 0 else None
     meta = {"step": state.step, "metrics": metrics, "config": cfg.model_dump(), "rank_divergence": divergence,
-            "world_size": ctx.world_size, "data": {"resolution": task.resolution, "channels": task.channels},
+            "world_size": ctx.world_size,
+            "data": {"resolution": task.resolution, "channels": task.channels,
+                     "content_hash": ctx.manifest.content_hash},
             "wandb_run_id": wandb_run_id(ctx.run_uri)}
     ctx.save_checkpoint(state.step, payload, meta)
     if ctx.rank == 0:
