@@ -47,8 +47,11 @@ def test_manifest_that_does_not_match_its_shards_is_an_error(tmp_path):
     write_shards(numbered_images(10), None, str(tmp_path / "d"))
     path = tmp_path / "d" / "_manifest.json"
     path.write_text(path.read_text().replace('"resolution": 16', '"resolution": 8'))
-    with pytest.raises(UserError, match="manifest does not match its shards"):
+    with pytest.raises(UserError) as caught:
         load_images(str(tmp_path / "d"), read_manifest(str(tmp_path / "d")))
+    # Names the dataset's shard and ends with the fix.
+    assert str(caught.value) == (f"shard {tmp_path / 'd' / 'shard-00000.parquet'}: rows are not 64-byte raw images, "
+                                 "so the manifest does not match its shards; re-run `gan-dist prepare`")
 
 
 def test_missing_dataset_says_to_prepare(tmp_path):

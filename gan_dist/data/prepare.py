@@ -6,10 +6,13 @@ a finished one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import multiprocessing
 import os
+import posixpath
 import re
 import shutil
 import sys
@@ -82,7 +85,8 @@ class SkipReport:
 
 
 # What an interrupted prepare leaves in OUT: shards, temporaries of storage.write_bytes, hidden probe files.
-_LEFTOVER = re.compile(r"shard-\d+\.parquet(\.tmp)?|_manifest\.json\.tmp|\..*")
+_SHARD_FILE = re.compile(r"shard-\d+\.parquet(\.tmp)?")
+_LEFTOVER = re.compile(rf"{_SHARD_FILE.pattern}|_manifest\.json\.tmp|\..*")
 
 
 class ShardWriter:
@@ -135,7 +139,16 @@ class ShardWriter:
                             shards=self.names, format=self.fmt, class_names=class_names,
                             content_hash=content_hash(self.digests), skipped=dict(report.counts))
         storage.write_bytes(storage.join(self.out, MANIFEST_NAME), manifest.to_json().encode())
+        self._remove_stale_shards()
         return manifest
+
+    def _remove_stale_shards(self) -> None:
+        """An interrupted earlier prepare into OUT may have written more shards than this one: they are not in the
+        manifest, so delete them (after the manifest is written: a crash here leaves a sound dataset)."""
+        fs, path = storage.resolve(self.out)
+        for name in storage.list_dir(self.out):
+            if _SHARD_FILE.fullmatch(name) and name not in self.names:
+                fs.delete_file(posixpath.join(path, name))
 
 
 class Progress:
@@ -145,14 +158,17 @@ class Progress:
         self.total, self.stream, self.tty = total, stream, stream.isatty()
         self.start = self.last = time.perf_counter()
 
-    def update(self, done: int, final: bool = False) -> None:
+    def update(self, done: int, final: bool = False, limit: int | None = None) -> None:
+        """`limit`: the final line of a run stopped by --limit, where what was read is the whole job."""
         now = time.perf_counter()
         if not final and now - self.last < (0.5 if self.tty else 10.0):
             return
         self.last = now
+        total = done if limit else self.total
         rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else 0.0
-        line = f"prepare: {done}/{self.total} ({100 * done / max(self.total, 1):.0f}%) {rate:,.0f}/s ETA {eta:,.0f}s"
+        eta = (total - done) / rate if rate > 0 else 0.0
+        tail = f", --limit {limit} reached" if limit else ("" if final else f" ETA {eta:,.0f}s")
+        line = f"prepare: {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:,.0f}/s{tail}"
         self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
         self.stream.flush()
 
@@ -184,6 +200,7 @@ def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progres
     _SOURCE, _OPTIONS = source, options
     pool = multiprocessing.get_context("fork").Pool(options.workers) if options.workers > 1 else None
     done = kept = 0
+    limited = False
     try:
         results = pool.imap(_encode_one, order.tolist(), chunksize=64) if pool else map(_encode_one, order.tolist())
         for index, data, reason in results:
@@ -194,6 +211,7 @@ def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progres
                 writer.add(data, source.label(index))
                 kept += 1
                 if options.limit and kept >= options.limit:
+                    limited = True
                     break
             if bar:
                 bar.update(done)
@@ -202,7 +220,7 @@ def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progres
             pool.terminate()
         _SOURCE = _OPTIONS = None
     if bar:
-        bar.update(done, final=True)
+        bar.update(done, final=True, limit=options.limit if limited else None)
     return writer.finish(source.class_names, report), report
 
 
@@ -232,21 +250,63 @@ def cache_dir() -> Path:
 
 
 def embedded_digits(resolution: int = 32) -> str:
-    """The embedded dataset, prepared once into the cache and reused. Written into a private folder and renamed
-    into place, so processes preparing it at once (Ray workers on one node) never see each other's halves."""
+    """The embedded dataset, prepared once into the cache and reused while it verifies. Written into a private
+    folder and renamed into place, so processes preparing it at once (Ray workers on one node) never see each
+    other's halves."""
     out = cache_dir() / f"digits-{resolution}"
-    if not (out / MANIFEST_NAME).is_file():
+    if _sound_digits(out, resolution):
+        return str(out)
+    damaged = out.exists()
+    try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
             write_dataset(digits_source(), str(staging), PrepareOptions(spec=ImageSpec(resolution, 1), shard_size=512),
                           progress=False)
-            if out.exists() and not (out / MANIFEST_NAME).is_file():  # an interrupted prepare of an older version
-                shutil.rmtree(out)
-            os.rename(staging, out)
-        except OSError:
-            if not (out / MANIFEST_NAME).is_file():  # another process won the rename: its copy is the same
-                raise
+            _install(staging, out, resolution)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        # The user never named this folder: the fix is the variable that moves it.
+        raise UserError(f"cannot write the dataset cache {cache_dir()} ({exc.strerror or exc}); set GAN_DIST_CACHE "
+                        f"to a writable folder") from None
+    if damaged:
+        print(f"warning: the embedded digits cache at {out} was damaged; prepared it again", file=sys.stderr)
     return str(out)
+
+
+def _sound_digits(out: Path, resolution: int) -> bool:
+    """The cache as prepare wrote it: a valid manifest of the right size whose content_hash matches the shards'
+    bytes (about 2 MB to hash). Anything else (a garbage or truncated shard, an edited manifest) is rebuilt."""
+    try:
+        manifest = Manifest.from_json((out / MANIFEST_NAME).read_bytes(), str(out))
+        shards = [(out / name).read_bytes() for name in manifest.shards]
+        rows = sum(pq.ParquetFile(pa.BufferReader(data)).metadata.num_rows for data in shards)
+    except (OSError, UserError, pa.ArrowException):
+        return False
+    return ((manifest.resolution, manifest.channels, manifest.count) == (resolution, 1, rows)
+            and manifest.content_hash == content_hash([hashlib.sha256(data).hexdigest() for data in shards]))
+
+
+def _install(staging: Path, out: Path, resolution: int) -> None:
+    """Rename the staged copy to `out`. A damaged copy there is first renamed aside (never deleted in place, so no
+    reader sees half of it); a sound copy, another process's, is kept: the copies are the same."""
+    aside = staging.with_name(staging.name + "-damaged")  # private: the staging name is unique
+    for _ in range(5):  # a few rounds of racing processes at most
+        try:
+            os.rename(staging, out)  # atomic; refused while `out` is a non-empty folder
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if _sound_digits(out, resolution):  # re-checked right before replacing: another process may have won
+            return
+        try:
+            os.rename(out, aside)
+        except FileNotFoundError:  # another process moved it aside first
+            continue
+        if _sound_digits(aside, resolution):  # lost a race after all: that was a fresh copy, so put it back
+            with contextlib.suppress(OSError):
+                os.rename(aside, out)
+        shutil.rmtree(aside, ignore_errors=True)
+    raise UserError(f"other processes keep replacing the embedded digits cache at {out}; run the command again")

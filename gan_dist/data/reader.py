@@ -7,27 +7,47 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from gan_dist.data.shards import MANIFEST_NAME, Manifest, decode_images
+from gan_dist.data.shards import MANIFEST_NAME, PREPARE_AGAIN, Manifest, decode_images
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
 
 
 def read_manifest(data_uri: str) -> Manifest:
     uri = storage.join(data_uri, MANIFEST_NAME)
-    try:
-        text = storage.read_bytes(uri).decode()
-    except FileNotFoundError:
-        raise UserError(f"no prepared dataset at {data_uri} (missing {MANIFEST_NAME}); run `gan-dist prepare` first") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {uri}: {exc}") from None
+    with storage.user_errors(data_uri, "read the dataset at"):  # endpoint down, bad credentials: with the hint
+        try:
+            text = storage.read_bytes(uri)
+        except (FileNotFoundError, NotADirectoryError):
+            fs, path = storage.resolve(data_uri)
+            if fs.get_file_info(path).type == pafs.FileType.File:  # a common slip: the manifest, or a source file
+                if data_uri.rstrip("/").endswith(MANIFEST_NAME):
+                    raise UserError(f"{data_uri} is the manifest file; pass the dataset folder that holds "
+                                    f"{MANIFEST_NAME}, not the file") from None
+                raise UserError(f"{data_uri} is a file; pass a prepared dataset folder (made by `gan-dist "
+                                "prepare`)") from None
+            raise UserError(f"no prepared dataset at {data_uri} (missing {MANIFEST_NAME}); "
+                            f"run `gan-dist prepare` first") from None
     return Manifest.from_json(text, uri)
 
 
 def shard_uris(data_uri: str, manifest: Manifest) -> list[str]:
     return [storage.join(data_uri, name) for name in manifest.shards]
+
+
+def shard_error(uri: str, exc: Exception) -> UserError:
+    """The one message for a shard that cannot be used (both readers): it names the shard and ends with the fix."""
+    if isinstance(exc, UserError):  # decoded, but not what the manifest describes; the message ends with the fix
+        return UserError(f"shard {uri}: {exc}")
+    detail = " ".join(str(exc).split())[:300]
+    return UserError(f"cannot read shard {uri}: {detail}; restore the file or {PREPARE_AGAIN}")
+
+
+def count_error(data_uri: str, held: int, manifest: Manifest) -> UserError:
+    return UserError(f"{data_uri}: shards hold {held} images but the manifest says {manifest.count}; {PREPARE_AGAIN}")
 
 
 def worker_rows(count: int, rank: int, world_size: int) -> range:
@@ -49,11 +69,11 @@ def load_images(data_uri: str, manifest: Manifest, rows: range | None = None) ->
                 column = shard.read(columns=["image"]).column("image")
                 lo, hi = max(rows.start, first) - first, min(rows.stop, stop) - first
                 parts.append(decode_images(column.slice(lo, hi - lo), manifest))
-        except (OSError, pa.ArrowException) as exc:
-            raise UserError(f"cannot read shard {uri}: {exc}; restore the file or re-run `gan-dist prepare`") from None
+        except (OSError, pa.ArrowException, UserError) as exc:
+            raise shard_error(uri, exc) from None
         first = stop
     if first != manifest.count:
-        raise UserError(f"{data_uri}: shards hold {first} images but the manifest says {manifest.count}; re-run prepare")
+        raise count_error(data_uri, first, manifest)
     if not parts:
         return np.empty((0, manifest.resolution, manifest.resolution, manifest.channels), np.uint8)
     return np.concatenate(parts)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +20,7 @@ from gan_dist.errors import UserError
 FORMATS = ("raw", "png", "jpeg")
 MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1
+PREPARE_AGAIN = "re-run `gan-dist prepare`"  # the fix for a dataset whose manifest and shards disagree
 SHARD_SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32())])
 
 
@@ -41,12 +44,58 @@ class Manifest:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "Manifest":
+    def from_json(cls, text: str | bytes, where: str) -> "Manifest":
+        """Parse and check a manifest: a hand-edited field is refused here, in one line, not deep in a reader."""
+        def invalid(why: str) -> UserError:
+            return UserError(f"{where} is not a valid gan-dist manifest ({why}); re-run `gan-dist prepare`")
+
         try:
             raw = json.loads(text)
-            return cls(**raw)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise UserError(f"{where} is not a valid gan-dist manifest ({exc}); re-run `gan-dist prepare`") from None
+        except ValueError as exc:  # bad JSON, or bytes that are not text
+            raise invalid(" ".join(str(exc).split())[:200]) from None
+        if not isinstance(raw, dict):
+            raise invalid(f"expected a JSON object, got {type(raw).__name__}")
+        if unknown := sorted(set(raw) - {f.name for f in fields(cls)}):
+            raise invalid(f"unknown field '{unknown[0]}'")
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        if missing := [name for name in required if name not in raw]:
+            raise invalid(f"missing field '{missing[0]}'")
+        for name, (rule, ok) in _FIELD_CHECKS.items():
+            if name in raw and not ok(raw[name]):
+                raise invalid(f"{name} must be {rule}, got {json.dumps(raw[name])[:80]}")
+        if raw.get("version", MANIFEST_VERSION) > MANIFEST_VERSION:
+            raise UserError(f"{where} was written by a newer gan-dist (manifest version {raw['version']}; this "
+                            f"one reads up to {MANIFEST_VERSION}); upgrade gan-dist, or re-run `gan-dist prepare` "
+                            "with this one")
+        return cls(**raw)
+
+
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low  # JSON true is not a number
+
+
+def _shard_name(value: Any) -> bool:
+    # A plain name inside the dataset folder: a path could point a reader outside it.
+    return isinstance(value, str) and value not in ("", ".", "..") and not any(c in value for c in "/\\")
+
+
+# field -> (what it must be, the check): the manifest is hand-editable, so every field is checked before use.
+_FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "resolution": ("a whole number ≥ 1", lambda v: _whole(v, 1)),
+    "channels": ("1 or 3", lambda v: _whole(v, 1) and v in (1, 3)),
+    "count": ("a whole number ≥ 1", lambda v: _whole(v, 1)),
+    "shards": ("a non-empty list of shard file names (no '/')",
+               lambda v: isinstance(v, list) and bool(v) and all(map(_shard_name, v))),
+    "format": (f"one of {', '.join(FORMATS)}", lambda v: isinstance(v, str) and v in FORMATS),
+    "class_names": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
+    "content_hash": ("a string", lambda v: isinstance(v, str)),
+    "skipped": ("an object of counts", lambda v: isinstance(v, dict) and all(_whole(n, 0) for n in v.values())),
+    "version": ("a whole number ≥ 1", lambda v: _whole(v, 1)),
+}
+
+
+def _not_raw(size: int) -> UserError:
+    return UserError(f"rows are not {size}-byte raw images, so the manifest does not match its shards; {PREPARE_AGAIN}")
 
 
 def content_hash(shard_digests: list[str]) -> str:
@@ -67,7 +116,8 @@ def _decode_encoded(rows: list[bytes], manifest: Manifest) -> np.ndarray:
         for i, row in enumerate(rows):
             image = decode_image(torch.frombuffer(bytearray(row), dtype=torch.uint8), mode=mode)
             if tuple(image.shape) != shape:
-                raise UserError(f"a shard image is {tuple(image.shape)}, the manifest says {shape}; re-run prepare")
+                raise UserError(f"an image is {tuple(image.shape)} but the manifest says {shape}, so the manifest "
+                                f"does not match its shards; {PREPARE_AGAIN}")
             out[i] = image.permute(1, 2, 0).numpy()
     return out
 
@@ -75,7 +125,7 @@ def _decode_encoded(rows: list[bytes], manifest: Manifest) -> np.ndarray:
 def decode_images(column: pa.Array | pa.ChunkedArray | np.ndarray, manifest: Manifest) -> np.ndarray:
     """A column of image bytes -> uint8 array N×H×W×C. Raw rows take no per-row Python work for Arrow input."""
     if manifest.format not in FORMATS:
-        raise UserError(f"unknown image format '{manifest.format}' in the manifest; re-run prepare")
+        raise UserError(f"unknown image format '{manifest.format}' in the manifest; {PREPARE_AGAIN}")
     if manifest.format != "raw":
         rows = column.tolist() if isinstance(column, np.ndarray) else column.to_pylist()
         return _decode_encoded(rows, manifest)
@@ -89,8 +139,8 @@ def decode_images(column: pa.Array | pa.ChunkedArray | np.ndarray, manifest: Man
         n = len(column)
         offsets = np.frombuffer(column.buffers()[1], dtype=np.int32, count=n + 1, offset=column.offset * 4)
         if not np.all(np.diff(offsets) == size):
-            raise UserError(f"shard rows are not {size}-byte raw images; the manifest does not match its shards")
+            raise _not_raw(size)
         flat = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     if flat.size != n * size:
-        raise UserError(f"shard rows are not {size}-byte raw images; the manifest does not match its shards")
+        raise _not_raw(size)
     return flat.reshape(n, manifest.resolution, manifest.resolution, manifest.channels)

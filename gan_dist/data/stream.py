@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gan_dist.data.prefetch import to_device_ahead
-from gan_dist.data.reader import DataPosition, shard_uris
+from gan_dist.data.reader import DataPosition, count_error, shard_error, shard_uris
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.errors import UserError
 from gan_dist.runtime import storage
@@ -59,11 +59,6 @@ class _Failure:
         self.message = message
 
 
-def _unreadable(uri: str, exc: Exception) -> str:
-    detail = " ".join(str(exc).split())[:300]
-    return f"cannot read shard {uri}: {detail}; restore the file or re-run `gan-dist prepare`"
-
-
 def _row_counts(uri: str) -> list[int]:
     fs, path = storage.resolve(uri)
     try:
@@ -71,7 +66,7 @@ def _row_counts(uri: str) -> list[int]:
             meta = pq.ParquetFile(file).metadata
             return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     except (OSError, pa.ArrowException) as exc:
-        raise UserError(_unreadable(uri, exc)) from None
+        raise shard_error(uri, exc) from None
 
 
 def read_units(data_uri: str, manifest: Manifest) -> list[Unit]:
@@ -83,8 +78,7 @@ def read_units(data_uri: str, manifest: Manifest) -> list[Unit]:
              for group, rows in enumerate(rows_per_group) if rows]
     total = sum(unit.rows for unit in units)
     if total != manifest.count:
-        raise UserError(f"{data_uri}: shards hold {total} images but the manifest says {manifest.count}; "
-                        "re-run prepare")
+        raise count_error(data_uri, total, manifest)
     return units
 
 
@@ -94,12 +88,9 @@ def read_unit(unit: Unit, manifest: Manifest) -> np.ndarray:
     try:
         with fs.open_input_file(path) as file:
             column = pq.ParquetFile(file).read_row_group(unit.group, columns=["image"]).column("image")
-    except (OSError, pa.ArrowException) as exc:
-        raise UserError(_unreadable(unit.uri, exc)) from None
-    try:
         return decode_images(column, manifest)
-    except UserError as exc:
-        raise UserError(f"shard {unit.uri}: {exc}") from None
+    except (OSError, pa.ArrowException, UserError) as exc:
+        raise shard_error(unit.uri, exc) from None
 
 
 def round_robin_taken(counts: list[int], k: int) -> tuple[list[int], int]:
