@@ -11,6 +11,7 @@ Prints images/s and the ratios the throughput targets are stated in; --json writ
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import json
 import statistics
@@ -32,6 +33,7 @@ from gan_dist.data.shards import Manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.data.stream import StreamReader
 from gan_dist.errors import UserError
+from gan_dist.models import check_resolution
 from gan_dist.runtime import storage
 from gan_dist.train.task import GenerationTask
 
@@ -104,13 +106,50 @@ def _synthetic_shards(root: str, options: BenchOptions, count: int) -> str:
     return uri
 
 
+REFERENCE_HINT = "pass the reference_gan_bench.py from shared/reference"
+
+
 def load_reference(path: str) -> ModuleType:
+    """The reference script as a module, checked to be that script: a wrong file is one line now, not a traceback
+    after minutes of timing."""
+    if not Path(path).exists():
+        raise UserError(f"--reference {path} does not exist; {REFERENCE_HINT}")
     if not Path(path).is_file():
-        raise UserError(f"no reference script at {path}; pass the path of reference_gan_bench.py")
-    spec = importlib.util.spec_from_file_location("reference_gan_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+        raise UserError(f"--reference {path} is a folder; {REFERENCE_HINT}")
+    loader = importlib.machinery.SourceFileLoader("reference_gan_bench", path)  # any name, not only *.py
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    try:
+        loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # its own code, run on import: a syntax error, a missing package, ...
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise UserError(f"--reference {path} cannot be imported ({detail}); {REFERENCE_HINT}") from None
+    models = getattr(module, "MODELS", None)
+    keys = [key for key, _ in REFERENCE_MODELS.values()]
+    if not (isinstance(models, dict) and set(keys) <= models.keys() and callable(getattr(module, "make_step", None))):
+        raise UserError(f"--reference {path} lacks the reference's MODELS table ({', '.join(keys)}) or make_step; "
+                        f"{REFERENCE_HINT}")
     return module
+
+
+def check_json_target(path: str) -> None:
+    """--json, before the benchmark: a .json path whose folder takes it, replacing at most an earlier bench result
+    (never a manifest, a config or anything else that happens to be there)."""
+    exists = storage.check_output_file(path, "--json")
+    if not path.lower().endswith(".json"):
+        raise UserError(f"--json {path}: the rows are JSON; pass a path ending in .json")
+    if exists and not _is_bench_result(path):
+        raise UserError(f"--json {path} is a file that is not an earlier bench result, and writing the rows would "
+                        f"replace it; pass a new .json path")
+
+
+def _is_bench_result(path: str) -> bool:
+    with storage.user_errors(path, "read"):
+        data = storage.read_bytes(path)
+    try:
+        record = json.loads(data)
+    except ValueError:  # not JSON, or not text
+        return False
+    return isinstance(record, dict) and "rows" in record
 
 
 def _reference_step(module: ModuleType, cfg: Config, task: GenerationTask, manifest: Manifest,
@@ -151,10 +190,14 @@ def _count(net: torch.nn.Module) -> int:
 
 def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
     batch = cfg.train.batch_size
+    reference_module = load_reference(options.reference) if options.reference else None  # before any work
+    if options.data is None:
+        check_resolution(options.resolution, cfg.model.arch)  # before the synthetic shards are written
     count = min(batch * (options.warmup + options.repeats * options.steps), 60_000)
     with tempfile.TemporaryDirectory(prefix="gan-dist-bench-") as root:
         data_uri = options.data or _synthetic_shards(root, options, max(count, 2 * batch))
         manifest = read_manifest(data_uri)
+        check_resolution(manifest.resolution, cfg.model.arch)  # --data's size, as `train` checks it
 
         def fresh_task() -> GenerationTask:  # each path starts from the same weights and optimizer state
             return GenerationTask(cfg, manifest.resolution, manifest.channels, options.device, distributed=False)
@@ -166,8 +209,9 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
 
         shape = (batch, manifest.resolution, manifest.resolution, manifest.channels)
         fixed = [torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device) for _ in range(4)]
-        rows = [measure("synthetic", _cycle(fixed), "")]
+        # Built first: it refuses a dataset smaller than one batch before any timing.
         resident = resident_reader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device)
+        rows = [measure("synthetic", _cycle(fixed), "")]
         rows.append(measure("resident", resident.batches(DataPosition()), f"{manifest.count} images on {options.device}"))
         streamed = StreamReader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device,
                                 workers=cfg.data.stream_workers)
@@ -175,8 +219,8 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
         if options.ray:
             rows.append(measure("ray-stream", _ray_batches(cfg, manifest, data_uri, options.device),
                                 "Ray Data in this process, decoded in its tasks"))
-        if options.reference:
-            reference = _reference_step(load_reference(options.reference), cfg, fresh_task(), manifest, options)
+        if reference_module:
+            reference = _reference_step(reference_module, cfg, fresh_task(), manifest, options)
             if isinstance(reference, str):
                 rows.append(BenchRow("reference", 0.0, 0.0, reference))
             else:

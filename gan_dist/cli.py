@@ -156,11 +156,10 @@ def _prepare(args: argparse.Namespace) -> None:
 def _bench(args: argparse.Namespace) -> None:
     import torch
 
-    from gan_dist.bench import BenchOptions, format_rows, run_bench, write_json
-    from gan_dist.runtime.storage import check_output_file
+    from gan_dist.bench import BenchOptions, check_json_target, format_rows, run_bench, write_json
 
     if args.json:
-        check_output_file(args.json, "--json")  # one line now, not a traceback after the benchmark
+        check_json_target(args.json)  # one line now, not a traceback after the benchmark
 
     overrides: dict[str, Any] = dict(parse_override(text) for text in args.overrides)
     if args.batch_size:

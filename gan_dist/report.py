@@ -57,16 +57,30 @@ def read_metrics(run_uri: str) -> RunMetrics:
     return RunMetrics([rows[step] for step in sorted(rows)], events, records.count(None))
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(uri: str) -> bool:
+    """By its first bytes, not its name: a metrics file renamed .png is still not ours to replace."""
+    fs, path = storage.resolve(uri)
+    with storage.user_errors(uri, "read"), fs.open_input_stream(path) as head:
+        return head.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
 def curves_target(run_uri: str, out: str | None) -> str:
     """Where the PNG goes, checked writable: RUN/curves.png, or --out, or inside --out when that is a folder
-    (like cp)."""
+    (like cp). Only a PNG is replaced: any other file there (metrics, a manifest, notes) is someone's data."""
     if out is None:
         target, flag = storage.join(run_uri, "curves.png"), "--out (default)"
     else:
         storage.check_bucket(out)  # a missing bucket is named as such, before looking inside it
         folder = out.endswith("/") or storage.is_folder(out)
         target, flag = (storage.join(out, "curves.png") if folder else out), "--out"
-    storage.check_output_file(target, flag)
+        if not target.lower().endswith(".png"):
+            raise UserError(f"--out {out}: the curves are a PNG; pass a path ending in .png or a folder")
+    if storage.check_output_file(target, flag) and not _is_png(target):
+        raise UserError(f"{flag} {target} is a file that is not a PNG, and writing the curves would replace it; "
+                        f"pass a new .png path or a folder")
     return target
 
 

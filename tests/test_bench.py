@@ -3,8 +3,12 @@
 import json
 from pathlib import Path
 
-from gan_dist import cli
+import pytest
+
+from conftest import numbered_images
+from gan_dist import bench, cli
 from gan_dist.data.bench import main
+from gan_dist.data.prepare import write_shards
 
 
 def test_data_benchmark_reports_every_format_and_size(tmp_path, capsys):
@@ -38,3 +42,64 @@ def test_step_benchmark_refuses_to_compare_a_different_architecture(tmp_path):
     record = _bench(tmp_path, "--resolution", "16", "--channels", "1", "--batch-size", "4")
     reference = record["rows"][-1]
     assert reference["img_per_s"] == 0 and reference["note"].startswith("not comparable: reference dcgan64")
+
+
+TINY = ["--device", "cpu", "--steps", "1", "--warmup", "1", "--repeats", "1", "--batch-size", "4", "--resolution", "16",
+        "--channels", "1"]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Any shard written or step timed fails the test: each refusal must come before the work."""
+    def work(*args, **kwargs):
+        raise AssertionError("bench started work before refusing its input")
+    monkeypatch.setattr(bench, "_synthetic_shards", work)
+    monkeypatch.setattr(bench, "time_steps", work)
+
+
+def refused(capsys, argv, *expected):
+    assert cli.main(["bench", *TINY, *argv]) == 2  # later flags win over TINY's
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    for text in expected:
+        assert text in err
+
+
+@pytest.mark.parametrize("resolution", ["7", "4", "12"])
+def test_synthetic_resolution_no_model_takes_is_one_line(resolution, capsys, no_work):
+    refused(capsys, ["--resolution", resolution], f"model.arch=dcgan cannot train on {resolution}x{resolution}")
+
+
+def test_dataset_resolution_the_model_does_not_take_is_one_line(tmp_path, capsys, no_work):
+    write_shards(numbered_images(8, resolution=8), None, str(tmp_path / "d8"))
+    refused(capsys, ["--data", str(tmp_path / "d8"), "--set", "model.arch=resnet_sn"],
+            "model.arch=resnet_sn cannot train on 8x8")
+
+
+def test_dataset_smaller_than_a_batch_is_one_line_before_timing(tmp_path, capsys, no_work):
+    write_shards(numbered_images(6), None, str(tmp_path / "d16"))
+    refused(capsys, ["--data", str(tmp_path / "d16"), "--batch-size", "8"], "holds 6 images, fewer than one batch of 8")
+
+
+def test_data_that_is_not_a_dataset_is_one_line(tmp_path, capsys, no_work):
+    (tmp_path / "notes.txt").write_text("hi")
+    refused(capsys, ["--data", str(tmp_path)], "no prepared dataset at")
+    refused(capsys, ["--data", str(tmp_path / "notes.txt")], "notes.txt")
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("missing.py", None, "does not exist"),
+    ("folder", "", "is a folder"),
+    ("notref.py", "x = 1\n", "lacks the reference's MODELS table"),
+    ("broken.py", "def (:\n", "cannot be imported (SyntaxError"),
+    ("exits.py", "raise SystemExit(3)\n", "cannot be imported (SystemExit: 3)"),
+    ("notes.txt", "not python\n", "cannot be imported"),
+])
+def test_reference_that_is_not_the_reference_script_is_one_line(name, content, expected, tmp_path, capsys, no_work):
+    path = tmp_path / name
+    if name == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    refused(capsys, ["--reference", str(path)], f"--reference {path} {expected}",
+            "pass the reference_gan_bench.py from shared/reference")

@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from conftest import tiny_config
-from gan_dist.runtime.storage import check_output_file
+from gan_dist.bench import check_json_target
+from gan_dist.errors import UserError
+from gan_dist.report import PNG_SIGNATURE
 from gan_dist.runtime.launch import train
 from test_cli import run
 
@@ -69,12 +71,31 @@ def test_report_out_that_cannot_be_written_is_one_line(out, expected, tmp_path, 
     unchanged(written)
 
 
-def test_report_out_folder_gets_curves_inside_and_an_out_file_is_replaced(tmp_path, written, tiny_run):
+def test_report_out_folder_gets_curves_inside_and_an_out_png_is_replaced(tmp_path, written, tiny_run):
     assert run("report", str(tiny_run), "--out", "plots", cwd=tmp_path).returncode == 0
     assert Image.open(tmp_path / "plots" / "curves.png").format == "PNG"  # like cp: into the folder
-    assert run("report", str(tiny_run), "--out", "notes.txt", cwd=tmp_path).returncode == 0
-    assert Image.open(tmp_path / "notes.txt").format == "PNG"  # the file the user named
-    unchanged({tmp_path / "plots" / "old.png": b"an older plot"})
+    (tmp_path / "plots" / "curves.png").write_bytes(PNG_SIGNATURE + b"an older drawing")
+    assert run("report", str(tiny_run), "--out", "plots/curves.png", cwd=tmp_path).returncode == 0
+    assert Image.open(tmp_path / "plots" / "curves.png").format == "PNG"  # the PNG the user named, replaced
+    unchanged(written)
+
+
+@pytest.mark.parametrize("out, expected", [
+    ("notes.txt", "--out notes.txt: the curves are a PNG; pass a path ending in .png or a folder"),
+    ("report.txt", "--out report.txt: the curves are a PNG; pass a path ending in .png or a folder"),
+    ("plots/old.png", "--out plots/old.png is a file that is not a PNG"),  # judged by its bytes, not its name
+    ("RUN/metrics.jsonl", "the curves are a PNG"),
+    ("RUN/checkpoint_000000004/meta.json", "the curves are a PNG"),
+    ("DATA/_manifest.json", "the curves are a PNG"),
+])
+def test_report_out_never_replaces_what_is_not_a_png(out, expected, tmp_path, written, tiny_run, tiny_data):
+    out = out.replace("RUN", str(tiny_run)).replace("DATA", tiny_data)
+    theirs = (tiny_run / "metrics.jsonl", tiny_run / "checkpoint_000000004" / "meta.json",
+              Path(tiny_data) / "_manifest.json")
+    kept = {**written, **{path: path.read_bytes() for path in theirs}}
+    refused(run("report", str(tiny_run), "--out", out, cwd=tmp_path), expected)
+    unchanged(kept)
+    assert not (tmp_path / "report.txt").exists()
 
 
 @pytest.mark.parametrize("out, expected", [
@@ -118,19 +139,44 @@ def test_missing_bucket_is_one_line(s3_server, tmp_path, tiny_run):
     refused(run("sample", f"{NO_BUCKET}/runs/a", "--out", "draw", cwd=tmp_path), "does not exist")
 
 
+BENCH_RESULT = b'{"device": "cpu", "rows": []}'
+TINY_BENCH = ("--device", "cpu", "--steps", "1", "--warmup", "1", "--repeats", "1", "--batch-size", "4",
+              "--resolution", "16", "--channels", "1")  # a missed refusal fails in seconds, not minutes
+
+
 @pytest.mark.parametrize("target, expected", [
     ("plots", "--json plots is a folder"),
     ("notes.txt/bench.json", "notes.txt is not a folder"),
     (UNWRITABLE + "/bench.json", "cannot be written"),
+    ("notes.txt", "--json notes.txt: the rows are JSON; pass a path ending in .json"),
+    ("bench.txt", "--json bench.txt: the rows are JSON; pass a path ending in .json"),
+    ("data/_manifest.json", "--json data/_manifest.json is a file that is not an earlier bench result"),
+    ("plots/old.json", "is a file that is not an earlier bench result"),  # not JSON at all
 ])
 def test_bench_json_target_that_cannot_be_written_is_refused(target, expected, tmp_path, written):
-    # Refused before the benchmark: with a good target this command would run for minutes.
-    refused(run("bench", "--device", "cpu", "--json", target, cwd=tmp_path), expected)
-    unchanged(written)
+    files = {**written, tmp_path / "data" / "_manifest.json": b'{"resolution": 16, "count": 6}',
+             tmp_path / "plots" / "old.json": b"an older plot"}
+    for path, data in files.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(data)
+    done = run("bench", *TINY_BENCH, "--json", target, cwd=tmp_path)
+    refused(done, expected)
+    assert not done.stdout  # refused before the benchmark, which at full size runs for minutes
+    unchanged(files)
+    assert not (tmp_path / "bench.txt").exists()
 
 
-def test_bench_json_target_may_be_new_or_an_existing_file(tmp_path, written, monkeypatch):
+@pytest.mark.parametrize("content", [b'{"resolution": 16}', b"[1, 2]", b"\x89PNG\r\n", b""])
+def test_bench_json_target_that_is_not_a_bench_result_is_refused(content, tmp_path):
+    (tmp_path / "kept.json").write_bytes(content)
+    with pytest.raises(UserError, match="is a file that is not an earlier bench result"):
+        check_json_target(str(tmp_path / "kept.json"))
+    assert (tmp_path / "kept.json").read_bytes() == content
+
+
+def test_bench_json_target_may_be_new_or_an_earlier_result(tmp_path, written, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for target in ("notes.txt", "bench.json", "results/new/bench.json"):
-        check_output_file(target, "--json")
-    unchanged(written)
+    (tmp_path / "earlier.json").write_bytes(BENCH_RESULT)
+    for target in ("bench.json", "results/new/bench.json", "earlier.json", "BENCH.JSON"):
+        check_json_target(target)
+    unchanged({**written, tmp_path / "earlier.json": BENCH_RESULT})

@@ -25,7 +25,9 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
-        raise UserError(f"cannot open storage '{uri}': {exc}") from None
+        detail = " ".join(str(exc).split())[:300]
+        hint = "; check AWS_ENDPOINT_URL (or AWS_DEFAULT_REGION) and the AWS_* credentials" if uri.startswith("s3://") else ""
+        raise UserError(f"cannot open storage '{uri}': {detail}{hint}") from None
 
 
 def absolute_uri(uri: str) -> str:
@@ -127,10 +129,15 @@ def is_folder(uri: str) -> bool:
         return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
-def check_output_file(uri: str, flag: str) -> None:
-    """check_output_dir for one output file: its folder must take it, and it must not be a folder itself. An
-    existing file is replaced: the user named it."""
+def check_output_file(uri: str, flag: str) -> bool:
+    """check_output_dir for one output file: its folder must take it, and it must not be a folder itself. Returns
+    whether a file is there already; whether that file may be replaced is the caller's rule (it knows what it
+    writes)."""
     folder = posixpath.dirname(uri) if is_remote(uri) else os.path.dirname(uri) or "."
     check_output_dir(folder, f"{flag} {uri}: its folder")
-    if is_folder(uri):
+    fs, path = resolve(uri)
+    with user_errors(uri, "reach"):
+        kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
         raise UserError(f"{flag} {uri} is a folder; pass a file path")
+    return kind == pafs.FileType.File
