@@ -108,11 +108,11 @@ def list_checkpoints(run_uri: str) -> list[int]:
     return sorted(int(m.group(1)) for name in storage.list_dir(run_uri) if (m := _NAME.match(name)))
 
 
-def _listed_files(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """name -> {"size", "sha256"}; checkpoints written before checksums list sizes only."""
-    files = meta.get("files")
+def _listed_files(checkpoint_uri: str) -> dict[str, dict[str, Any]]:
+    """name -> {"size", "sha256"} from meta.json; checkpoints written before checksums list sizes only."""
+    files = load_meta(checkpoint_uri).get("files")
     if not isinstance(files, dict) or not files:
-        raise CorruptCheckpoint("its meta.json lists no files")
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {META_FILE} lists no files")
     return {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in files.items()}
 
 
@@ -121,7 +121,7 @@ def incomplete_reason(checkpoint_uri: str) -> str | None:
     an unreachable bucket must not make good checkpoints look torn."""
     fs, path = storage.resolve(checkpoint_uri)
     try:
-        files = _listed_files(load_meta(checkpoint_uri))
+        files = _listed_files(checkpoint_uri)
     except CorruptCheckpoint as exc:
         return str(exc).removeprefix(f"{checkpoint_uri}: ")
     infos = fs.get_file_info([f"{path}/{name}" for name in files])
@@ -155,7 +155,7 @@ def _read_verified(checkpoint_uri: str, name: str) -> bytes:
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{checkpoint_uri}: no {name}; pass a checkpoint directory "
                                 f"(RUN/checkpoint_NNNNNNNNN) or a run directory") from None
-    expected = _listed_files(load_meta(checkpoint_uri)).get(name, {}).get("sha256")
+    expected = _listed_files(checkpoint_uri).get(name, {}).get("sha256")
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise CorruptCheckpoint(f"{checkpoint_uri}: {name} does not match its checksum (damaged or overwritten)")
     return data
