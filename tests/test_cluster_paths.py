@@ -64,7 +64,8 @@ def train(address: str, *args: str) -> str:
 
 
 def our_errors(done: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in done.stderr.splitlines() if line.startswith("gan-dist: error:")]
+    """gan-dist's own error lines (Ray's log lines from other processes may run into them on a shared stderr)."""
+    return [line[line.index("gan-dist: error:"):] for line in done.stderr.splitlines() if "gan-dist: error:" in line]
 
 
 def test_workers_prepare_the_embedded_digits_on_their_own_node(outside_head, tmp_path):

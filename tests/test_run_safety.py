@@ -241,10 +241,25 @@ def test_gpu_on_a_machine_without_one_is_one_line_not_a_wait(tmp_path, workers):
     assert "run '" not in done.stdout  # refused before the run starts
 
 
-def test_object_storage_with_the_local_backend_is_refused_before_the_run_starts(tmp_path, s3_server, bucket):
-    done = run("train", "--backend", "local", "--storage", f"s3://{bucket}/runs")
+def test_object_storage_with_the_local_backend_is_refused_before_the_run_starts(tmp_path, s3_server):
+    # Refused before any request: the endpoint here is dead, and the refusal must not wait for it.
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}")
+    done = run("train", "--backend", "local", "--storage", "s3://bucket/runs", env=env)
     one_line_error(done, "the local backend writes checkpoints to a local --storage path")
     assert "run '" not in done.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["prepare", "digits", ""], "OUT is empty; pass a folder path"),
+    (["train", "--storage", ""], "--storage is empty; pass a folder path"),
+    (["sample", "runs/x", "--out", ""], "--out is empty; pass a folder path"),
+    (["prepare", "digits", "s3://"], "s3:// names no bucket; pass s3://BUCKET/PATH"),
+    (["train", "--backend", "ray", "--storage", "s3://"], "s3:// names no bucket"),
+])
+def test_an_empty_output_or_one_without_a_bucket_is_refused(args, expected, tmp_path):
+    done = run(*args, cwd=tmp_path)  # '' would have meant this folder
+    one_line_error(done, expected)
+    assert not list(tmp_path.iterdir())
 
 
 def test_resume_warns_about_a_torn_checkpoint_past_the_newest_complete_one(tiny_data, tmp_path, two_checkpoints,

@@ -105,7 +105,6 @@ def warn_unlogged_best(cfg: Config) -> None:
 
 
 def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
-    storage.check_output_dir(cfg.run.storage, "--storage")  # before reading data or starting Ray
     backend = cfg.run.resolved_backend()
     if backend == "ray":
         from gan_dist.runtime.ray_backend import check_cluster  # Ray is imported only when it is used
@@ -113,6 +112,7 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
         check_cluster(cfg)
     else:
         check_local(cfg)
+    storage.check_output_dir(cfg.run.storage, "--storage")  # before reading data or starting Ray
     data_uri = cfg.data.path or embedded_digits()
     manifest = read_manifest(data_uri)
     check_resolution(manifest.resolution, cfg.model.arch)

@@ -90,6 +90,9 @@ def check_bucket(uri: str) -> None:
         return
     fs, path = resolve(uri)
     bucket = path.split("/", 1)[0]
+    if not bucket:
+        scheme = uri.split("://", 1)[0]
+        raise UserError(f"{uri} names no bucket; pass {scheme}://BUCKET/PATH")
     with user_errors(uri, "reach"):
         found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
     if not found:
@@ -99,6 +102,8 @@ def check_bucket(uri: str) -> None:
 def check_output_dir(uri: str, flag: str) -> None:
     """Fail in one line, before any work, when `uri` cannot hold outputs: an unreachable endpoint, a missing
     bucket, a path that is a file (or lies under one), or a folder that cannot be written."""
+    if not uri.strip():  # '' would quietly mean the current folder
+        raise UserError(f"{flag} is empty; pass a folder path")
     if is_remote(uri):
         check_bucket(uri)
         fs, path = resolve(uri)
