@@ -36,6 +36,23 @@ def numbered_images(n: int, resolution: int = 16, channels: int = 1) -> np.ndarr
     return images
 
 
+def interrupted_prepare(out: str, shard_size: int, at_row: int = 25) -> None:
+    """A prepare of 40 blank 8x8 images into `out` that a Ctrl-C stops at row `at_row`: what it leaves behind."""
+    from gan_dist.data.images import ImageSpec
+    from gan_dist.data.prepare import PrepareOptions, write_dataset
+    from gan_dist.data.sources import ArraySource
+
+    class Interrupting(ArraySource):
+        def label(self, index):
+            if index == at_row:
+                raise KeyboardInterrupt
+            return None
+
+    options = PrepareOptions(ImageSpec(8, 1), shard_size=shard_size, shuffle_seed=None)
+    with pytest.raises(KeyboardInterrupt):
+        write_dataset(Interrupting(np.zeros((40, 8, 8, 1), np.uint8), None, [], "arrays"), out, options, progress=False)
+
+
 def row_ids(batch_u8) -> list[int]:
     flat = np.asarray(batch_u8).reshape(len(batch_u8), -1).astype(np.int64)
     return (flat[:, 0] + 256 * flat[:, 1]).tolist()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import numbered_images
+from conftest import interrupted_prepare, numbered_images
 from gan_dist.data import prepare as prepare_module
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, embedded_digits, write_dataset, write_shards
@@ -244,23 +244,15 @@ def test_an_unwritable_cache_names_gan_dist_cache(tmp_path, where):
 # --- 5. a re-run after an interrupted prepare ---
 
 def test_a_rerun_after_an_interrupted_prepare_leaves_only_its_own_shards(tmp_path):
-    class Interrupting(ArraySource):
-        def label(self, index):
-            if index == 25:
-                raise KeyboardInterrupt
-            return None
-
     out = tmp_path / "out"
-    opts = PrepareOptions(ImageSpec(8, 1), shard_size=2, shuffle_seed=None)
-    with pytest.raises(KeyboardInterrupt):
-        write_dataset(Interrupting(np.zeros((40, 8, 8, 1), np.uint8), None, [], "arrays"), str(out), opts,
-                      progress=False)
+    interrupted_prepare(str(out), shard_size=2)
     assert len(list(out.glob("shard-*.parquet"))) == 12
     (out / "shard-00020.parquet.tmp").write_bytes(b"half a shard")  # a write cut short
     (out / ".gan-dist-probe-x").write_bytes(b"")  # not a shard: never deleted
 
     images = numbered_images(6, resolution=8)
-    manifest = write_dataset(ArraySource(images, None, [], "arrays"), str(out), opts, progress=False)[0]
+    options = PrepareOptions(ImageSpec(8, 1), shard_size=2, shuffle_seed=None)
+    manifest = write_dataset(ArraySource(images, None, [], "arrays"), str(out), options, progress=False)[0]
     assert sorted(p.name for p in out.iterdir()) == [".gan-dist-probe-x", "_manifest.json", "shard-00000.parquet",
                                                      "shard-00001.parquet", "shard-00002.parquet"]
     np.testing.assert_array_equal(load_images(str(out), manifest), images)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import s3_client, tiny_config
+from conftest import interrupted_prepare, s3_client, tiny_config
 from gan_dist.data.images import ImageSpec, Skip, decode_file, to_square_array
 from gan_dist.data.prepare import PrepareOptions, prepare, write_dataset
 from gan_dist.data.reader import load_images, read_manifest
@@ -163,16 +163,7 @@ def test_torchvision_dataset_read_from_disk(tmp_path):
 
 
 def test_interrupted_prepare_leaves_no_manifest(tmp_path):
-    class Interrupting(ArraySource):
-        def label(self, index):
-            if index == 25:
-                raise KeyboardInterrupt
-            return None
-
-    images = np.zeros((40, 8, 8, 1), np.uint8)
-    opts = PrepareOptions(ImageSpec(8, 1), shard_size=10, shuffle_seed=None)
-    with pytest.raises(KeyboardInterrupt):
-        write_dataset(Interrupting(images, None, [], "arrays"), str(tmp_path / "out"), opts, progress=False)
+    interrupted_prepare(str(tmp_path / "out"), shard_size=10)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["shard-00000.parquet", "shard-00001.parquet"]
     with pytest.raises(UserError, match="missing _manifest.json"):
         read_manifest(str(tmp_path / "out"))
