@@ -226,9 +226,10 @@ def test_a_read_only_storage_is_refused_before_any_work(tmp_path):
 
 
 def test_storage_in_a_missing_bucket_or_behind_a_dead_endpoint_is_one_line(s3_server, tmp_path):
-    one_line_error(run("train", "--storage", "s3://no-such-bucket/runs"), "bucket 'no-such-bucket' of s3://no-such-bucket/runs does not exist")
+    one_line_error(run("train", "--backend", "ray", "--storage", "s3://no-such-bucket/runs"),
+                   "bucket 'no-such-bucket' of s3://no-such-bucket/runs does not exist")
     env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}")
-    done = run("train", "--storage", "s3://runs/here", env=env)
+    done = run("train", "--backend", "ray", "--storage", "s3://runs/here", env=env)
     one_line_error(done, "cannot reach s3://runs/here")
     assert "AWS_ENDPOINT_URL" in done.stderr
 
