@@ -88,14 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Write N PNG images from a checkpoint's generator.")
     sample.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
     sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
-    sample.add_argument("--out", required=True, help="output folder or s3:// URI")
+    sample.add_argument("--out", required=True, help="output folder or s3:// URI (one already holding sample_*.png is refused)")
     sample.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
 
     report = commands.add_parser("report", help="draw a run's loss and metric curves to a PNG",
                                  description="Draw losses, D outputs, gradient norms and throughput from RUN's "
                                              "metrics.jsonl; restores and skipped updates show as red lines.")
     report.add_argument("run", metavar="RUN", help="run directory (local or s3://)")
-    report.add_argument("--out", help="PNG path (default RUN/curves.png)")
+    report.add_argument("--out", help="a .png path, or a folder for FOLDER/curves.png (default RUN/curves.png); "
+                                      "only a PNG is ever replaced")
     bench = commands.add_parser(
         "bench", help="time the training step on synthetic on-device data, on real shards, and the reference loop",
         description="Time the project's training step in this process on one device: on synthetic uint8 batches "
@@ -116,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--channels", type=int, choices=[1, 3], default=3, help="synthetic shards' channels (default 3)")
     bench.add_argument("--reference", metavar="PATH", help="path of reference_gan_bench.py to time beside the step")
     bench.add_argument("--ray", action="store_true", help="also time the Ray Data streamed path (starts a local Ray)")
-    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON (a .json path; only an earlier bench result is replaced)")
     return parser
 
 
