@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Write N PNG images from a checkpoint's generator.")
     sample.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
     sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
-    sample.add_argument("--out", required=True, help="output folder or s3:// URI (one already holding sample_*.png is refused)")
+    sample.add_argument("--out", required=True,
+                        help="output folder or s3:// URI (one already holding sample_*.png is refused)")
     sample.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
 
     report = commands.add_parser("report", help="draw a run's loss and metric curves to a PNG",
@@ -117,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--channels", type=int, choices=[1, 3], default=3, help="synthetic shards' channels (default 3)")
     bench.add_argument("--reference", metavar="PATH", help="path of reference_gan_bench.py to time beside the step")
     bench.add_argument("--ray", action="store_true", help="also time the Ray Data streamed path (starts a local Ray)")
-    bench.add_argument("--json", metavar="PATH", help="also write the rows as JSON (a .json path; only an earlier bench result is replaced)")
+    bench.add_argument("--json", metavar="PATH",
+                       help="also write the rows as JSON (a .json path; only an earlier bench result is replaced)")
     return parser
 
 
