@@ -47,7 +47,7 @@ class Manifest:
     def from_json(cls, text: str | bytes, where: str) -> "Manifest":
         """Parse and check a manifest: a hand-edited field is refused here, in one line, not deep in a reader."""
         def invalid(why: str) -> UserError:
-            return UserError(f"{where} is not a valid gan-dist manifest ({why}); re-run `gan-dist prepare`")
+            return UserError(f"{where} is not a valid gan-dist manifest ({why}); {PREPARE_AGAIN}")
 
         try:
             raw = json.loads(text)
@@ -65,7 +65,7 @@ class Manifest:
                 raise invalid(f"{name} must be {rule}, got {json.dumps(raw[name])[:80]}")
         if raw.get("version", MANIFEST_VERSION) > MANIFEST_VERSION:
             raise UserError(f"{where} was written by a newer gan-dist (manifest version {raw['version']}; this "
-                            f"one reads up to {MANIFEST_VERSION}); upgrade gan-dist, or re-run `gan-dist prepare` "
+                            f"one reads up to {MANIFEST_VERSION}); upgrade gan-dist, or {PREPARE_AGAIN} "
                             "with this one")
         return cls(**raw)
 
