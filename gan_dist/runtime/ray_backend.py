@@ -12,7 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,7 @@ from gan_dist.errors import UserError
 from gan_dist.runtime import storage
 from gan_dist.train.loop import LoopResult
 
+T = TypeVar("T")
 # Rows buffered per worker for the local shuffle; the file order is also shuffled per epoch.
 SHUFFLE_BUFFER_ROWS = 4096
 # Rows per Ray Data block decoded in its tasks, and per batch the worker fetches: Ray's cost is per batch handed
@@ -146,27 +147,31 @@ class Refused:
 def _worker_entry(config: dict[str, Any]) -> LoopResult | Refused:
     cfg = config_from_dict(config["cfg"])
     manifest = Manifest(**config["manifest"])
-    try:
+
+    def visible_data() -> str:
         data_uri = worker_data(config["data_uri"], manifest)
         check_storage_visible(config["storage_probe"])
-        problem = None
-    except UserError as exc:
-        data_uri, problem = None, str(exc)
-    if refused := _refusal(problem):
-        return refused
-    try:  # reads this worker's rows when they stay on its device: a dataset that fails is refused by every rank
-        ctx, problem = RayContext(cfg, manifest, data_uri, config["run_uri"]), None
-    except UserError as exc:
-        ctx, problem = None, str(exc)
-    if refused := _refusal(problem):
-        return refused
+        return data_uri
+
+    data_uri = _on_every_rank(visible_data)
+    if isinstance(data_uri, Refused):
+        return data_uri
+    # Reads this worker's rows when they stay on its device, so a dataset that fails is refused by every rank.
+    ctx = _on_every_rank(lambda: RayContext(cfg, manifest, data_uri, config["run_uri"]))
+    if isinstance(ctx, Refused):
+        return ctx
     return config["loop"](ctx, cfg)
 
 
-def _refusal(problem: str | None) -> Refused | None:
-    """Any rank's problem, for every rank to return together: none is left waiting in a collective."""
+def _on_every_rank(make: Callable[[], T]) -> T | Refused:
+    """make() on every rank; when it raises a UserError on any rank, every rank returns that refusal together:
+    none is left waiting in a collective."""
+    try:
+        value, problem = make(), None
+    except UserError as exc:
+        value, problem = None, str(exc)
     problems = [p for p in _from_every_rank(problem) if p]
-    return Refused(problems[0]) if problems else None
+    return Refused(problems[0]) if problems else value
 
 
 def _from_every_rank(value: Any) -> list[Any]:
