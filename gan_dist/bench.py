@@ -34,7 +34,7 @@ from gan_dist.data.sources import ArraySource
 from gan_dist.data.stream import StreamReader
 from gan_dist.errors import UserError
 from gan_dist.models import check_resolution
-from gan_dist.runtime import storage
+from gan_dist import storage
 from gan_dist.train.task import GenerationTask
 
 # The reference script's models, by our architecture name: (its model key, its loss name).

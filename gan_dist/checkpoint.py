@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist.runtime import storage
+from gan_dist import storage
 
 STATE_FILE = "state.pt"
 GENERATOR_FILE = "generator.safetensors"  # the generator alone, for inference: no pickle, no optimizer state

@@ -12,7 +12,7 @@ from gan_dist import checkpoint
 from gan_dist.config import ModelConfig
 from gan_dist.errors import UserError
 from gan_dist.models import build_generator
-from gan_dist.runtime import storage
+from gan_dist import storage
 from gan_dist.tracking import png_bytes
 from gan_dist.train.task import to_uint8
 

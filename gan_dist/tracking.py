@@ -14,7 +14,7 @@ import pyarrow.fs as pafs
 from PIL import Image
 
 from gan_dist.config import LogConfig
-from gan_dist.runtime import storage
+from gan_dist import storage
 
 if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` starts in a second, not ten
     import torch

@@ -7,7 +7,7 @@ import pytest
 from conftest import numbered_images, row_ids
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, prepare, write_shards
-from gan_dist.data.reader import DataPosition, InMemoryReader, load_images, read_manifest, worker_rows, worker_seed
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_columns, read_manifest, worker_rows, worker_seed
 from gan_dist.errors import UserError
 
 
@@ -34,7 +34,7 @@ def test_reader_roundtrips_images(tmp_path):
     images = numbered_images(100, resolution=8, channels=3)
     write_shards(images, None, str(tmp_path / "d"), shard_size=30)
     manifest = read_manifest(str(tmp_path / "d"))
-    np.testing.assert_array_equal(load_images(str(tmp_path / "d"), manifest), images)
+    np.testing.assert_array_equal(load_columns(str(tmp_path / "d"), manifest)["image"], images)
 
 
 def test_preparing_into_a_finished_dataset_is_refused(tmp_path):
@@ -48,7 +48,7 @@ def test_manifest_that_does_not_match_its_shards_is_an_error(tmp_path):
     path = tmp_path / "d" / "_manifest.json"
     path.write_text(path.read_text().replace('"resolution": 16', '"resolution": 8'))
     with pytest.raises(UserError) as caught:
-        load_images(str(tmp_path / "d"), read_manifest(str(tmp_path / "d")))
+        load_columns(str(tmp_path / "d"), read_manifest(str(tmp_path / "d")))["image"]
     # Names the dataset's shard and ends with the fix.
     assert str(caught.value) == (f"shard {tmp_path / 'd' / 'shard-00000.parquet'}: rows are not 64-byte raw images, "
                                  "so the manifest does not match its shards; re-run `gan-dist prepare`")
@@ -63,7 +63,7 @@ def test_workers_load_disjoint_shares_that_cover_the_dataset(tmp_path):
     images = numbered_images(100, resolution=8)
     write_shards(images, None, str(tmp_path / "d"), shard_size=30)  # shares cross shard boundaries
     manifest = read_manifest(str(tmp_path / "d"))
-    shares = [load_images(str(tmp_path / "d"), manifest, worker_rows(100, rank, 3)) for rank in range(3)]
+    shares = [load_columns(str(tmp_path / "d"), manifest, worker_rows(100, rank, 3))["image"] for rank in range(3)]
     assert [len(share) for share in shares] == [33, 33, 34]
     np.testing.assert_array_equal(np.concatenate(shares), images)
 

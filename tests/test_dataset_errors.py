@@ -13,7 +13,7 @@ from conftest import interrupted_prepare, numbered_images
 from gan_dist.data import prepare as prepare_module
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, embedded_digits, write_dataset, write_shards
-from gan_dist.data.reader import DataPosition, load_images, read_manifest
+from gan_dist.data.reader import DataPosition, load_columns, read_manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.data.stream import StreamReader
 from gan_dist.errors import UserError
@@ -201,7 +201,7 @@ def test_a_damaged_digits_cache_is_prepared_again_with_a_warning(cache, damage, 
     assert capsys.readouterr().err == f"warning: the embedded digits cache at {digits} was damaged; prepared it again\n"
     assert {p.name: p.read_bytes() for p in digits.iterdir()} == sound
     assert [p.name for p in cache.iterdir()] == ["digits-32"]  # no staging or damaged copy left behind
-    assert load_images(str(digits), read_manifest(str(digits))).shape == (1797, 32, 32, 1)
+    assert load_columns(str(digits), read_manifest(str(digits)))["image"].shape == (1797, 32, 32, 1)
 
 
 def test_a_sound_cache_is_used_as_it_is(cache, capsys):
@@ -255,7 +255,7 @@ def test_a_rerun_after_an_interrupted_prepare_leaves_only_its_own_shards(tmp_pat
     manifest = write_dataset(ArraySource(images, None, [], "arrays"), str(out), options, progress=False)[0]
     assert sorted(p.name for p in out.iterdir()) == [".gan-dist-probe-x", "_manifest.json", "shard-00000.parquet",
                                                      "shard-00001.parquet", "shard-00002.parquet"]
-    np.testing.assert_array_equal(load_images(str(out), manifest), images)
+    np.testing.assert_array_equal(load_columns(str(out), manifest)["image"], images)
 
 
 # --- 6. the progress line of a prepare stopped by --limit ---

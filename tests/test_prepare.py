@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import interrupted_prepare, s3_client, tiny_config
 from gan_dist.data.images import ImageSpec, Skip, decode_file, to_square_array
 from gan_dist.data.prepare import PrepareOptions, prepare, write_dataset
-from gan_dist.data.reader import load_images, read_manifest
+from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
@@ -77,7 +77,7 @@ def test_same_folder_on_s3_gives_the_same_dataset(mixed_folder, mixed_local, buc
     shard = client.get_object(Bucket=bucket, Key="photos-32/shard-00003.parquet")["Body"].read()
     assert pq.read_table(io.BytesIO(shard)).num_rows == 500
 
-    images = load_images(uri, read_manifest(uri))
+    images = load_columns(uri, read_manifest(uri))["image"]
     assert images.shape == (2000, 32, 32, 3)
 
     # and trains straight from the bucket
@@ -127,7 +127,7 @@ def test_png_shards_decode_to_the_same_pixels_and_jpeg_close(tmp_path):
         out = str(tmp_path / fmt)
         opts = PrepareOptions(ImageSpec(16, 3), fmt=fmt, shard_size=16, shuffle_seed=None)
         write_dataset(ArraySource(images, None, [], "arrays"), out, opts, progress=False)
-        decoded[fmt] = load_images(out, read_manifest(out))
+        decoded[fmt] = load_columns(out, read_manifest(out))["image"]
     np.testing.assert_array_equal(decoded["raw"], images)
     np.testing.assert_array_equal(decoded["png"], images)
     assert np.abs(decoded["jpeg"].astype(int) - images).mean() < 2  # lossy, but the same pictures
@@ -237,14 +237,14 @@ def _refused(call, *expected: str) -> None:
 ])
 def test_float_npz_pixels_are_scaled_by_the_range_of_the_whole_array(tmp_path, as_float):
     manifest = _prepare_npz(tmp_path, as_float(TARGET.astype(np.float64)).astype(np.float32))
-    np.testing.assert_array_equal(load_images(str(tmp_path / "out"), manifest)[..., 0], TARGET)
+    np.testing.assert_array_equal(load_columns(str(tmp_path / "out"), manifest)["image"][..., 0], TARGET)
 
 
 def test_float_range_is_one_decision_for_all_images_not_a_guess_per_image(tmp_path):
     images = TARGET.astype(np.float64)
     images[0] = np.linspace(0.0, 1.0, 16).reshape(4, 4)  # a near-black image in a 0..255 dataset: stays near-black
     manifest = _prepare_npz(tmp_path, images)
-    pixels = load_images(str(tmp_path / "out"), manifest)[..., 0]
+    pixels = load_columns(str(tmp_path / "out"), manifest)["image"][..., 0]
     np.testing.assert_array_equal(pixels[0], np.rint(images[0]))
     np.testing.assert_array_equal(pixels[1:], TARGET[1:])
 
@@ -256,7 +256,7 @@ def test_float_range_is_one_decision_for_all_images_not_a_guess_per_image(tmp_pa
 ])
 def test_integer_and_bool_npz_pixels(tmp_path, images, expected):
     manifest = _prepare_npz(tmp_path, images)
-    np.testing.assert_array_equal(load_images(str(tmp_path / "out"), manifest)[..., 0], expected)
+    np.testing.assert_array_equal(load_columns(str(tmp_path / "out"), manifest)["image"][..., 0], expected)
 
 
 @pytest.mark.parametrize("images, expected", [
@@ -365,7 +365,7 @@ def test_out_holding_only_an_interrupted_prepare_is_accepted(tmp_path):
         (out / name).write_bytes(b"left over")
     manifest = write_dataset(ArraySource(TARGET, None, [], "arrays"), str(out),
                              PrepareOptions(ImageSpec(4, 1), shuffle_seed=None), progress=False)[0]
-    np.testing.assert_array_equal(load_images(str(out), manifest)[..., 0], TARGET)
+    np.testing.assert_array_equal(load_columns(str(out), manifest)["image"][..., 0], TARGET)
 
 
 @pytest.mark.parametrize("options, flag", [
@@ -385,7 +385,7 @@ def test_shuffle_seed_minus_one_keeps_the_source_order(tmp_path):
     options = PrepareOptions(ImageSpec(4, 1), shuffle_seed=-1)
     assert options.shuffle_seed is None
     manifest = write_dataset(ArraySource(TARGET, None, [], "arrays"), str(tmp_path / "out"), options, progress=False)[0]
-    np.testing.assert_array_equal(load_images(str(tmp_path / "out"), manifest)[..., 0], TARGET)
+    np.testing.assert_array_equal(load_columns(str(tmp_path / "out"), manifest)["image"][..., 0], TARGET)
 
 
 def test_source_that_is_a_file_but_no_npz(tmp_path):

@@ -30,7 +30,7 @@ from gan_dist.data.images import FILTERS, ImageSpec, Skip, encode, to_square_arr
 from gan_dist.data.shards import FORMATS, MANIFEST_NAME, SHARD_SCHEMA, Manifest, content_hash
 from gan_dist.data.sources import ArraySource, Source, digits_source, open_source
 from gan_dist.errors import UserError
-from gan_dist.runtime import storage
+from gan_dist import storage
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
-from gan_dist.data.shards import MANIFEST_NAME, PREPARE_AGAIN, Manifest, decode_images
+from gan_dist.data.shards import COLUMNS, MANIFEST_NAME, NO_LABEL, PREPARE_AGAIN, Manifest, decode_images
 from gan_dist.errors import UserError
-from gan_dist.runtime import storage
+from gan_dist import storage
 
 
 def read_manifest(data_uri: str) -> Manifest:
@@ -56,27 +56,35 @@ def worker_rows(count: int, rank: int, world_size: int) -> range:
     return range(count * rank // world_size, count * (rank + 1) // world_size)
 
 
-def load_images(data_uri: str, manifest: Manifest, rows: range | None = None) -> np.ndarray:
-    """The dataset's images (or just `rows` of them, reading only the shards that hold them) as uint8 N×H×W×C."""
+def label_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The shards' nullable int32 labels -> int64 class indices, NO_LABEL where a row has none."""
+    return column.fill_null(NO_LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def load_columns(data_uri: str, manifest: Manifest, rows: range | None = None) -> dict[str, np.ndarray]:
+    """The dataset's rows (or just `rows` of them, reading only the shards that hold them) as a batch of arrays:
+    "image" uint8 N×H×W×C and "label" int64 N (NO_LABEL for unlabeled rows)."""
     rows = range(manifest.count) if rows is None else rows
-    parts, first = [], 0
+    images, labels, first = [], [], 0
     for uri in shard_uris(data_uri, manifest):
         fs, path = storage.resolve(uri)
         try:
             shard = pq.ParquetFile(fs.open_input_file(path))
             stop = first + shard.metadata.num_rows
             if first < rows.stop and rows.start < stop:
-                column = shard.read(columns=["image"]).column("image")
                 lo, hi = max(rows.start, first) - first, min(rows.stop, stop) - first
-                parts.append(decode_images(column.slice(lo, hi - lo), manifest))
+                table = shard.read(columns=list(COLUMNS)).slice(lo, hi - lo)
+                images.append(decode_images(table.column("image"), manifest))
+                labels.append(label_array(table.column("label")))
         except (OSError, pa.ArrowException, UserError) as exc:
             raise shard_error(uri, exc) from None
         first = stop
     if first != manifest.count:
         raise count_error(data_uri, first, manifest)
-    if not parts:
-        return np.empty((0, manifest.resolution, manifest.resolution, manifest.channels), np.uint8)
-    return np.concatenate(parts)
+    if not images:
+        return {"image": np.empty((0, manifest.resolution, manifest.resolution, manifest.channels), np.uint8),
+                "label": np.empty(0, np.int64)}
+    return {"image": np.concatenate(images), "label": np.concatenate(labels)}
 
 
 @dataclass
@@ -127,5 +135,5 @@ class InMemoryReader:
 def resident_reader(data_uri: str, manifest: Manifest, batch_size: int, rank: int, world_size: int, seed: int,
                     shuffle: bool, device: torch.device | str) -> InMemoryReader:
     """A worker's contiguous share of the rows, read once and kept on its device."""
-    images = load_images(data_uri, manifest, worker_rows(manifest.count, rank, world_size))
+    images = load_columns(data_uri, manifest, worker_rows(manifest.count, rank, world_size))["image"]
     return InMemoryReader(images, batch_size, worker_seed(seed, rank), shuffle, device)

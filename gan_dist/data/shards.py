@@ -22,6 +22,8 @@ MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1
 PREPARE_AGAIN = "re-run `gan-dist prepare`"  # the fix for a dataset whose manifest and shards disagree
 SHARD_SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32())])
+COLUMNS = ("image", "label")  # what every reader hands the task, by these names
+NO_LABEL = -1  # a batch's label where the dataset has none
 
 
 @dataclass

@@ -27,7 +27,7 @@ from gan_dist.data.prefetch import to_device_ahead
 from gan_dist.data.reader import DataPosition, count_error, shard_error, shard_uris
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.errors import UserError
-from gan_dist.runtime import storage
+from gan_dist import storage
 
 FOOTER_THREADS = 16  # shard footers are read once, at construction; on s3:// each is a round trip
 

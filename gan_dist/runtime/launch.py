@@ -15,7 +15,7 @@ from gan_dist.data.reader import read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.models import check_resolution
-from gan_dist.runtime import storage
+from gan_dist import storage
 from gan_dist.runtime.local import check_local, run_local
 from gan_dist.tracking import METRICS_FILE
 from gan_dist.train.loop import LOGGED_METRICS, LoopResult, train_loop

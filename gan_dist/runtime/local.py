@@ -15,7 +15,7 @@ from gan_dist.data.reader import DataPosition, InMemoryReader, resident_reader
 from gan_dist.data.stream import StreamReader
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist.runtime import storage
+from gan_dist import storage
 from gan_dist.train.loop import LoopResult
 
 

@@ -34,7 +34,7 @@ from gan_dist.data.prepare import embedded_digits
 from gan_dist.data.reader import DataPosition, InMemoryReader, read_manifest, resident_reader, shard_uris
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.errors import UserError
-from gan_dist.runtime import storage
+from gan_dist import storage
 from gan_dist.train.loop import LoopResult
 
 T = TypeVar("T")
