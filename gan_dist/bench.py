@@ -28,14 +28,14 @@ from gan_dist.config import Config
 from gan_dist.data.bench import synthetic_images
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, write_dataset
-from gan_dist.data.reader import DataPosition, read_manifest, resident_reader
+from gan_dist.data.placement import open_reader
+from gan_dist.data.reader import Batch, DataPosition, read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.data.sources import ArraySource
-from gan_dist.data.stream import StreamReader
 from gan_dist.errors import UserError
 from gan_dist.models import check_resolution
 from gan_dist import storage
-from gan_dist.train.task import GenerationTask
+from gan_dist.train.generation import GenerationTask
 
 # The reference script's models, by our architecture name: (its model key, its loss name).
 REFERENCE_MODELS = {"dcgan": ("dcgan64", "bce"), "resnet_sn": ("sngan32", "hinge")}
@@ -84,14 +84,14 @@ def time_steps(step: Callable[[int], None], batch_size: int, options: BenchOptio
     return batch_size / seconds, seconds * 1000
 
 
-def _project_step(task: GenerationTask, batches: Iterator[tuple[torch.Tensor, DataPosition]]) -> Callable[[int], None]:
+def _project_step(task: GenerationTask, batches: Iterator[tuple[Batch, DataPosition]]) -> Callable[[int], None]:
     def step(i: int) -> None:
-        real, _ = next(batches)
-        task.step(real, i, 0)
+        batch, _ = next(batches)
+        task.train_step({"train": batch}, i)
     return step
 
 
-def _cycle(batches: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+def _cycle(batches: list[Batch]) -> Iterator[tuple[Batch, DataPosition]]:
     i = 0
     while True:
         yield batches[i % len(batches)], DataPosition(0, i)
@@ -176,9 +176,10 @@ def _reference_step(module: ModuleType, cfg: Config, task: GenerationTask, manif
 
 
 def _ray_batches(cfg: Config, manifest: Manifest, data_uri: str,
-                 device: torch.device) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+                 device: torch.device) -> Iterator[tuple[Batch, DataPosition]]:
     """The Ray backend's streamed path, iterated in this process (joins or starts a Ray)."""
-    from gan_dist.runtime.ray_backend import ensure_ray, shard_dataset, stream_batches
+    from gan_dist.data.ray_stream import shard_dataset, stream_batches
+    from gan_dist.runtime.ray_backend import ensure_ray
 
     ensure_ray(cfg)
     return stream_batches(shard_dataset(cfg, manifest, data_uri).iterator(), cfg, 0, device, DataPosition())
@@ -200,21 +201,21 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
         check_resolution(manifest.resolution, cfg.model.arch)  # --data's size, as `train` checks it
 
         def fresh_task() -> GenerationTask:  # each path starts from the same weights and optimizer state
-            return GenerationTask(cfg, manifest.resolution, manifest.channels, options.device, distributed=False)
+            return GenerationTask(cfg, manifest, options.device)
 
-        def measure(path: str, batches: Iterator[tuple[torch.Tensor, DataPosition]], note: str) -> BenchRow:
+        def measure(path: str, batches: Iterator[tuple[Batch, DataPosition]], note: str) -> BenchRow:
             task = fresh_task()
             img_per_s, step_ms = time_steps(_project_step(task, batches), batch, options)
             return BenchRow(path, img_per_s, step_ms, note or task.features.describe())
 
         shape = (batch, manifest.resolution, manifest.resolution, manifest.channels)
-        fixed = [torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device) for _ in range(4)]
+        fixed = [{"image": torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device),
+                  "label": torch.zeros(batch, dtype=torch.int64, device=options.device)} for _ in range(4)]
         # Built first: it refuses a dataset smaller than one batch before any timing.
-        resident = resident_reader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device)
+        resident = open_reader(cfg, data_uri, manifest, 0, 1, options.device, resident=True)
         rows = [measure("synthetic", _cycle(fixed), "")]
         rows.append(measure("resident", resident.batches(DataPosition()), f"{manifest.count} images on {options.device}"))
-        streamed = StreamReader(data_uri, manifest, batch, 0, 1, cfg.train.seed, True, options.device,
-                                workers=cfg.data.stream_workers)
+        streamed = open_reader(cfg, data_uri, manifest, 0, 1, options.device, resident=False)
         rows.append(measure("stream", streamed.batches(DataPosition()), f"{cfg.data.stream_workers} reader processes"))
         if options.ray:
             rows.append(measure("ray-stream", _ray_batches(cfg, manifest, data_uri, options.device),

@@ -32,6 +32,7 @@ from gan_dist import storage
 
 STATE_FILE = "state.pt"
 GENERATOR_FILE = "generator.safetensors"  # the generator alone, for inference: no pickle, no optimizer state
+EXPORTS = "exports"  # the key of a checkpoint state whose entries are written as <name>.safetensors
 META_FILE = "meta.json"
 _NAME = re.compile(r"^checkpoint_(\d{9})$")
 T = TypeVar("T")
@@ -50,29 +51,47 @@ def step_of(checkpoint_uri: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def write_local(directory: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> None:
-    """Write state.pt and generator.safetensors, then meta.json, which vouches for their sizes and checksums."""
+def write_local(directory: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Write state.pt and each export in state[EXPORTS] as <name>.safetensors (generator.safetensors: what
+    inference loads, with no pickle and no optimizer state), then meta.json, which vouches for their sizes and
+    checksums. Returns the files' names, meta.json last."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(state, directory / STATE_FILE)
-    save_file({k: v.contiguous() for k, v in state["nets"]["G"].items()}, directory / GENERATOR_FILE)
+    torch.save({key: value for key, value in state.items() if key != EXPORTS}, directory / STATE_FILE)
+    names = [STATE_FILE]
+    for export, tensors in state[EXPORTS].items():
+        names.append(f"{export}.safetensors")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, directory / names[-1])
     files = {}
-    for name in (STATE_FILE, GENERATOR_FILE):
+    for name in names:
         data = (directory / name).read_bytes()
         files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     meta = dict(meta, files=files, versions={"torch": torch.__version__, "python": platform.python_version()})
     (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return [*names, META_FILE]
 
 
-def publish_local(run_dir: str, step: int, state: dict[str, Any], meta: dict[str, Any]) -> str:
-    """Local backend: write into a hidden temporary directory, then rename it into place in one step."""
-    final = os.path.join(run_dir, checkpoint_name(step))
-    os.makedirs(run_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging-", dir=run_dir)
-    write_local(staging, state, meta)
-    if os.path.exists(final):  # re-saving the same step after a resume replaces it whole
-        shutil.rmtree(final)
-    os.rename(staging, final)
+def publish(run_uri: str, step: int, state: dict[str, Any], meta: dict[str, Any]) -> str:
+    """Local backend: write checkpoint_<step> under a run so that it never looks complete before it is, replacing
+    a same-step checkpoint (re-saved after a resume) whole. A local one is written into a hidden folder and renamed
+    into place; object storage has no rename, so the files are written locally and uploaded, meta.json (which
+    makes a checkpoint complete) last."""
+    final = storage.join(run_uri, checkpoint_name(step))
+    if not storage.is_remote(run_uri):
+        os.makedirs(run_uri, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".staging-", dir=run_uri)
+        write_local(staging, state, meta)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        return final
+    with tempfile.TemporaryDirectory(prefix="gan-dist-ckpt-") as directory:
+        names = write_local(directory, state, meta)
+        if storage.exists(final):  # first: its meta.json must not vouch for the new files while they upload
+            fs, path = storage.resolve(final)
+            fs.delete_dir(path)
+        for name in names:  # meta.json last
+            storage.upload(os.path.join(directory, name), storage.join(final, name))
     return final
 
 

@@ -91,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True,
                         help="output folder or s3:// URI (one already holding sample_*.png is refused)")
     sample.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    sample.add_argument("--class", dest="classes", action="append", metavar="K",
+                        help="conditional generators: a class index or name, repeatable, or 'all' (the default): an "
+                             "equal share of each; labels.csv names each image's class")
+    sample.add_argument("--raw", action="store_true",
+                        help="the trained generator instead of its exponential moving average")
 
     report = commands.add_parser("report", help="draw a run's loss and metric curves to a PNG",
                                  description="Draw losses, D outputs, gradient norms and throughput from RUN's "
@@ -182,7 +187,7 @@ def _bench(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from gan_dist.sample import write_samples
 
-    written = write_samples(args.checkpoint, args.num, args.out, seed=args.seed)
+    written = write_samples(args.checkpoint, args.num, args.out, seed=args.seed, classes=args.classes, raw=args.raw)
     print(f"wrote {len(written)} images to {args.out}")
 
 

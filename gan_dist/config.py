@@ -7,17 +7,16 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gan_dist.errors import UserError
+from gan_dist.seeds import MAX_SEED
 
 PRESET_DIR = Path(__file__).parent / "configs"
 DEFAULT_PRESET = "dcgan-digits"
-# The readers fold the seed into torch seeds as seed * ~1e12 (data/reader.py), which must stay below 2**64.
-MAX_SEED = 2**24 - 1
 # A run name is one directory under run.storage: it must not climb out of it or hide.
 RUN_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
 
@@ -62,11 +61,37 @@ class DataConfig(_Section):
     stream_workers: int = Field(2, ge=1, description="reader processes per worker for streamed data (local backend)")
 
 
-class ModelConfig(_Section):
-    arch: Literal["dcgan", "resnet_sn"] = "dcgan"
+class _ModelSection(_Section):
+    """What every model family has; each family's section adds its own keys (see models/)."""
+
     z_dim: int = Field(64, ge=1)
     g_channels: int = Field(32, ge=1, description="width of the generator's last hidden stage")
     d_channels: int = Field(32, ge=1, description="width of the discriminator's first stage")
+    conditional: bool = Field(False, description="class-conditional G and D; the classes come from the dataset")
+
+
+class DCGANConfig(_ModelSection):
+    arch: Literal["dcgan"] = "dcgan"
+    label_dim: int = Field(16, ge=1, description="conditional: size of the label embedding G takes next to z")
+
+
+class ResNetSNConfig(_ModelSection):
+    """Conditional: conditional batch norm in G, a projection discriminator (Miyato & Koyama 2018)."""
+
+    arch: Literal["resnet_sn"] = "resnet_sn"
+
+
+MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig)
+
+
+def _arch(value: Any) -> Any:
+    return value.get("arch", "dcgan") if isinstance(value, dict) else getattr(value, "arch", None)
+
+
+# One section per model family, told apart by `arch` (dcgan when not given): a new family adds a class to
+# MODEL_SECTIONS and a module in models/.
+ModelConfig = Annotated[Union[tuple(Annotated[section, Tag(section.model_fields["arch"].default)]
+                                    for section in MODEL_SECTIONS)], Discriminator(_arch)]
 
 
 class TrainConfig(_Section):
@@ -81,6 +106,11 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(500, ge=1)
     sample_every: int = Field(250, ge=1, description="steps between sample grids from the fixed latents")
     loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    # An exponential moving average of G's weights drives the grids, `gan-dist sample` and generator.safetensors
+    # (stylegan2-ada's G_ema): half-life in thousands of images, shortened to ema_rampup x the images seen so far.
+    ema: bool = True
+    ema_half_life_kimg: float = Field(10.0, gt=0)
+    ema_rampup: float | None = Field(0.05, gt=0, description="null: the full half-life from the first step")
     # Speed switches. Each applies on CUDA only and falls back to plain eager fp32 on the CPU.
     bf16: bool = Field(True, description="bf16 autocast")
     fused_adam: bool = Field(True, description="Adam's fused CUDA kernel; also skips non-finite updates on the device")
@@ -98,7 +128,7 @@ class TrainConfig(_Section):
     @classmethod
     def _seed_in_range(cls, seed: int) -> int:
         if not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"a seed is 0 to {MAX_SEED} (2**24 - 1)")
+            raise ValueError(f"a seed is 0 to {MAX_SEED} (2**63 - 1)")
         return seed
 
 
@@ -153,24 +183,46 @@ class LogConfig(_Section):
 class Config(_Section):
     preset: str = DEFAULT_PRESET
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelConfig = DCGANConfig()
     train: TrainConfig = TrainConfig()
     run: RunConfig = RunConfig()
     log: LogConfig = LogConfig()
 
 
+def _sections(annotation: Any) -> list[type[BaseModel]]:
+    """The section classes an annotation stands for: one, the members of a union (the model families), or none."""
+    if get_origin(annotation) is Annotated:
+        return _sections(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return [section for arg in get_args(annotation) for section in _sections(arg)]
+    return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+
+
 def _is_section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    return bool(_sections(annotation))
 
 
 def _field_type(key: str) -> Any:
-    """The annotation of a dotted key in Config (a section's is its model class); None for an unknown key."""
+    """The annotation of a dotted key in Config (a section's is its model class, or the union of the families');
+    None for an unknown key."""
     node: Any = Config
     for part in key.split("."):
-        if not _is_section(node) or part not in node.model_fields:
+        fields = [section.model_fields[part] for section in _sections(node) if part in section.model_fields]
+        if not fields:
             return None
-        node = node.model_fields[part].annotation
+        node = fields[0].annotation
     return node
+
+
+def _error_key(loc: tuple) -> str:
+    """A validation error's location as the user's dotted key: without the family tag pydantic puts in it."""
+    parts: list[str] = []
+    for part in map(str, loc):
+        families = _sections(_field_type(".".join(parts))) if parts else []
+        if len(families) > 1 and part in {family.model_fields["arch"].default for family in families}:
+            continue  # the tag of the union member that was tried
+        parts.append(part)
+    return ".".join(parts)
 
 
 def _is_text(annotation: Any) -> bool:
@@ -192,14 +244,17 @@ def _not_a_mapping(section: str, value: Any) -> str:
 def _describe(err: ValidationError, typed: Mapping[str, str]) -> str:
     """One line naming the key and the value as the user typed it (`typed`: --set text by key)."""
     first = err.errors()[0]
-    key = ".".join(str(part) for part in first["loc"])
+    key = _error_key(first["loc"])
     if first["type"] == "extra_forbidden":
         if any("." in str(part) for part in first["loc"]):  # only a YAML file can write one: --set splits dots
             return f"config key '{key}' has a dot in its name; in a YAML file nest it (train: {{steps: 5}})"
         return f"unknown config key '{key}' (check the spelling; `gan-dist train --help` lists the flags)"
     value = typed.get(key, first.get("input"))
-    if first["type"] == "model_type":
+    if first["type"] in ("model_type", "union_tag_not_found"):
         return _not_a_mapping(key, value)
+    if first["type"] == "union_tag_invalid":  # an unknown model family
+        arch = f"{key}.arch"
+        return f"bad config value {arch}={typed.get(arch, first['ctx']['tag'])!r}: expected {first['ctx']['expected_tags']}"
     msg = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
     if _is_section(_field_type(key)):
         return f"bad config section '{key}': {msg}"  # a rule across the section's keys
@@ -234,6 +289,21 @@ def _read_value(key: str, text: str) -> Any:
         return text
 
 
+def _keep_text_as_written(node: yaml.Node, key: str = "") -> None:
+    """Tag a file's plain scalars under text keys as strings, as `_read_value` reads `--set`: `name: 2024` is the
+    name '2024', not a number (null, ~ and an empty value stay None where the key allows None)."""
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                _keep_text_as_written(value_node, f"{key}.{key_node.value}" if key else key_node.value)
+        return
+    annotation = _field_type(key)
+    null = node.value in _NULLS or not node.value
+    if isinstance(node, yaml.ScalarNode) and node.style is None and _is_text(annotation) \
+            and not (null and type(None) in get_args(annotation)):
+        node.tag = "tag:yaml.org,2002:str"
+
+
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = tree
@@ -258,7 +328,14 @@ def _read_preset(name_or_file: str) -> tuple[str, dict]:
         known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
         raise UserError(f"no preset or config file '{name_or_file}' (presets: {known})")
     try:
-        tree = yaml.load(path.read_text(), Loader=_Loader)
+        loader = _Loader(path.read_text())
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _keep_text_as_written(node)
+            tree = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     except OSError as exc:

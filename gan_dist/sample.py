@@ -1,36 +1,50 @@
-"""`gan-dist sample`: images from a checkpoint's generator."""
+"""`gan-dist sample`: images from a checkpoint's generator (the EMA one unless --raw), of the asked classes when it
+is class-conditional."""
 
 from __future__ import annotations
 
 import fnmatch
 import sys
+from dataclasses import dataclass
 
 import torch
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from gan_dist import checkpoint
+from gan_dist import checkpoint, storage
 from gan_dist.config import ModelConfig
 from gan_dist.errors import UserError
+from gan_dist.imaging import png_bytes, to_uint8
 from gan_dist.models import build_generator
-from gan_dist import storage
-from gan_dist.tracking import png_bytes
-from gan_dist.train.task import to_uint8
 
 SAMPLE_PATTERN = "sample_*.png"
+LABELS_FILE = "labels.csv"  # conditional samples: file,label,class_name per image
 # What torch.Generator.manual_seed takes (negative seeds wrap modulo 2**64); beyond it, an overflow traceback.
 SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
-def load_generator(checkpoint_uri: str, device: torch.device) -> torch.nn.Module:
+@dataclass
+class Generator:
+    net: torch.nn.Module
+    class_names: list[str]  # empty for an unconditional generator
+    uri: str
+
+
+def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False) -> Generator:
+    """The generator of a checkpoint: generator.safetensors (the EMA one when the run kept one), or with `raw` the
+    trained G from state.pt."""
     meta = checkpoint.load_meta(checkpoint_uri)
     try:  # the model section alone: the rest of a run's config (its name, say) has no say in sampling
-        m = ModelConfig.model_validate(meta["config"]["model"])
+        m = TypeAdapter(ModelConfig).validate_python(meta["config"]["model"])
         resolution, channels = meta["data"]["resolution"], meta["data"]["channels"]
+        class_names = list(meta["data"].get("class_names", [])) if m.conditional else []
     except (KeyError, TypeError, ValidationError):
         raise checkpoint.CorruptCheckpoint(f"{checkpoint_uri}: meta.json does not describe a generator") from None
-    G = build_generator(m.arch, resolution, channels, m.z_dim, m.g_channels)
-    G.load_state_dict(checkpoint.load_generator_weights(checkpoint_uri))
-    return G.to(device).eval()
+    G = build_generator(m, resolution, channels, len(class_names))
+    if raw:
+        G.load_state_dict(checkpoint.load_state(checkpoint_uri)["nets"]["G"])
+    else:
+        G.load_state_dict(checkpoint.load_generator_weights(checkpoint_uri))
+    return Generator(G.to(device).eval(), class_names, checkpoint_uri)
 
 
 def check_sample_args(checkpoint_uri: str, out: str, seed: int) -> None:
@@ -45,19 +59,59 @@ def check_sample_args(checkpoint_uri: str, out: str, seed: int) -> None:
     storage.check_bucket(checkpoint_uri)
 
 
+def resolve_classes(requested: list[str], generator: Generator) -> list[int]:
+    """--class values (an index, a class name, or `all`) -> class indices; every class when none is asked of a
+    conditional generator."""
+    names = generator.class_names
+    if not names:
+        if requested:
+            raise UserError(f"--class: {generator.uri} holds an unconditional generator (trained with "
+                            f"model.conditional=false); drop --class")
+        return []
+    if not requested or "all" in requested:
+        return list(range(len(names)))
+    listed = ", ".join(f"{i}={name}" for i, name in enumerate(names[:20])) + (", ..." if len(names) > 20 else "")
+    indices = []
+    for value in requested:
+        if value in names:
+            indices.append(names.index(value))
+        elif value.lstrip("-").isdigit():
+            if not 0 <= int(value) < len(names):
+                raise UserError(f"--class {value} is out of range: the generator has {len(names)} classes, 0 to "
+                                f"{len(names) - 1} ({listed})")
+            indices.append(int(value))
+        else:
+            raise UserError(f"--class {value!r} is not one of the generator's classes ({listed}) nor 'all'")
+    return indices
+
+
 @torch.no_grad()
 def write_samples(checkpoint_uri: str, num: int, out: str, seed: int = 0, batch_size: int = 256,
-                  device: str = "cpu") -> list[str]:
-    """Write `num` PNGs (sample_00000.png, ...) under `out`, local or object storage."""
+                  device: str = "cpu", classes: list[str] | None = None, raw: bool = False) -> list[str]:
+    """Write `num` PNGs (sample_00000.png, ...) under `out`, local or object storage; for a conditional generator
+    an equal share of each asked class, in turn, and labels.csv naming each image's class."""
     check_sample_args(checkpoint_uri, out, seed)
-    _, G = checkpoint.load_newest(checkpoint_uri, lambda uri: load_generator(uri, torch.device(device)),
-                                  lambda warning: print(warning, file=sys.stderr))
+    _, generator = checkpoint.load_newest(checkpoint_uri, lambda uri: load_generator(uri, torch.device(device), raw),
+                                          lambda warning: print(warning, file=sys.stderr))
+    asked = resolve_classes(classes or [], generator)
+    G = generator.net
     noise = torch.Generator(device=device).manual_seed(seed)
-    written = []
+    written, rows = [], ["file,label,class_name"]
     for start in range(0, num, batch_size):
-        z = torch.randn(min(batch_size, num - start), G.z_dim, generator=noise, device=device)
-        for offset, image in enumerate(to_uint8(G(z))):
-            target = storage.join(out, f"sample_{start + offset:05d}.png")
-            storage.write_bytes(target, png_bytes(image))
-            written.append(target)
+        n = min(batch_size, num - start)
+        z = torch.randn(n, G.z_dim, generator=noise, device=device)
+        labels = torch.tensor([asked[(start + i) % len(asked)] for i in range(n)], device=device) if asked else None
+        for offset, image in enumerate(to_uint8(G(z, labels))):
+            name = f"sample_{start + offset:05d}.png"
+            storage.write_bytes(storage.join(out, name), png_bytes(image))
+            written.append(storage.join(out, name))
+            if asked:
+                label = int(labels[offset])
+                rows.append(f"{name},{label},{_csv_field(generator.class_names[label])}")
+    if asked:
+        storage.write_bytes(storage.join(out, LABELS_FILE), ("\n".join(rows) + "\n").encode())
     return written
+
+
+def _csv_field(text: str) -> str:
+    return f'"{text.replace(chr(34), chr(34) * 2)}"' if any(c in text for c in ',"\n') else text

@@ -52,6 +52,12 @@ def write_bytes(uri: str, data: bytes) -> None:
     fs.move(path + ".tmp", path)
 
 
+def upload(local_path: str, uri: str) -> None:
+    """Copy a local file to a URI, streamed rather than read into memory (a checkpoint's state can be large)."""
+    fs, path = resolve(uri)
+    pafs.copy_files(local_path, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as src:

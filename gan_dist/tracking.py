@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -11,9 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pyarrow.fs as pafs
-from PIL import Image
-
 from gan_dist.config import LogConfig
+from gan_dist.imaging import png_bytes
 from gan_dist import storage
 
 if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` starts in a second, not ten
@@ -22,22 +20,6 @@ if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` sta
 METRICS_FILE = "metrics.jsonl"
 # Shown on the console; everything else still goes to metrics.jsonl and W&B.
 CONSOLE_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "img_per_s")
-
-
-def png_bytes(image_chw_u8: torch.Tensor) -> bytes:
-    array = image_chw_u8.permute(1, 2, 0).cpu().numpy()
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def grid_image(images_u8: torch.Tensor, nrow: int = 8) -> torch.Tensor:
-    """uint8 B×C×H×W -> one uint8 C×H'×W' image of the batch tiled `nrow` to a row."""
-    from torchvision.utils import make_grid
-
-    return make_grid(images_u8, nrow=nrow, padding=2, pad_value=0)
 
 
 def format_line(metrics: dict[str, Any], total_steps: int) -> str:
@@ -192,8 +174,8 @@ class RunTracker:
     def message(self, text: str) -> None:
         self.console.message(text)
 
-    def sample_grid(self, step: int, images_u8: torch.Tensor) -> str:
-        grid = grid_image(images_u8)
+    def write_grid(self, step: int, grid: torch.Tensor) -> str:
+        """A uint8 C×H×W preview grid to samples/step_<step>.png and W&B."""
         uri = storage.join(self.run_uri, "samples", f"step_{step:09d}.png")
         storage.write_bytes(uri, png_bytes(grid))
         self.wandb.image("samples", grid, step)

@@ -53,8 +53,10 @@ def interrupted_prepare(out: str, shard_size: int, at_row: int = 25) -> None:
         write_dataset(Interrupting(np.zeros((40, 8, 8, 1), np.uint8), None, [], "arrays"), out, options, progress=False)
 
 
-def row_ids(batch_u8) -> list[int]:
-    flat = np.asarray(batch_u8).reshape(len(batch_u8), -1).astype(np.int64)
+def row_ids(batch) -> list[int]:
+    """The row numbers `numbered_images` wrote into a batch's images (a reader's batch, or its image tensor)."""
+    images = batch["image"] if isinstance(batch, dict) else batch
+    flat = np.asarray(images).reshape(len(images), -1).astype(np.int64)
     return (flat[:, 0] + 256 * flat[:, 1]).tolist()
 
 

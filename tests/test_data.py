@@ -7,7 +7,7 @@ import pytest
 from conftest import numbered_images, row_ids
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, prepare, write_shards
-from gan_dist.data.reader import DataPosition, InMemoryReader, load_columns, read_manifest, worker_rows, worker_seed
+from gan_dist.data.reader import DataPosition, InMemoryReader, load_columns, read_manifest, worker_rows
 from gan_dist.errors import UserError
 
 
@@ -69,18 +69,18 @@ def test_workers_load_disjoint_shares_that_cover_the_dataset(tmp_path):
 
 
 def test_epochs_cover_the_rows_once_and_reshuffle():
-    reader = InMemoryReader(numbered_images(64), 8, seed=3, shuffle=True)
+    reader = InMemoryReader({"image": numbered_images(64)}, 8, seed=3, shuffle=True)
     it = reader.batches(DataPosition())
     first = sum((row_ids(next(it)[0]) for _ in range(8)), [])
     second = sum((row_ids(next(it)[0]) for _ in range(8)), [])
     assert sorted(first) == sorted(second) == list(range(64))
     assert first != second and first != list(range(64))
-    other_worker = InMemoryReader(numbered_images(64), 8, seed=worker_seed(3, 1), shuffle=True)
+    other_worker = InMemoryReader({"image": numbered_images(64)}, 8, seed=3, shuffle=True, rank=1)
     assert row_ids(next(other_worker.batches(DataPosition()))[0]) != first[:8]
 
 
 def test_reader_resumes_at_its_position():
-    reader = InMemoryReader(numbered_images(64), 8, seed=0, shuffle=True)
+    reader = InMemoryReader({"image": numbered_images(64)}, 8, seed=0, shuffle=True)
     it = reader.batches(DataPosition())
     seen = [next(it) for _ in range(11)]  # crosses into the second epoch
     assert seen[-1][1] == DataPosition(epoch=1, batch=3)
@@ -90,4 +90,4 @@ def test_reader_resumes_at_its_position():
 
 def test_dataset_smaller_than_a_batch_is_an_error():
     with pytest.raises(UserError, match="lower --batch-size"):
-        InMemoryReader(numbered_images(6), 8, seed=0, shuffle=False)
+        InMemoryReader({"image": numbered_images(6)}, 8, seed=0, shuffle=False)

@@ -15,6 +15,7 @@ import torch
 
 from conftest import s3_client, tiny_config
 from gan_dist import checkpoint
+from gan_dist.data.reader import DataPosition
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.train.loop import train_loop
@@ -41,10 +42,11 @@ def make_faulty_loop(marker_dir: str, fault_rank: int, fault_before_step: int, f
                 Path(marker_dir, f"picked-rank{ctx.rank}-{attempt}.txt").write_text(uri)
             return uri
 
-        def batches(start):
+        def batches(names, start):
+            at = start.get("train", DataPosition())
             Path(marker_dir, f"start-rank{ctx.rank}-{attempt}.json").write_text(
-                json.dumps({"epoch": start.epoch, "batch": start.batch}))
-            for step, (batch, position) in enumerate(read(start), first_step[0]):
+                json.dumps({"epoch": at.epoch, "batch": at.batch}))
+            for step, (batch, position) in enumerate(read(names, start), first_step[0]):
                 if attempt == 0 and ctx.rank == fault_rank and step == fault_before_step:
                     Path(marker_dir, "fault").touch()
                     fault()

@@ -7,11 +7,11 @@ import torch
 
 from conftest import tiny_config
 from gan_dist import checkpoint
-from gan_dist.data.reader import DataPosition, read_manifest
+from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.runtime.local import LocalContext
 from gan_dist.train.loop import train_loop
-from gan_dist.train.task import GenerationTask
+from gan_dist.train.generation import GenerationTask
 
 
 def local_ctx(cfg, run_dir):
@@ -21,11 +21,11 @@ def local_ctx(cfg, run_dir):
 def test_training_steps_are_finite_and_move_both_nets(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path))
     ctx = local_ctx(cfg, tmp_path / "run")
-    task = GenerationTask(cfg, 16, 1, ctx.device, distributed=False)
+    task = GenerationTask(cfg, ctx.manifest, ctx.device)
     before = {k: v.clone() for k, v in _weights(task).items()}
-    batches = ctx.batches(DataPosition())
+    batches = ctx.batches(task.datasets, {})
     for step in range(3):
-        out = task.step(next(batches)[0], step, rank=0)
+        out = task.train_step(next(batches)[0], step)
         assert all(torch.isfinite(v) for v in out.values()), out
     after = _weights(task)
     changed = [k for k in before if k.endswith("weight") and not torch.equal(before[k], after[k])]
@@ -44,7 +44,7 @@ def test_checkpoint_roundtrip_restores_every_tensor_exactly(tiny_data, tmp_path)
     assert latest.endswith("checkpoint_000000006")
     saved = checkpoint.load_state(latest)
 
-    fresh = GenerationTask(cfg, 16, 1, torch.device("cpu"), distributed=False)
+    fresh = GenerationTask(cfg, read_manifest(tiny_data), torch.device("cpu"))
     fresh.load_state_dict(saved)
     restored = fresh.state_dict()
     for part in ("nets", "optimizers"):
@@ -88,6 +88,8 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(variant, tiny_da
     for name in ("G", "D"):
         for key, tensor in a["nets"][name].items():
             assert torch.equal(tensor, b["nets"][name][key]), (name, key)
+    for key, tensor in a["ema"]["G"].items():  # the EMA generator resumes bit-exactly too
+        assert torch.equal(tensor, b["ema"]["G"][key]), key
     assert a["train"] == b["train"]
 
 
@@ -123,30 +125,31 @@ class PoisonedBatches:
     def __getattr__(self, name):
         return getattr(self.ctx, name)
 
-    def batches(self, start):
-        for batch, position in self.ctx.batches(start):
+    def batches(self, names, start):
+        for batches, positions in self.ctx.batches(names, start):
             self.handed_out += 1
             if self.handed_out in self.poisoned:
-                batch = batch.float()
-                batch[0, 0, 0, 0] = float("nan")
-            yield batch, position
+                image = batches["train"]["image"].float()
+                image[0, 0, 0, 0] = float("nan")
+                batches = {"train": {**batches["train"], "image": image}}
+            yield batches, positions
 
 
 def test_nonfinite_gradient_skips_the_update(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path))
     ctx = PoisonedBatches(local_ctx(cfg, tmp_path / "run"), poisoned={2})
-    task = GenerationTask(cfg, 16, 1, ctx.device, distributed=False)
-    batches = ctx.batches(DataPosition())
-    task.step(next(batches)[0], 0, rank=0)
+    task = GenerationTask(cfg, ctx.manifest, ctx.device)
+    batches = ctx.batches(task.datasets, {})
+    task.train_step(next(batches)[0], 0)
     before = {k: v.clone() for k, v in task.D.state_dict().items()}
     adam_steps = task.opt_d.state[task.D.net[0].weight]["step"].clone()
-    out = task.step(next(batches)[0], 1, rank=0)
+    out = task.train_step(next(batches)[0], 1)
     assert not torch.isfinite(out["grad_norm_D"])
     assert all(torch.equal(v, task.D.state_dict()[k]) for k, v in before.items() if k.endswith("weight"))
     assert torch.equal(task.opt_d.state[task.D.net[0].weight]["step"], adam_steps)
-    assert task.skipped_total.item() == 1 and task.bad_streak.item() == 1
-    task.step(next(batches)[0], 2, rank=0)
-    assert task.bad_streak.item() == 0 and all(torch.isfinite(p).all() for p in task.D.parameters())
+    assert task.nonfinite.total.item() == 1 and task.nonfinite.streak.item() == 1
+    task.train_step(next(batches)[0], 2)
+    assert task.nonfinite.streak.item() == 0 and all(torch.isfinite(p).all() for p in task.D.parameters())
 
 
 def test_repeated_nonfinite_steps_restore_the_checkpoint_with_lower_learning_rates(tiny_data, tmp_path):
@@ -175,17 +178,27 @@ def test_divergence_before_the_first_checkpoint_is_a_clear_error(tiny_data, tmp_
         train_loop(ctx, cfg)
 
 
-def test_checkpoint_holds_the_generator_for_inference_and_every_rank_rng(tiny_data, tmp_path):
+def test_checkpoint_holds_the_ema_generator_for_inference_and_every_rank_rng(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path))
     train_loop(local_ctx(cfg, tmp_path / "run"), cfg)
     uri = str(tmp_path / "run" / "checkpoint_000000006")
     weights = checkpoint.load_generator_weights(uri)
     state = checkpoint.load_state(uri)
-    assert weights.keys() == state["nets"]["G"].keys()
-    assert all(torch.equal(weights[k], state["nets"]["G"][k]) for k in weights)
+    assert weights.keys() == state["ema"]["G"].keys() == state["nets"]["G"].keys()
+    assert all(torch.equal(weights[k], state["ema"]["G"][k]) for k in weights)
+    # the average trails the trained weights: it is not a copy of them
+    assert any(not torch.equal(weights[k], state["nets"]["G"][k]) for k in weights if k.endswith("weight"))
     assert len(state["rng"]) == 1 and state["rng"][0]["cpu"].dtype == torch.uint8
     meta = json.loads((tmp_path / "run" / "checkpoint_000000006" / "meta.json").read_text())
     assert set(meta["files"]) == {"state.pt", "generator.safetensors"}
+
+
+def test_without_ema_the_checkpoint_exports_the_trained_generator(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"train.ema": False})
+    train_loop(local_ctx(cfg, tmp_path / "run"), cfg)
+    uri = str(tmp_path / "run" / "checkpoint_000000006")
+    weights, state = checkpoint.load_generator_weights(uri), checkpoint.load_state(uri)
+    assert "ema" not in state and all(torch.equal(weights[k], state["nets"]["G"][k]) for k in weights)
 
 
 def test_retention_keeps_the_newest_and_the_best(tiny_data, tmp_path):

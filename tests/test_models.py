@@ -2,16 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gan_dist.models import (
-    Discriminator,
-    Generator,
-    build_discriminator,
-    build_generator,
-    has_spectral_norm,
-    resnet_sn,
-    update_spectral_norms,
-)
-from gan_dist.models.spectral import SNConv2d, SNLinear
+from gan_dist.config import DCGANConfig, ResNetSNConfig
+from gan_dist.models import build_discriminator, build_generator, resnet_sn, update_spectral_norms
+from gan_dist.models.dcgan import Discriminator, Generator
+from gan_dist.models.spectral import SNConv2d, SNLinear, SpectralNorm
 
 
 @pytest.mark.parametrize("resolution", [8, 16, 32, 64])
@@ -90,7 +84,7 @@ def test_forward_is_pure_and_update_spectral_norms_runs_one_iteration_per_layer(
     # 16x16: optimized block (2 convs + 1x1 shortcut) + two 8x8 blocks (2 convs each) + the final linear
     assert update_spectral_norms(D) == len(_sn_layers(D)) == 8
     assert all(not torch.equal(D.state_dict()[k], v) for k, v in buffers.items() if k.endswith("sn_v"))
-    assert has_spectral_norm(D) and not has_spectral_norm(Discriminator(16, 3, width=8))
+    assert not any(isinstance(m, SpectralNorm) for m in Discriminator(16, 3, width=8).modules())
 
 
 def test_discriminator_runs_twice_then_one_backward():
@@ -138,8 +132,8 @@ def test_compiled_discriminator_matches_eager_and_reads_updated_buffers():
 @pytest.mark.parametrize("resolution", [16, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_resnet_sn_output_shapes(resolution, channels):
-    G = build_generator("resnet_sn", resolution, channels, z_dim=16, width=8)
-    D = build_discriminator("resnet_sn", resolution, channels, width=8)
+    model = ResNetSNConfig(z_dim=16, g_channels=8, d_channels=8)
+    G, D = build_generator(model, resolution, channels), build_discriminator(model, resolution, channels)
     assert isinstance(G, resnet_sn.Generator) and isinstance(D, resnet_sn.Discriminator)
     assert (G.z_dim, G.resolution, G.channels) == (16, resolution, channels)
     images = G(torch.randn(2, 16))
@@ -177,3 +171,29 @@ def test_spectral_norm_state_dict_round_trip():
         assert torch.equal(value, state[key]), key
     images = torch.randn(2, 3, 16, 16)
     assert torch.equal(restored(images), D(images))
+
+
+@pytest.mark.parametrize("model", [DCGANConfig(z_dim=16, g_channels=8, d_channels=8, label_dim=4),
+                                   ResNetSNConfig(z_dim=16, g_channels=8, d_channels=8)], ids=["dcgan", "resnet_sn"])
+def test_conditional_nets_depend_on_the_class(model):
+    torch.manual_seed(0)
+    G, D = build_generator(model, 16, 1, num_classes=3), build_discriminator(model, 16, 1, num_classes=3)
+    with torch.no_grad():  # a trained net's class parameters are not at their initial values (gain 1, bias 0)
+        for name, p in [*G.named_parameters(), *D.named_parameters()]:
+            if "embed" in name or "gain" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    G.eval()
+    z = torch.randn(4, 16)
+    zero, two = G(z, torch.zeros(4, dtype=torch.long)), G(z, torch.full((4,), 2))
+    assert zero.shape == (4, 1, 16, 16) and not torch.allclose(zero, two)
+    images = torch.randn(4, 1, 16, 16)
+    assert D(images, torch.zeros(4, dtype=torch.long)).shape == (4,)
+    assert not torch.allclose(D(images, torch.zeros(4, dtype=torch.long)), D(images, torch.full((4,), 2)))
+
+
+def test_conditional_resnet_sn_uses_class_batch_norm_and_a_spectrally_normalised_projection():
+    model = ResNetSNConfig(z_dim=16, g_channels=8, d_channels=8)
+    G, D = build_generator(model, 16, 1, num_classes=10), build_discriminator(model, 16, 1, num_classes=10)
+    gains = [m for m in G.modules() if isinstance(m, resnet_sn.ClassBatchNorm) and m.gain is not None]
+    assert len(gains) == 4 and all(m.gain.weight.shape == (10, 8) for m in gains)  # 2 blocks x 2 norms
+    assert isinstance(D.embed, SpectralNorm) and update_spectral_norms(D) == len(_sn_layers(D)) + 1

@@ -30,9 +30,9 @@ def make_recording_loop(out_dir: str):
         seen = []
         read = ctx.batches
 
-        def batches(start):
-            for batch, position in read(start):
-                seen.extend(row_ids(batch))
+        def batches(names, start):
+            for batch, position in read(names, start):
+                seen.extend(row_ids(batch["train"]))
                 yield batch, position
 
         ctx.batches = batches

@@ -7,9 +7,10 @@ import torch
 from conftest import tiny_config
 from gan_dist.config import load_config
 from gan_dist.data import placement
+from gan_dist.data.reader import read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.train import losses, speed
-from gan_dist.train.task import GenerationTask
+from gan_dist.train.generation import GenerationTask
 
 CPU = torch.device("cpu")
 
@@ -30,11 +31,11 @@ def test_every_speed_switch_falls_back_on_the_cpu():
 
 
 def test_one_d_forward_over_real_and_fake_only_without_batch_norm(tiny_data, tmp_path):
-    dcgan = GenerationTask(tiny_config(tiny_data, str(tmp_path)), 16, 1, CPU, distributed=False)
-    resnet = GenerationTask(resnet_config(tiny_data, tmp_path), 16, 1, CPU, distributed=False)
+    dcgan = GenerationTask(tiny_config(tiny_data, str(tmp_path)), read_manifest(tiny_data), CPU)
+    resnet = GenerationTask(resnet_config(tiny_data, tmp_path), read_manifest(tiny_data), CPU)
     assert not dcgan.features.concat_d_forward and resnet.features.concat_d_forward
     real, fake = torch.rand(4, 1, 16, 16) * 2 - 1, torch.rand(4, 1, 16, 16) * 2 - 1
-    joint = resnet._d_logits(real, fake)
+    joint = resnet._d_logits(real, fake, None, None)
     apart = (resnet.D(real), resnet.D(fake))
     for a, b in zip(joint, apart):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -56,11 +57,12 @@ def test_compiled_step_trains_like_the_eager_step(arch, tiny_data, tmp_path):
     for compile_mode in ("off", "default"):
         cfg = tiny_config(tiny_data, str(tmp_path), **overrides, **{"train.compile": compile_mode,
                                                                    "train.compile_backend": "aot_eager"})
-        tasks.append(GenerationTask(cfg, 16, 1, CPU, distributed=False))
+        tasks.append(GenerationTask(cfg, read_manifest(tiny_data), CPU))
     assert tasks[1].features.compile_mode == "default" and tasks[1].G_step is not tasks[1].G
-    real = torch.randint(0, 256, (8, 16, 16, 1), dtype=torch.uint8)
+    batch = {"train": {"image": torch.randint(0, 256, (8, 16, 16, 1), dtype=torch.uint8),
+                       "label": torch.zeros(8, dtype=torch.int64)}}
     for step in range(3):
-        eager, compiled = (task.step(real, step, 0) for task in tasks)
+        eager, compiled = (task.train_step(batch, step) for task in tasks)
         torch.testing.assert_close(eager["loss_D"], compiled["loss_D"], rtol=1e-4, atol=1e-4)
     for name in ("G", "D"):
         for (key, a), b in zip(getattr(tasks[0], name).state_dict().items(), getattr(tasks[1], name).state_dict().values()):

@@ -23,7 +23,8 @@ COUNT, SHARD, RES, CH, BATCH = 200, 24, 4, 3, 8  # 9 shards: eight of 24 rows, o
 
 def make_dataset(out: Path) -> str:
     """Numbered images in file order (no prepare shuffle), so image i is row i of the concatenated shards."""
-    source = ArraySource(numbered_images(COUNT, RES, CH), None, [], "numbered")
+    # Labeled by row (row % 7), so a test can check that each label travels with its image.
+    source = ArraySource(numbered_images(COUNT, RES, CH), np.arange(COUNT) % 7, [str(k) for k in range(7)], "numbered")
     write_dataset(source, str(out), PrepareOptions(ImageSpec(RES, CH), shard_size=SHARD, shuffle_seed=None),
                   progress=False)
     return str(out)
@@ -82,19 +83,23 @@ def test_two_ranks_split_an_epoch_into_disjoint_fixed_shape_batches(data):
         items = take(r, length + 1)  # one batch into the next epoch
         assert [pos for _, pos in items] == [DataPosition(0, b) for b in range(1, length + 1)] + [DataPosition(1, 1)]
         for batch, _ in items:
-            assert batch.dtype == torch.uint8 and batch.shape == (BATCH, RES, RES, CH) and batch.device.type == "cpu"
+            image = batch["image"]
+            assert image.dtype == torch.uint8 and image.shape == (BATCH, RES, RES, CH) and image.device.type == "cpu"
+            assert batch["label"].tolist() == [row % 7 for row in row_ids(batch)]
         epoch = ids(items[:length])
         assert len(set(epoch)) == len(epoch) == length * BATCH
         assert set(epoch) <= set(sum((unit_rows(u) for u in order[rank::2]), []))  # only this rank's units
         seen.append(epoch)
     assert set(seen[0]).isdisjoint(seen[1])
-    # Dropped: each worker's final partial batch, and the longer rank's batches beyond the shorter one's.
-    assert COUNT - 2 * 2 * BATCH <= len(seen[0]) + len(seen[1]) <= COUNT
+    # Dropped: each worker's final partial batch, and the longer rank's rows beyond the shorter one's.
+    rank_rows = [sum(len(unit_rows(u)) for u in order[rank::2]) for rank in range(2)]
+    assert COUNT - 2 * 2 * BATCH - abs(rank_rows[0] - rank_rows[1]) <= len(seen[0]) + len(seen[1]) <= COUNT
 
 
 def test_rows_of_the_dataset_come_out_exactly_as_stored(data):
     (batch, _), = take(reader(data, shuffle=False, workers=1), 1)
-    np.testing.assert_array_equal(batch.numpy(), numbered_images(COUNT, RES, CH)[:BATCH])
+    np.testing.assert_array_equal(batch["image"].numpy(), numbered_images(COUNT, RES, CH)[:BATCH])
+    assert batch["label"].tolist() == [row % 7 for row in range(BATCH)]
 
 
 def test_order_is_a_function_of_seed_and_epoch(data):
@@ -141,7 +146,7 @@ def test_resume_continues_the_same_sequence_across_an_epoch_boundary(data):
         resumed = take(r, 2, full[k - 1][1])
         for (got, got_pos), (want, want_pos) in zip(resumed, full[k : k + 2], strict=True):
             assert got_pos == want_pos
-            assert torch.equal(got, want)
+            assert all(torch.equal(got[name], want[name]) for name in ("image", "label"))
 
 
 def test_units_are_row_groups(tmp_path):

@@ -1,14 +1,25 @@
-"""Where a worker's training data lives: resident on its device, or streamed. Chosen per run, logged, overridable."""
+"""Where a worker's training data lives: resident on its device, or streamed. Chosen per run, logged, overridable.
+The one reader factory, and the named datasets read side by side."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from gan_dist.config import DataConfig
+from gan_dist.config import Config, DataConfig
+from gan_dist.data.reader import Batch, DataPosition, resident_reader
 from gan_dist.data.shards import Manifest
+from gan_dist.data.stream import StreamReader
+
+Positions = dict[str, DataPosition]  # by dataset name
+
+
+class Reader(Protocol):
+    def batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]: ...
 
 
 @dataclass(frozen=True)
@@ -38,3 +49,22 @@ def choose(data: DataConfig, manifest: Manifest, world_size: int, device: torch.
 
 def _gb(n: float) -> str:
     return f"{n / 2**30:.2f} GB" if n >= 2**28 else f"{n / 2**20:.1f} MB"
+
+
+def open_reader(cfg: Config, data_uri: str, manifest: Manifest, rank: int, world_size: int, device: torch.device,
+                resident: bool) -> Reader:
+    """A worker's reader of one dataset: its rows resident on the device, or streamed by reader processes."""
+    t = cfg.train
+    if resident:
+        return resident_reader(data_uri, manifest, t.batch_size, rank, world_size, t.seed, cfg.data.shuffle, device)
+    return StreamReader(data_uri, manifest, t.batch_size, rank, world_size, t.seed, cfg.data.shuffle, device,
+                        workers=cfg.data.stream_workers)
+
+
+def read_together(readers: Mapping[str, Reader], names: tuple[str, ...],
+                  start: Positions) -> Iterator[tuple[dict[str, Batch], Positions]]:
+    """One batch of each named dataset per step, each dataset going through its own epochs."""
+    streams = {name: readers[name].batches(start.get(name, DataPosition())) for name in names}
+    while True:
+        items = {name: next(stream) for name, stream in streams.items()}
+        yield {name: batch for name, (batch, _) in items.items()}, {name: at for name, (_, at) in items.items()}

@@ -1,4 +1,4 @@
-"""Host batches -> device batches ahead of the step: pinned memory, asynchronous copies on a side stream.
+"""Host batches (dicts of tensors) -> device batches ahead of the step: pinned memory, asynchronous copies on a side stream.
 
 On a GPU the GAN step is launch-bound, so a pageable or synchronous copy in the step's stream stalls it; here the
 copies of the next `depth` batches run on their own stream while the step runs on the consumer's stream.
@@ -12,12 +12,14 @@ from typing import TypeVar
 
 import torch
 
+from gan_dist.data.reader import Batch
+
 T = TypeVar("T")
 
 
-def to_device_ahead(batches: Iterable[tuple[torch.Tensor, T]], device: torch.device | str,
-                    depth: int = 2) -> Iterator[tuple[torch.Tensor, T]]:
-    """(host tensor, tag) pairs -> (device tensor, same tag), `depth` copies in flight. Off CUDA: the items
+def to_device_ahead(batches: Iterable[tuple[Batch, T]], device: torch.device | str,
+                    depth: int = 2) -> Iterator[tuple[Batch, T]]:
+    """(host batch, tag) pairs -> (device batch, same tag), `depth` copies in flight. Off CUDA: the items
     themselves, unchanged (the same iterator, no copies)."""
     device = torch.device(device)
     if device.type != "cuda":
@@ -25,16 +27,16 @@ def to_device_ahead(batches: Iterable[tuple[torch.Tensor, T]], device: torch.dev
     return _cuda_ahead(iter(batches), device, max(1, depth))
 
 
-def _cuda_ahead(source: Iterator[tuple[torch.Tensor, T]], device: torch.device,
-                depth: int) -> Iterator[tuple[torch.Tensor, T]]:
+def _cuda_ahead(source: Iterator[tuple[Batch, T]], device: torch.device,
+                depth: int) -> Iterator[tuple[Batch, T]]:
     side = torch.cuda.Stream(device)
-    in_flight: deque = deque()  # (device tensor, tag, copy-done event, host tensor kept alive until the copy ends)
+    in_flight: deque = deque()  # (device batch, tag, copy-done event, host batch kept alive until the copy ends)
     try:
         for host, tag in source:
-            if not host.is_pinned():  # a pageable source would make the "asynchronous" copy synchronous
-                host = host.pin_memory()
+            # A pageable source would make the "asynchronous" copy synchronous.
+            host = {name: t if t.is_pinned() else t.pin_memory() for name, t in host.items()}
             with torch.cuda.stream(side):
-                on_device = host.to(device, non_blocking=True)
+                on_device = {name: t.to(device, non_blocking=True) for name, t in host.items()}
                 done = torch.cuda.Event()
                 done.record(side)
             in_flight.append((on_device, tag, done, host))
@@ -48,11 +50,12 @@ def _cuda_ahead(source: Iterator[tuple[torch.Tensor, T]], device: torch.device,
             close()
 
 
-def _hand_over(item: tuple, device: torch.device) -> tuple[torch.Tensor, object]:
+def _hand_over(item: tuple, device: torch.device) -> tuple[Batch, object]:
     on_device, tag, done, _host = item
     consumer = torch.cuda.current_stream(device)
     consumer.wait_event(done)  # the step's kernels start after the copy, without blocking the host
     # The tensor was allocated on the side stream: tell the caching allocator the consumer uses it, so its
     # memory is not handed out again before the consumer's work on it has finished.
-    on_device.record_stream(consumer)
+    for tensor in on_device.values():
+        tensor.record_stream(consumer)
     return on_device, tag

@@ -13,7 +13,11 @@ import torch
 
 from gan_dist.data.shards import COLUMNS, MANIFEST_NAME, NO_LABEL, PREPARE_AGAIN, Manifest, decode_images
 from gan_dist.errors import UserError
-from gan_dist import storage
+from gan_dist import seeds, storage
+
+
+# What every reader yields: one tensor per column, "image" uint8 B×H×W×C and "label" int64 B.
+Batch = dict[str, torch.Tensor]
 
 
 def read_manifest(data_uri: str) -> Manifest:
@@ -95,45 +99,41 @@ class DataPosition:
     batch: int = 0
 
 
-def worker_seed(seed: int, rank: int) -> int:
-    """Each worker shuffles its own rows with its own reproducible stream."""
-    return seed * 1_000_003 + rank * 7919
-
-
 class InMemoryReader:
-    """A worker's rows held as one uint8 tensor on its device; each epoch one seeded permutation of them. On a GPU
-    the batches are gathered there: no host work, no copies per step."""
+    """A worker's rows held as uint8 (and label) tensors on its device; each epoch one seeded permutation of them.
+    On a GPU the batches are gathered there: no host work, no copies per step."""
 
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int, shuffle: bool,
-                 device: torch.device | str = "cpu"):
-        self.images = torch.from_numpy(images).to(device)
-        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.batches_per_epoch = len(images) // batch_size
+    def __init__(self, columns: dict[str, np.ndarray], batch_size: int, seed: int, shuffle: bool,
+                 device: torch.device | str = "cpu", rank: int = 0):
+        self.columns = {name: torch.from_numpy(array).to(device) for name, array in columns.items()}
+        self.rows = len(columns["image"])
+        self.batch_size, self.seed, self.shuffle, self.rank = batch_size, seed, shuffle, rank
+        self.batches_per_epoch = self.rows // batch_size
         if self.batches_per_epoch == 0:
-            raise UserError(f"a worker holds {len(images)} images, fewer than one batch of {batch_size}; "
+            raise UserError(f"a worker holds {self.rows} images, fewer than one batch of {batch_size}; "
                             f"lower --batch-size (or use fewer workers)")
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        n = len(self.images)
+        device = self.columns["image"].device
         if not self.shuffle:
-            return torch.arange(n, device=self.images.device)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(n, generator=generator).to(self.images.device)
+            return torch.arange(self.rows, device=device)
+        generator = torch.Generator().manual_seed(seeds.derive(self.seed, "epoch_order", self.rank, epoch))
+        return torch.randperm(self.rows, generator=generator).to(device)
 
-    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        """Yields (uint8 batch B×H×W×C, position after it) forever, from `start`."""
+    def batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]:
+        """Yields (batch, position after it) forever, from `start`."""
         epoch, batch = start.epoch, start.batch
         while True:
             order = self._epoch_order(epoch)
             while batch < self.batches_per_epoch:
                 index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
                 batch += 1
-                yield self.images[index], DataPosition(epoch, batch)
+                yield {name: column[index] for name, column in self.columns.items()}, DataPosition(epoch, batch)
             epoch, batch = epoch + 1, 0
 
 
 def resident_reader(data_uri: str, manifest: Manifest, batch_size: int, rank: int, world_size: int, seed: int,
                     shuffle: bool, device: torch.device | str) -> InMemoryReader:
     """A worker's contiguous share of the rows, read once and kept on its device."""
-    images = load_columns(data_uri, manifest, worker_rows(manifest.count, rank, world_size))["image"]
-    return InMemoryReader(images, batch_size, worker_seed(seed, rank), shuffle, device)
+    columns = load_columns(data_uri, manifest, worker_rows(manifest.count, rank, world_size))
+    return InMemoryReader(columns, batch_size, seed, shuffle, device, rank)

@@ -24,10 +24,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gan_dist.data.prefetch import to_device_ahead
-from gan_dist.data.reader import DataPosition, count_error, shard_error, shard_uris
-from gan_dist.data.shards import Manifest, decode_images
+from gan_dist.data.reader import Batch, DataPosition, count_error, label_array, shard_error, shard_uris
+from gan_dist.data.shards import COLUMNS, Manifest, decode_images
 from gan_dist.errors import UserError
-from gan_dist import storage
+from gan_dist import seeds, storage
 
 FOOTER_THREADS = 16  # shard footers are read once, at construction; on s3:// each is a round trip
 
@@ -82,13 +82,13 @@ def read_units(data_uri: str, manifest: Manifest) -> list[Unit]:
     return units
 
 
-def read_unit(unit: Unit, manifest: Manifest) -> np.ndarray:
-    """One row group -> uint8 N×H×W×C, through the project's one decode function."""
+def read_unit(unit: Unit, manifest: Manifest) -> dict[str, np.ndarray]:
+    """One row group -> "image" uint8 N×H×W×C (through the project's one decode function) and "label" int64 N."""
     fs, path = storage.resolve(unit.uri)
     try:
         with fs.open_input_file(path) as file:
-            column = pq.ParquetFile(file).read_row_group(unit.group, columns=["image"]).column("image")
-        return decode_images(column, manifest)
+            table = pq.ParquetFile(file).read_row_group(unit.group, columns=list(COLUMNS))
+        return {"image": decode_images(table.column("image"), manifest), "label": label_array(table.column("label"))}
     except (OSError, pa.ArrowException, UserError) as exc:
         raise shard_error(unit.uri, exc) from None
 
@@ -124,51 +124,57 @@ class EpochDataset(IterableDataset):
         self.units, self.manifest, self.tasks, self.rotation = units, manifest, tasks, rotation
         self.batch_size, self.seed, self.epoch, self.shuffle = batch_size, seed, epoch, shuffle
 
-    def __iter__(self) -> Iterator[torch.Tensor | _Failure]:
+    def __iter__(self) -> Iterator[Batch | _Failure]:
         info = get_worker_info()
         task = self.tasks[((info.id if info else 0) + self.rotation) % len(self.tasks)]
         if task.batches <= 0:
             return
-        m = self.manifest
-        shape = (self.batch_size, m.resolution, m.resolution, m.channels)
-        batch, filled, handed, skip = np.empty(shape, np.uint8), 0, 0, task.skip_rows
+        batch, filled, handed, skip = self._empty_batch(), 0, 0, task.skip_rows
         for index in task.units:
             unit = self.units[index]
             if skip >= unit.rows:  # a resume skips whole units without reading them
                 skip -= unit.rows
                 continue
             try:
-                images = read_unit(unit, m)
+                columns = read_unit(unit, self.manifest)
             except UserError as exc:
                 yield _Failure(str(exc))
                 return
-            if len(images) != unit.rows:
-                yield _Failure(f"shard {unit.uri} changed while it was being read ({len(images)} rows in row group "
+            if len(columns["image"]) != unit.rows:
+                yield _Failure(f"shard {unit.uri} changed while it was being read ({len(columns['image'])} rows in row group "
                                f"{unit.group}, {unit.rows} when training started); restart training")
                 return
             order = None
             if self.shuffle:  # seeded by the unit, not by where it falls: the same rows under any split
-                order = np.random.default_rng([self.seed, self.epoch, index]).permutation(unit.rows)
+                order = np.random.default_rng(seeds.derive(self.seed, "unit_rows", self.epoch, index)).permutation(
+                    unit.rows)
             start, skip = skip, 0
             while start < unit.rows:
                 take = min(self.batch_size - filled, unit.rows - start)
                 # Straight into the batch: one copy per row, no per-row Python.
-                if order is None:
-                    batch[filled : filled + take] = images[start : start + take]
-                else:
-                    np.take(images, order[start : start + take], axis=0, out=batch[filled : filled + take], mode="clip")
+                for name, column in columns.items():
+                    if order is None:
+                        batch[name][filled : filled + take] = column[start : start + take]
+                    else:
+                        np.take(column, order[start : start + take], axis=0, out=batch[name][filled : filled + take],
+                                mode="clip")
                 filled, start = filled + take, start + take
                 if filled == self.batch_size:
-                    yield torch.from_numpy(batch)
+                    yield {name: torch.from_numpy(array) for name, array in batch.items()}
                     handed += 1
                     if handed == task.batches:
                         return
-                    batch, filled = np.empty(shape, np.uint8), 0
+                    batch, filled = self._empty_batch(), 0
+
+    def _empty_batch(self) -> dict[str, np.ndarray]:
+        m = self.manifest
+        return {"image": np.empty((self.batch_size, m.resolution, m.resolution, m.channels), np.uint8),
+                "label": np.empty(self.batch_size, np.int64)}
 
 
 class StreamReader:
     """The dataset streamed from its shards, batches built in loader worker processes. Same interface as
-    `InMemoryReader`: `batches(start)` yields (uint8 B×H×W×C on the device, position after it) forever."""
+    `InMemoryReader`: `batches(start)` yields (batch on the device, position after it) forever."""
 
     def __init__(self, data_uri: str, manifest: Manifest, batch_size: int, rank: int, world_size: int, seed: int,
                  shuffle: bool, device: torch.device | str = "cpu", workers: int = 2, prefetch: int = 2):
@@ -177,7 +183,7 @@ class StreamReader:
                              f"prefetch={prefetch} rank={rank} world_size={world_size}")
         self.data_uri, self.manifest, self.batch_size = data_uri, manifest, batch_size
         self.rank, self.world_size = rank, world_size
-        self.seed, self.shuffle = seed % 2**64, shuffle  # numpy seeds are non-negative
+        self.seed, self.shuffle = seed, shuffle
         self.device = torch.device(device)
         self.workers, self.prefetch = workers, prefetch
         self.loader_workers = max(1, workers)  # workers=0 reads in this process, as one worker
@@ -188,7 +194,7 @@ class StreamReader:
 
     def _order(self, epoch: int) -> np.ndarray:
         if self.shuffle:
-            return np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+            return np.random.default_rng(seeds.derive(self.seed, "unit_order", epoch)).permutation(len(self.units))
         return np.arange(len(self.units))
 
     def _split(self, order: np.ndarray, rank: int) -> list[list[int]]:
@@ -239,17 +245,17 @@ class StreamReader:
 
     # -- reading ------------------------------------------------------------------------------------------------
 
-    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        """Yields (uint8 batch B×H×W×C on the device, position after it) forever, from `start`."""
+    def batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]:
+        """Yields (batch on the device, position after it) forever, from `start`."""
         return to_device_ahead(self._host_batches(start), self.device)
 
-    def _host_batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+    def _host_batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]:
         epoch, skip = start.epoch, start.batch
         while True:
             yield from self._epoch_batches(epoch, skip)
             epoch, skip = epoch + 1, 0
 
-    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[torch.Tensor, DataPosition]]:
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[tuple[Batch, DataPosition]]:
         # A resume skips cheaply: the workers start at the skipped rows' unit without reading the units before it.
         dataset, length = self._epoch_dataset(epoch, skip)
         if skip >= length:

@@ -74,13 +74,16 @@ class SNLinear(SpectralNorm, nn.Linear):
         return F.linear(x, weight, self.bias)
 
 
+class SNEmbedding(SpectralNorm, nn.Embedding):
+    """A class embedding (num_classes × dim) normalised like the others, as projection discriminators use it."""
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, weight)
+
+
 def update_spectral_norms(net: nn.Module) -> int:
     """One power iteration on every spectral-norm layer of `net` (DDP- and compile-wrapped nets included)."""
     layers = [m for m in net.modules() if isinstance(m, SpectralNorm)]
     for layer in layers:
         layer.power_iteration()
     return len(layers)
-
-
-def has_spectral_norm(net: nn.Module) -> bool:
-    return any(isinstance(m, SpectralNorm) for m in net.modules())

@@ -90,6 +90,12 @@ def resume_from(cfg: Config, manifest: Manifest) -> tuple[str, int] | None:
     return uri, checkpoint.load_meta(uri)["step"]
 
 
+def check_classes(cfg: Config, manifest: Manifest, data_uri: str) -> None:
+    if cfg.model.conditional and not manifest.class_names:
+        raise UserError(f"model.conditional=true needs a labeled dataset, and {data_uri} has no classes; prepare one "
+                        f"from a folder with a subfolder per class (or an .npz with labels), or train unconditionally")
+
+
 def check_batch_fits(cfg: Config, manifest: Manifest) -> None:
     share = manifest.count // cfg.run.num_workers  # the smallest worker's rows
     if share < cfg.train.batch_size:
@@ -116,6 +122,7 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     data_uri = cfg.data.path or embedded_digits()
     manifest = read_manifest(data_uri)
     check_resolution(manifest.resolution, cfg.model.arch)
+    check_classes(cfg, manifest, data_uri)
     warn_unlogged_best(cfg)
     check_batch_fits(cfg, manifest)
     name = run_name(cfg)
@@ -126,7 +133,7 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     if start is not None and cfg.train.steps <= start:  # a retried job whose run had already finished, say
         print(f"run '{name}' is at step {start} already (--steps {cfg.train.steps}); nothing to train: pass --steps "
               f"above {start} to continue it")
-        return LoopResult(start, start, {})
+        return LoopResult(start, start)
     if start is None and source is not None and cfg.train.steps <= source[1]:
         raise UserError(f"--resume-from {source[0]} is at step {source[1]}, not below --steps {cfg.train.steps}; "
                         f"pass --steps above {source[1]}")

@@ -1,5 +1,6 @@
 """The local backend: the loop in this process, no Ray imported. Ray Train's own local mode neither persists
-checkpoints nor resumes, so this backend writes and finds checkpoints itself, in the Ray backend's layout."""
+checkpoints nor resumes, so this backend writes and finds checkpoints itself, in the Ray backend's layout and on
+the same storage (a local path or s3://)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import torch
 from gan_dist import checkpoint
 from gan_dist.config import Config
 from gan_dist.data import placement
-from gan_dist.data.reader import DataPosition, InMemoryReader, resident_reader
-from gan_dist.data.stream import StreamReader
+from gan_dist.data.placement import Positions
+from gan_dist.data.reader import Batch
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist import storage
 from gan_dist.train.loop import LoopResult
 
 
@@ -27,29 +27,21 @@ class LocalContext:
         self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
         self.device = torch.device("cuda" if cfg.run.gpu else "cpu")
         self.placement = placement.choose(cfg.data, manifest, 1, self.device)
-        t = cfg.train
-        self.reader: InMemoryReader | StreamReader
-        if self.placement.resident:
-            self.reader = resident_reader(data_uri, manifest, t.batch_size, 0, 1, t.seed, cfg.data.shuffle,
-                                          self.device)
-        else:
-            self.reader = StreamReader(data_uri, manifest, t.batch_size, 0, 1, t.seed, cfg.data.shuffle, self.device,
-                                       workers=cfg.data.stream_workers)
+        self.readers = {"train": placement.open_reader(cfg, data_uri, manifest, 0, 1, self.device,
+                                                       self.placement.resident)}
 
-    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        return self.reader.batches(start)
+    def batches(self, names: tuple[str, ...], start: Positions) -> Iterator[tuple[dict[str, Batch], Positions]]:
+        return placement.read_together(self.readers, names, start)
 
     def latest_checkpoint(self) -> str | None:
         return checkpoint.latest_complete(self.run_uri)
 
     def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
-        checkpoint.publish_local(self.run_uri, step, state, meta)
+        checkpoint.publish(self.run_uri, step, state, meta)
 
 
 def check_local(cfg: Config) -> None:
     """What the local backend cannot do, refused before any work."""
-    if storage.is_remote(cfg.run.storage):
-        raise UserError("the local backend writes checkpoints to a local --storage path; use --backend ray for s3://")
     if cfg.run.gpu and not torch.cuda.is_available():
         raise UserError("--gpu was given but torch sees no CUDA device; drop --gpu to train on the CPU")
 

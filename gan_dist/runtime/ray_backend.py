@@ -14,79 +14,26 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-import pyarrow as pa
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.data import DataIterator
-from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
-from gan_dist import checkpoint
+from gan_dist import checkpoint, storage
 from gan_dist.config import Config, config_from_dict
 from gan_dist.data import placement
-from gan_dist.data.prefetch import to_device_ahead
+from gan_dist.data.placement import Positions
 from gan_dist.data.prepare import embedded_digits
-from gan_dist.data.reader import DataPosition, InMemoryReader, read_manifest, resident_reader, shard_uris
-from gan_dist.data.shards import Manifest, decode_images
+from gan_dist.data.ray_stream import RayStreamReader, shard_dataset
+from gan_dist.data.reader import Batch, read_manifest
+from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist import storage
 from gan_dist.train.loop import LoopResult
 
 T = TypeVar("T")
-# Rows buffered per worker for the local shuffle; the file order is also shuffled per epoch.
-SHUFFLE_BUFFER_ROWS = 4096
-# Rows per Ray Data block decoded in its tasks, and per batch the worker fetches: Ray's cost is per batch handed
-# over, so the worker takes ~this many rows at a time and slices training batches out of them.
-STREAM_CHUNK_ROWS = 1024
-
-
-def decode_block(batch: pa.Table, manifest: Manifest) -> dict[str, np.ndarray]:
-    """Runs in Ray Data tasks, outside the training process: shard rows -> fixed-shape uint8 N×H×W×C."""
-    return {"image": decode_images(batch.column("image"), manifest)}
-
-
-class _ImagesCollate(NumpyBatchCollateFn):
-    def __call__(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(batch["image"])  # already decoded: no per-row work in the training process
-
-
-def shard_dataset(cfg: Config, manifest: Manifest, data_uri: str) -> ray.data.Dataset:
-    """The shards as a Ray Data dataset of decoded uint8 images; the decoding runs in Ray Data tasks."""
-    return ray.data.read_parquet(
-        shard_uris(storage.absolute_uri(data_uri), manifest),
-        # File order seeded, and reseeded on every execution (epoch) of the pipeline.
-        shuffle=ray.data.FileShuffleConfig(seed=cfg.train.seed) if cfg.data.shuffle else None,
-    ).select_columns(["image"]).map_batches(decode_block, fn_kwargs={"manifest": manifest}, batch_format="pyarrow",
-                                            batch_size=STREAM_CHUNK_ROWS)
-
-
-def stream_batches(shard: DataIterator, cfg: Config, rank: int, device: torch.device,
-                   start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-    """Training batches from a Ray Data iterator, epoch after epoch, on `device`: pinned and copied ahead on a GPU.
-    Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping into a
-    different order of the interrupted one."""
-    def host_batches() -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        epoch = start.epoch + (1 if start.batch else 0)
-        size = cfg.train.batch_size
-        per_chunk = max(1, STREAM_CHUNK_ROWS // size)
-        while True:
-            seed = cfg.train.seed * 1_000_003 + epoch * 7919 + rank
-            shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if cfg.data.shuffle else {}
-            chunks = shard.iter_torch_batches(batch_size=size * per_chunk, collate_fn=_ImagesCollate(), device="cpu",
-                                              pin_memory=device.type == "cuda", prefetch_batches=2, **shuffle)
-            index = 0
-            for chunk in chunks:
-                for offset in range(0, len(chunk) - size + 1, size):  # drop_last, per chunk
-                    index += 1
-                    yield chunk[offset : offset + size], DataPosition(epoch, index)
-            epoch += 1
-
-    return to_device_ahead(host_batches(), device)
 
 
 class RayContext:
@@ -98,11 +45,14 @@ class RayContext:
         self.placement = self._agree(placement.choose(cfg.data, manifest, self.world_size, self.device))
         # Resident: this worker's contiguous share of the rows, read once with pyarrow and kept on the device; each
         # epoch a seeded permutation of it (reproducible, exactly resumable, no Ray Data start-up per epoch). Read
-        # now, where a bad shard can still be refused by every rank together.
-        self.reader: InMemoryReader | None = None
+        # now, where a bad shard can still be refused by every rank together. Streamed: this worker's shard of the
+        # Ray Data dataset of the same name.
+        reader: placement.Reader
         if self.placement.resident:
-            self.reader = resident_reader(data_uri, manifest, cfg.train.batch_size, self.rank, self.world_size,
-                                          cfg.train.seed, cfg.data.shuffle, self.device)
+            reader = placement.open_reader(cfg, data_uri, manifest, self.rank, self.world_size, self.device, True)
+        else:
+            reader = RayStreamReader(ray.train.get_dataset_shard("train"), cfg, self.rank, self.device)
+        self.readers = {"train": reader}
 
     def _agree(self, chosen: placement.Placement) -> placement.Placement:
         """Resident only if every worker's device can hold its share: all ranks must take the same path."""
@@ -114,10 +64,8 @@ class RayContext:
             return chosen
         return placement.Placement(False, "data: stream (another worker's device cannot hold its share)")
 
-    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        if self.reader is not None:
-            return self.reader.batches(start)
-        return stream_batches(ray.train.get_dataset_shard("train"), self.cfg, self.rank, self.device, start)
+    def batches(self, names: tuple[str, ...], start: Positions) -> Iterator[tuple[dict[str, Batch], Positions]]:
+        return placement.read_together(self.readers, names, start)
 
     def latest_checkpoint(self) -> str | None:
         # From storage, not ray.train.get_checkpoint(): a hard crash just after an upload leaves the newest

@@ -7,8 +7,8 @@ from typing import Any, Protocol
 
 import torch
 
-from gan_dist.data.placement import Placement
-from gan_dist.data.reader import DataPosition
+from gan_dist.data.placement import Placement, Positions
+from gan_dist.data.reader import Batch
 from gan_dist.data.shards import Manifest
 
 
@@ -16,12 +16,13 @@ class WorkerContext(Protocol):
     rank: int
     world_size: int
     device: torch.device
-    manifest: Manifest
+    manifest: Manifest  # of the "train" dataset
     run_uri: str
     placement: Placement  # resident on the device, or streamed; logged at the start
 
-    def batches(self, start: DataPosition) -> Iterator[tuple[torch.Tensor, DataPosition]]:
-        """uint8 batches B×H×W×C (this rank's part of each epoch) with the position after each, from `start`."""
+    def batches(self, names: tuple[str, ...], start: Positions) -> Iterator[tuple[dict[str, Batch], Positions]]:
+        """One batch of each named dataset per step (this rank's part of each epoch), with the positions after
+        them, from `start`."""
         ...
 
     def latest_checkpoint(self) -> str | None:

@@ -1,0 +1,34 @@
+"""Image conversions in one place: stored uint8 <-> the models' [-1, 1] floats, PNG bytes, grids."""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image
+
+
+def to_model_range(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 B×H×W×C (as stored) -> float B×C×H×W in [-1, 1], on whatever device the batch is."""
+    return images_u8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float B×C×H×W in [-1, 1] -> uint8 B×C×H×W for PNGs."""
+    return images.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def png_bytes(image_chw_u8: torch.Tensor) -> bytes:
+    array = image_chw_u8.permute(1, 2, 0).cpu().numpy()
+    if array.shape[2] == 1:
+        array = array[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def grid_image(images_u8: torch.Tensor, nrow: int = 8) -> torch.Tensor:
+    """uint8 B×C×H×W -> one uint8 C×H'×W' image of the batch tiled `nrow` to a row."""
+    from torchvision.utils import make_grid
+
+    return make_grid(images_u8, nrow=nrow, padding=2, pad_value=0)

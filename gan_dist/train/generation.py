@@ -1,0 +1,154 @@
+"""Image generation, unconditional or class-conditional: G and D, their optimizers, the EMA generator, and one
+training step (a D update, then a G update)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from gan_dist import seeds
+from gan_dist.config import Config
+from gan_dist.data.reader import Batch
+from gan_dist.data.shards import Manifest
+from gan_dist.imaging import grid_image, to_model_range, to_uint8
+from gan_dist.models import build_discriminator, build_generator, update_spectral_norms
+from gan_dist.train import losses, speed
+from gan_dist.train.ema import EMA
+from gan_dist.train.task import Task, frozen
+
+GRID_COLUMNS = 8
+GRID_ROWS = 8  # unconditional grids; conditional ones have a row per class
+MAX_GRID_CLASSES = 32  # rows of a conditional grid: the first classes only, for datasets with very many
+
+
+def num_classes(cfg: Config, manifest: Manifest) -> int:
+    """Classes the nets are conditioned on: the dataset's, when the model is conditional; 0 otherwise."""
+    return len(manifest.class_names) if cfg.model.conditional else 0
+
+
+class GenerationTask(Task):
+    """`G`/`D` are the plain modules; `G_ddp`/`D_ddp` the DDP wrappers when distributed (the same modules
+    otherwise); `ema` the averaged generator that previews and exports use (None with train.ema off)."""
+
+    METRICS = ("loss_D", "loss_G", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "lr_G", "lr_D")
+
+    def __init__(self, cfg: Config, manifest: Manifest, device: torch.device, rank: int = 0, world_size: int = 1):
+        m, t = cfg.model, cfg.train
+        self.cfg, self.rank = cfg, rank
+        self.resolution, self.channels = manifest.resolution, manifest.channels
+        self.num_classes = num_classes(cfg, manifest)
+        torch.manual_seed(seeds.derive(t.seed, "init"))  # identical initial weights on every rank (DDP also
+        # broadcasts rank 0's)
+        self.G = build_generator(m, self.resolution, self.channels, self.num_classes).to(device)
+        self.D = build_discriminator(m, self.resolution, self.channels, self.num_classes).to(device)
+        super().__init__(device, speed.resolve(t, device, self.D))
+        self.G_ddp, self.D_ddp = self.G, self.D
+        if world_size > 1:
+            ids = [device] if device.type == "cuda" else None
+            self.G_ddp = DistributedDataParallel(self.G, device_ids=ids)
+            self.D_ddp = DistributedDataParallel(self.D, device_ids=ids)
+        self.d_loss, self.g_loss = losses.LOSSES[t.loss]
+        fused = self.features.fused_adam
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+        self.nets, self.optimizers = {"G": self.G, "D": self.D}, {"G": self.opt_g, "D": self.opt_d}
+        # What the step calls: compiled views when asked. G/D stay plain for previews, state dicts and checks.
+        self.G_step = speed.compiled(self.G_ddp, self.features)
+        self.D_step = speed.compiled(self.D_ddp, self.features)
+        self.D_for_g = speed.compiled(self.D, self.features)
+        self.noise = torch.Generator(device=device)
+        self.ema = EMA(self.G, t.ema_half_life_kimg, t.ema_rampup, t.batch_size * world_size) if t.ema else None
+        self.grid_z, self.grid_labels = self._grid_inputs(t.seed)
+
+    def latents(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n latents, and n uniformly drawn classes when conditional."""
+        self.noise.manual_seed(seed)
+        z = torch.randn(n, self.cfg.model.z_dim, device=self.device, generator=self.noise)
+        if not self.num_classes:
+            return z, None
+        return z, torch.randint(self.num_classes, (n,), device=self.device, generator=self.noise)
+
+    def _grid_inputs(self, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The preview's latents (and classes: a row per class, the same latents in every row, so a column shows
+        one latent across the classes)."""
+        if not self.num_classes:
+            z, _ = self.latents(GRID_ROWS * GRID_COLUMNS, seeds.derive(seed, "preview"))
+            return z.clone(), None
+        rows = min(self.num_classes, MAX_GRID_CLASSES)
+        z, _ = self.latents(GRID_COLUMNS, seeds.derive(seed, "preview"))
+        labels = torch.arange(rows, device=self.device).repeat_interleave(GRID_COLUMNS)
+        return z.repeat(rows, 1), labels
+
+    def train_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
+        """One D update then one G update. The latents are a pure function of (seed, rank, step), so a resumed
+        run draws exactly the noise the uninterrupted run would have drawn, without RNG state."""
+        batch = batches["train"]
+        speed.mark_step_begin(self.features)
+        real = to_model_range(batch["image"].to(self.device, non_blocking=True))
+        real_labels = batch["label"].to(self.device, non_blocking=True) if self.num_classes else None
+        z, fake_labels = self.latents(real.shape[0], seeds.derive(self.cfg.train.seed, "latents", self.rank, step))
+        update_spectral_norms(self.D)  # the power iteration, outside any compiled region: forwards stay pure
+
+        with self.autocast():
+            fake = self.G_step(z, fake_labels)
+            real_logits, fake_logits = self._d_logits(real, fake.detach(), real_labels, fake_labels)
+            loss_d = self.d_loss(real_logits, fake_logits)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        grad_norm_d, bad_d = self.guarded_update(self.opt_d, self.D)
+
+        # The plain D (not its DDP wrapper): no D gradients to synchronise in the G update.
+        with self.autocast(), frozen(self.D):
+            loss_g = self.g_loss(self.D_for_g(fake, fake_labels).float())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        grad_norm_g, bad_g = self.guarded_update(self.opt_g, self.G)
+        self.nonfinite.record(bad_d | bad_g)
+        if self.ema is not None:
+            self.ema.update(self.G, step)
+        return {
+            "loss_D": loss_d.detach(),
+            "loss_G": loss_g.detach(),
+            "D_real": torch.sigmoid(real_logits.detach()).mean(),
+            "D_fake": torch.sigmoid(fake_logits.detach()).mean(),
+            "grad_norm_D": grad_norm_d,
+            "grad_norm_G": grad_norm_g,
+        }
+
+    def _d_logits(self, real: torch.Tensor, fake: torch.Tensor, real_labels: torch.Tensor | None,
+                  fake_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's float logits for the real and the fake batch: one forward over both when D allows it."""
+        if self.features.concat_d_forward:
+            # In the generator's dtype (bf16 under autocast): D's first layer would cast to it anyway.
+            labels = None if real_labels is None else torch.cat([real_labels, fake_labels])
+            logits = self.D_step(torch.cat([real.to(fake.dtype), fake]), labels).float()
+            return logits[: len(real)], logits[len(real) :]
+        return self.D_step(real, real_labels).float(), self.D_step(fake, fake_labels).float()
+
+    @property
+    def inference_generator(self) -> torch.nn.Module:
+        """The generator previews and exports use: the EMA one when there is one."""
+        return self.G if self.ema is None else self.ema.net
+
+    @torch.no_grad()
+    def preview(self) -> torch.Tensor:
+        G = self.inference_generator
+        G.eval()  # batch-norm running statistics
+        try:
+            with self.autocast():
+                images = to_uint8(G(self.grid_z, self.grid_labels))
+        finally:
+            G.train(G is self.G)  # the EMA copy stays in eval mode
+        return grid_image(images, nrow=GRID_COLUMNS)
+
+    def export(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"generator": self.inference_generator.state_dict()}
+
+    def extra_state(self) -> dict[str, Any]:
+        return {} if self.ema is None else {"ema": {"G": self.ema.net.state_dict()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.ema is not None:  # a checkpoint of a run without EMA starts the average at its G
+            self.ema.net.load_state_dict(state["ema"]["G"] if "ema" in state else state["nets"]["G"])

@@ -1,0 +1,191 @@
+"""What the loop does around the training step, as parts that each own their schedule: the metric window, the
+non-finite recovery, preview grids and checkpoints. The loop calls them in order after every step; evaluation
+will be one more."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from gan_dist import checkpoint as ckpt
+from gan_dist.config import Config
+from gan_dist.data.placement import Positions
+from gan_dist.data.reader import DataPosition
+from gan_dist.errors import UserError
+from gan_dist.tracking import RunTracker, wandb_run_id
+from gan_dist.train import rng
+from gan_dist.train.context import WorkerContext
+from gan_dist.train.task import Task
+
+
+@dataclass
+class TrainState:
+    """Counters and data positions; the nets and optimizers live in the task."""
+
+    step: int = 0
+    images_seen: int = 0
+    positions: Positions = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "images_seen": self.images_seen,
+                "positions": {name: vars(at) for name, at in self.positions.items()}}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "TrainState":
+        # Checkpoints written before datasets had names hold one "position": the train dataset's.
+        positions = raw["positions"] if "positions" in raw else {"train": raw["position"]}
+        return cls(raw["step"], raw["images_seen"], {name: DataPosition(**at) for name, at in positions.items()})
+
+
+class Part(Protocol):
+    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> TrainState | None:
+        """After the step that brought the run to `state.step`; a state to go on from replaces the loop's."""
+        ...
+
+
+def due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def restore(task: Task, ctx: WorkerContext, checkpoint: str) -> TrainState:
+    """Load a checkpoint into the task and this rank's RNG; every rank reads the same files."""
+    saved = ckpt.load_state(checkpoint, ctx.device)
+    try:
+        task.load_state_dict(saved)
+        rng.restore(saved.get("rng", []), ctx.rank)
+        return TrainState.from_dict(saved["train"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # loads, but is not this task's state
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ckpt.CorruptCheckpoint(f"{checkpoint}: state.pt does not hold this run's nets and optimizers "
+                                     f"({detail})") from None
+
+
+def restore_newest(task: Task, ctx: WorkerContext, cfg: Config,
+                   skipped: list[str]) -> tuple[str, TrainState] | None:
+    """The run's newest checkpoint that loads, older ones standing in for any that do not (each one's reason
+    goes to `skipped`); for a run that has none yet, --resume-from's. Corruption is in the bytes, so every rank
+    skips the same checkpoints and they all restore the same one."""
+    for uri in ckpt.newest_first(ctx.run_uri, ctx.latest_checkpoint()):
+        try:
+            return uri, restore(task, ctx, uri)
+        except ckpt.CorruptCheckpoint as exc:
+            skipped.append(str(exc))
+    if skipped:  # starting over would overwrite checkpoints that a person may still be able to repair
+        raise UserError(f"no checkpoint of this run loads ({'; '.join(skipped)}); nothing was overwritten: "
+                        f"restore or delete them, or start a new run (--name)")
+    if cfg.run.resume_from:
+        return cfg.run.resume_from, restore(task, ctx, cfg.run.resume_from)
+    return None
+
+
+class Checkpoints:
+    """Every checkpoint_every steps and at the last: the task's state, its exports and meta.json, then retention."""
+
+    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, meta: dict[str, Any]):
+        self.task, self.ctx, self.cfg, self.meta = task, ctx, cfg, meta
+        self.seconds = 0.0  # time spent writing and uploading checkpoints, to watch their cost
+        self.metrics: dict[str, float] = {}  # the newest log step's, recorded with each checkpoint
+
+    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
+        if due(state.step, self.cfg.train.checkpoint_every, self.cfg.train.steps):
+            started = time.perf_counter()
+            self.save(state)
+            self.seconds += time.perf_counter() - started
+
+    def save(self, state: TrainState) -> None:
+        ctx, task = self.ctx, self.task
+        divergence = task.rank_divergence()  # collectives first: every rank takes part
+        rng_states = rng.gather_all()
+        if ctx.rank == 0 and divergence:
+            print(f"warning: replicas differ across ranks at step {state.step} (by {divergence:.3g})", flush=True)
+        payload = None
+        if ctx.rank == 0:
+            payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states,
+                       ckpt.EXPORTS: task.export()}
+        meta = {"step": state.step, "metrics": self.metrics, "config": self.cfg.model_dump(),
+                "rank_divergence": divergence, "world_size": ctx.world_size, **self.meta,
+                "wandb_run_id": wandb_run_id(ctx.run_uri)}
+        ctx.save_checkpoint(state.step, payload, meta)
+        if ctx.rank == 0:
+            r = self.cfg.run
+            ckpt.prune(ctx.run_uri, r.keep_checkpoints, state.step, r.keep_best, r.keep_best_mode)
+
+
+class MetricWindow:
+    """Every log_every steps and at the last: the step's outputs and the loop's counters over the window since
+    the previous log step, to metrics.jsonl, W&B and the console (rank 0). `.item()` synchronises the device:
+    only here, never every step."""
+
+    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
+                 checkpoints: Checkpoints):
+        self.task, self.ctx, self.cfg, self.tracker, self.checkpoints = task, ctx, cfg, tracker, checkpoints
+        self.images_per_step = cfg.train.batch_size * ctx.world_size
+        self.started, self.images, self.skipped_before = time.perf_counter(), 0, 0.0
+
+    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
+        self.images += self.images_per_step
+        if self.tracker:
+            self.tracker.progress(state.step)
+        if not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
+            return
+        elapsed = time.perf_counter() - self.started
+        skipped_total = self.task.nonfinite.total.item()
+        metrics = {"step": state.step, "images_seen": state.images_seen, **{k: v.item() for k, v in out.items()},
+                   "img_per_s": self.images / max(elapsed, 1e-9), "skipped_updates": skipped_total - self.skipped_before,
+                   "checkpoint_seconds": self.checkpoints.seconds, "epoch": state.positions["train"].epoch,
+                   **self.task.learning_rates(), **_device_memory(self.ctx.device)}
+        self.skipped_before = skipped_total
+        self.checkpoints.metrics = metrics
+        if self.tracker:
+            self.tracker.log(metrics)
+            if metrics["skipped_updates"]:
+                self.tracker.log_event({"event": "nonfinite_skip", "step": state.step,
+                                        "skipped_updates": int(metrics["skipped_updates"])})
+        self.started, self.images = time.perf_counter(), 0
+
+
+def _device_memory(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}
+    return {"gpu_mem_gb": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
+class NonFiniteRecovery:
+    """At log steps: after nonfinite_patience skipped updates in a row, back to the newest checkpoint with the
+    learning rates multiplied by nonfinite_lr_factor."""
+
+    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None):
+        self.task, self.ctx, self.cfg, self.tracker = task, ctx, cfg, tracker
+
+    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> TrainState | None:
+        t = self.cfg.train
+        if not due(state.step, t.log_every, t.steps) or self.task.nonfinite.streak.item() < t.nonfinite_patience:
+            return None
+        skipped: list[str] = []
+        found = restore_newest(self.task, self.ctx, self.cfg, skipped)
+        if found is None:
+            raise UserError(f"training diverged (non-finite gradients) at step {state.step}, before the first "
+                            f"checkpoint; lower the learning rates, e.g. --set train.lr_d={t.lr_d / 2:g}")
+        _, restored = found
+        self.task.scale_learning_rates(t.nonfinite_lr_factor)
+        self.task.nonfinite.streak.zero_()
+        if self.tracker:
+            for reason in skipped:
+                self.tracker.message(f"warning: skipping {reason}")
+            self.tracker.log_event({"event": "nonfinite_restore", "step": state.step, "restored_step": restored.step,
+                                    **self.task.learning_rates()})
+        return restored
+
+
+class PreviewGrids:
+    """Every sample_every steps and at the last: the task's preview grid to samples/ and W&B (rank 0)."""
+
+    def __init__(self, task: Task, cfg: Config, tracker: RunTracker | None):
+        self.task, self.cfg, self.tracker = task, cfg, tracker
+
+    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
+        if self.tracker and due(state.step, self.cfg.train.sample_every, self.cfg.train.steps):
+            self.tracker.write_grid(state.step, self.task.preview())
