@@ -80,7 +80,7 @@ def test_sigkilled_worker_resumes_from_the_newest_complete_checkpoint(ray_cluste
                                   ["Body"].read()), weights_only=True)
     # The second attempt started its data where checkpoint 8 left it.
     for rank in (0, 1):
-        assert json.loads((markers / f"start-rank{rank}-1.json").read_text()) == saved["train"]["position"]
+        assert json.loads((markers / f"start-rank{rank}-1.json").read_text()) == saved["train"]["positions"]["train"]
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/killed/")["Contents"]}
     for step in (8, 12):
         for name in ("state.pt", "generator.safetensors", "meta.json"):
