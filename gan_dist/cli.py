@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from gan_dist.config import DEFAULT_PRESET, load_config, parse_override
+from gan_dist.config import DEFAULT_PRESET, Config, load_config, parse_override
 from gan_dist.data.images import FILTERS
 from gan_dist.data.shards import FORMATS
 from gan_dist.errors import UserError
@@ -135,12 +135,17 @@ _FLAG_KEYS = {
 }
 
 
+def _config(args: argparse.Namespace, flags: tuple[str, ...] = tuple(_FLAG_KEYS)) -> Config:
+    """The preset or file, then its --set overrides, then those of `flags` that were given (train and bench)."""
+    overrides: dict[str, Any] = dict(parse_override(text) for text in args.overrides)
+    overrides.update({_FLAG_KEYS[flag]: getattr(args, flag) for flag in flags if getattr(args, flag) is not None})
+    return load_config(args.preset, overrides)
+
+
 def _train(args: argparse.Namespace) -> None:
     from gan_dist.runtime.launch import train
 
-    overrides: dict[str, Any] = dict(parse_override(text) for text in args.overrides)
-    overrides.update({key: getattr(args, flag) for flag, key in _FLAG_KEYS.items() if getattr(args, flag) is not None})
-    result = train(load_config(args.preset, overrides))
+    result = train(_config(args))
     print(f"done: step {result.step}" + (f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""))
 
 
@@ -169,10 +174,7 @@ def _bench(args: argparse.Namespace) -> None:
     if args.json:
         check_json_target(args.json)  # one line now, not a traceback after the benchmark
 
-    overrides: dict[str, Any] = dict(parse_override(text) for text in args.overrides)
-    if args.batch_size:
-        overrides["train.batch_size"] = args.batch_size
-    cfg = load_config(args.preset, overrides)
+    cfg = _config(args, flags=("batch_size",))  # its --steps and --data are the benchmark's own
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")

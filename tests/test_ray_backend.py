@@ -24,20 +24,24 @@ pytestmark = pytest.mark.ray
 
 
 def make_recording_loop(out_dir: str):
-    """The project's loop, with each worker writing down the row ids of every batch it trained on."""
+    """The project's loop, with each worker writing down the row ids of every batch it trained on, and the rows
+    whose label is not the one tiny_data gave them (row % 10)."""
 
     def recording_loop(ctx, cfg):
-        seen = []
+        seen, mislabeled = [], []
         read = ctx.batches
 
         def batches(names, start):
             for batch, position in read(names, start):
-                seen.extend(row_ids(batch["train"]))
+                rows = row_ids(batch["train"])
+                seen.extend(rows)
+                mislabeled.extend(r for r, label in zip(rows, batch["train"]["label"].tolist()) if label != r % 10)
                 yield batch, position
 
         ctx.batches = batches
         result = train_loop(ctx, cfg)
         Path(out_dir, f"rows-rank{ctx.rank}.json").write_text(json.dumps(seen))
+        Path(out_dir, f"mislabeled-rank{ctx.rank}.json").write_text(json.dumps(mislabeled))
         return result
 
     return recording_loop
@@ -63,6 +67,7 @@ def test_two_workers_see_disjoint_rows(first_run):
     assert len(rank0) == len(rank1) == 10 * 8
     assert set(rank0).isdisjoint(rank1)
     assert len(set(rank0)) == len(rank0) and len(set(rank1)) == len(rank1)
+    assert all(json.loads((rows / f"mislabeled-rank{r}.json").read_text()) == [] for r in (0, 1))  # labels came along
 
 
 def test_replicas_stay_identical_across_ranks(first_run):
@@ -107,6 +112,7 @@ def test_streamed_data_path_also_gives_disjoint_rows(ray_cluster, tiny_data, tmp
     rank1 = json.loads((rows / "rows-rank1.json").read_text())
     assert len(rank0) == len(rank1) == 6 * 8
     assert set(rank0).isdisjoint(rank1)
+    assert all(json.loads((rows / f"mislabeled-rank{r}.json").read_text()) == [] for r in (0, 1))  # through Ray Data
 
 
 def test_resumed_ray_run_matches_an_uninterrupted_one_exactly(first_run, tmp_path):
@@ -123,6 +129,8 @@ def test_resumed_ray_run_matches_an_uninterrupted_one_exactly(first_run, tmp_pat
     for name in ("G", "D"):
         for key, tensor in a["nets"][name].items():
             assert torch.equal(tensor, b["nets"][name][key]), (name, key)
+    for key, tensor in a["ema"]["G"].items():  # the EMA generator too
+        assert torch.equal(tensor, b["ema"]["G"][key]), key
 
 
 def test_step_benchmark_also_times_the_ray_data_streamed_path(ray_cluster, tmp_path):

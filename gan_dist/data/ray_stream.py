@@ -32,7 +32,8 @@ def decode_block(batch: pa.Table, manifest: Manifest) -> dict[str, np.ndarray]:
 
 class _BatchCollate(NumpyBatchCollateFn):
     def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
-        return {name: torch.from_numpy(batch[name]) for name in COLUMNS}  # already decoded: no per-row work here
+        # Already decoded: no per-row work here. Ray may hand over read-only arrays (the labels); torch wants its own.
+        return {name: torch.from_numpy(np.require(batch[name], requirements="W")) for name in COLUMNS}
 
 
 def shard_dataset(cfg: Config, manifest: Manifest, data_uri: str) -> ray.data.Dataset:
