@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 
 from gan_dist.config import Config
@@ -98,9 +99,14 @@ def _cycle(batches: list[Batch]) -> Iterator[tuple[Batch, DataPosition]]:
         i += 1
 
 
+SYNTHETIC_CLASSES = 10  # synthetic shards are labeled, so a class-conditional model is timed conditional
+
+
 def _synthetic_shards(root: str, options: BenchOptions, count: int) -> str:
     uri = str(Path(root) / "shards")
-    source = ArraySource(synthetic_images(count, options.resolution, channels=options.channels), None, [], "synthetic")
+    labels = np.arange(count) % SYNTHETIC_CLASSES
+    source = ArraySource(synthetic_images(count, options.resolution, channels=options.channels), labels,
+                         [str(k) for k in range(SYNTHETIC_CLASSES)], "synthetic")
     write_dataset(source, uri, PrepareOptions(ImageSpec(options.resolution, options.channels), shard_size=4096),
                   progress=False)
     return uri
@@ -209,8 +215,9 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
             return BenchRow(path, img_per_s, step_ms, note or task.features.describe())
 
         shape = (batch, manifest.resolution, manifest.resolution, manifest.channels)
+        classes = max(1, len(manifest.class_names))
         fixed = [{"image": torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device),
-                  "label": torch.zeros(batch, dtype=torch.int64, device=options.device)} for _ in range(4)]
+                  "label": torch.randint(0, classes, (batch,), device=options.device)} for _ in range(4)]
         # Built first: it refuses a dataset smaller than one batch before any timing.
         resident = open_reader(cfg, data_uri, manifest, 0, 1, options.device, resident=True)
         rows = [measure("synthetic", _cycle(fixed), "")]

@@ -62,9 +62,10 @@ def row_ids(batch) -> list[int]:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
-    """256 numbered 16x16 grayscale images in 4 shards."""
+    """256 numbered 16x16 grayscale images in 4 shards, labeled row % 10 (classes "0".."9")."""
     out = tmp_path_factory.mktemp("tiny") / "shards"
-    write_shards(numbered_images(256), np.arange(256, dtype=np.int32) % 10, str(out), shard_size=64)
+    write_shards(numbered_images(256), np.arange(256, dtype=np.int32) % 10, str(out), shard_size=64,
+                 class_names=[str(k) for k in range(10)])
     return str(out)
 
 

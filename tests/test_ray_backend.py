@@ -14,6 +14,7 @@ from conftest import row_ids, tiny_config
 from gan_dist import checkpoint
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
+from gan_dist.sample import write_samples
 from gan_dist.train.loop import train_loop
 
 # Ship this module's loop wrapper to the workers by value: they cannot import the tests folder.
@@ -173,3 +174,14 @@ def test_shards_that_do_not_match_their_manifest_are_refused_by_every_worker_in_
     assert "shard" in message and "prepare" in message and "\n" not in message
     assert "training failed" not in message and "--resume" not in message
     assert not checkpoint.list_checkpoints(str(tmp_path / "edited"))
+
+
+def test_a_conditional_model_trains_on_two_workers_with_identical_replicas(ray_cluster, tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"run.num_workers": 2, "run.name": "conditional",
+                                                    "model.conditional": True, "train.steps": 4,
+                                                    "train.checkpoint_every": 4})
+    assert train(cfg).step == 4
+    meta = json.loads((tmp_path / "conditional" / "checkpoint_000000004" / "meta.json").read_text())
+    assert meta["rank_divergence"] == 0.0 and meta["data"]["class_names"] == [str(k) for k in range(10)]
+    written = write_samples(str(tmp_path / "conditional"), 4, str(tmp_path / "sevens"), classes=["7"])
+    assert len(written) == 4 and (tmp_path / "sevens" / "labels.csv").read_text().count(",7,7") == 4

@@ -18,6 +18,7 @@ from gan_dist.models import check_resolution
 from gan_dist import storage
 from gan_dist.runtime.local import check_local, run_local
 from gan_dist.tracking import METRICS_FILE
+from gan_dist.train.generation import num_classes
 from gan_dist.train.loop import LOGGED_METRICS, LoopResult, train_loop
 
 
@@ -90,12 +91,6 @@ def resume_from(cfg: Config, manifest: Manifest) -> tuple[str, int] | None:
     return uri, checkpoint.load_meta(uri)["step"]
 
 
-def check_classes(cfg: Config, manifest: Manifest, data_uri: str) -> None:
-    if cfg.model.conditional and not manifest.class_names:
-        raise UserError(f"model.conditional=true needs a labeled dataset, and {data_uri} has no classes; prepare one "
-                        f"from a folder with a subfolder per class (or an .npz with labels), or train unconditionally")
-
-
 def check_batch_fits(cfg: Config, manifest: Manifest) -> None:
     share = manifest.count // cfg.run.num_workers  # the smallest worker's rows
     if share < cfg.train.batch_size:
@@ -122,7 +117,7 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     data_uri = cfg.data.path or embedded_digits()
     manifest = read_manifest(data_uri)
     check_resolution(manifest.resolution, cfg.model.arch)
-    check_classes(cfg, manifest, data_uri)
+    num_classes(cfg, manifest, data_uri)  # a conditional model needs a labeled dataset
     warn_unlogged_best(cfg)
     check_batch_fits(cfg, manifest)
     name = run_name(cfg)

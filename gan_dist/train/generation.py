@@ -12,6 +12,7 @@ from gan_dist import seeds
 from gan_dist.config import Config
 from gan_dist.data.reader import Batch
 from gan_dist.data.shards import Manifest
+from gan_dist.errors import UserError
 from gan_dist.imaging import grid_image, to_model_range, to_uint8
 from gan_dist.models import build_discriminator, build_generator, update_spectral_norms
 from gan_dist.train import losses, speed
@@ -23,8 +24,11 @@ GRID_ROWS = 8  # unconditional grids; conditional ones have a row per class
 MAX_GRID_CLASSES = 32  # rows of a conditional grid: the first classes only, for datasets with very many
 
 
-def num_classes(cfg: Config, manifest: Manifest) -> int:
+def num_classes(cfg: Config, manifest: Manifest, dataset: str = "the dataset") -> int:
     """Classes the nets are conditioned on: the dataset's, when the model is conditional; 0 otherwise."""
+    if cfg.model.conditional and not manifest.class_names:
+        raise UserError(f"model.conditional=true needs a labeled dataset, and {dataset} has no classes; prepare one "
+                        f"from a folder with a subfolder per class (or an .npz with labels), or train unconditionally")
     return len(manifest.class_names) if cfg.model.conditional else 0
 
 
