@@ -25,6 +25,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from gan_dist import storage
 from gan_dist.config import Config
 from gan_dist.data.bench import synthetic_images
 from gan_dist.data.images import ImageSpec
@@ -35,8 +36,8 @@ from gan_dist.data.shards import Manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.errors import UserError
 from gan_dist.models import check_resolution
-from gan_dist import storage
-from gan_dist.train.generation import GenerationTask
+from gan_dist.train.loop import build_task
+from gan_dist.train.task import Task
 
 # The reference script's models, by our architecture name: (its model key, its loss name).
 REFERENCE_MODELS = {"dcgan": ("dcgan64", "bce"), "resnet_sn": ("sngan32", "hinge")}
@@ -85,7 +86,7 @@ def time_steps(step: Callable[[int], None], batch_size: int, options: BenchOptio
     return batch_size / seconds, seconds * 1000
 
 
-def _project_step(task: GenerationTask, batches: Iterator[tuple[Batch, DataPosition]]) -> Callable[[int], None]:
+def _project_step(task: Task, batches: Iterator[tuple[Batch, DataPosition]]) -> Callable[[int], None]:
     def step(i: int) -> None:
         batch, _ = next(batches)
         task.train_step({"train": batch}, i)
@@ -158,7 +159,7 @@ def _is_bench_result(path: str) -> bool:
     return isinstance(record, dict) and "rows" in record
 
 
-def _reference_step(module: ModuleType, cfg: Config, task: GenerationTask, manifest: Manifest,
+def _reference_step(module: ModuleType, cfg: Config, task: Task, manifest: Manifest,
                     options: BenchOptions) -> Callable[[int], None] | str:
     """The reference's own step at our config, or why it cannot be compared (a different architecture)."""
     key, loss = REFERENCE_MODELS[cfg.model.arch]
@@ -166,7 +167,7 @@ def _reference_step(module: ModuleType, cfg: Config, task: GenerationTask, manif
     module.DEV = options.device.type
     torch.manual_seed(0)
     G, D = make_g().to(options.device), make_d().to(options.device)
-    ours = (manifest.resolution, manifest.channels, cfg.model.z_dim, _count(task.G), _count(task.D))
+    ours = (manifest.resolution, manifest.channels, cfg.model.z_dim, _count(task.nets["G"]), _count(task.nets["D"]))
     theirs = (resolution, 3, z_dim, _count(G), _count(D))
     if ours != theirs:
         return (f"not comparable: reference {key} has (resolution, channels, z_dim, G params, D params) = {theirs}, "
@@ -206,8 +207,8 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
         manifest = read_manifest(data_uri)
         check_resolution(manifest.resolution, cfg.model.arch)  # --data's size, as `train` checks it
 
-        def fresh_task() -> GenerationTask:  # each path starts from the same weights and optimizer state
-            return GenerationTask(cfg, manifest, options.device)
+        def fresh_task() -> Task:  # each path starts from the same weights and optimizer state
+            return build_task(cfg, manifest, options.device)
 
         def measure(path: str, batches: Iterator[tuple[Batch, DataPosition]], note: str) -> BenchRow:
             task = fresh_task()

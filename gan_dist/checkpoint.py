@@ -26,9 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
+from gan_dist import storage
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist import storage
 
 STATE_FILE = "state.pt"
 GENERATOR_FILE = "generator.safetensors"  # the generator alone, for inference: no pickle, no optimizer state

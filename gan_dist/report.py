@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import pyarrow.fs as pafs
 
-from gan_dist.errors import UserError
 from gan_dist import storage
+from gan_dist.errors import UserError
 from gan_dist.tracking import METRICS_FILE
 
 PANELS = (

@@ -10,9 +10,10 @@ import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pyarrow.fs as pafs
+
+from gan_dist import storage
 from gan_dist.config import LogConfig
 from gan_dist.imaging import png_bytes
-from gan_dist import storage
 
 if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` starts in a second, not ten
     import torch

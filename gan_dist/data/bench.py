@@ -19,12 +19,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from gan_dist import storage
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, write_dataset
 from gan_dist.data.reader import read_manifest, shard_uris
 from gan_dist.data.shards import Manifest, decode_images
 from gan_dist.data.sources import ArraySource
-from gan_dist import storage
 
 
 def synthetic_images(count: int, resolution: int, seed: int = 0, channels: int = 3) -> np.ndarray:

@@ -26,11 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gan_dist import storage
 from gan_dist.data.images import FILTERS, ImageSpec, Skip, encode, to_square_array
 from gan_dist.data.shards import FORMATS, MANIFEST_NAME, SHARD_SCHEMA, Manifest, content_hash
 from gan_dist.data.sources import ArraySource, Source, digits_source, open_source
 from gan_dist.errors import UserError
-from gan_dist import storage
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 
+from gan_dist import seeds, storage
 from gan_dist.data.shards import COLUMNS, MANIFEST_NAME, NO_LABEL, PREPARE_AGAIN, Manifest, decode_images
 from gan_dist.errors import UserError
-from gan_dist import seeds, storage
 
 
 # What every reader yields: one tensor per column, "image" uint8 B×H×W×C and "label" int64 B.

@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from gan_dist import seeds, storage
 from gan_dist.data.prefetch import to_device_ahead
 from gan_dist.data.reader import Batch, DataPosition, count_error, label_array, shard_error, shard_uris
 from gan_dist.data.shards import COLUMNS, Manifest, decode_images
 from gan_dist.errors import UserError
-from gan_dist import seeds, storage
 
 FOOTER_THREADS = 16  # shard footers are read once, at construction; on s3:// each is a round trip
 

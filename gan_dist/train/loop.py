@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from gan_dist.config import Config
+from gan_dist.data.shards import Manifest
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train.context import WorkerContext
 from gan_dist.train.generation import GenerationTask
@@ -24,8 +27,9 @@ class LoopResult:
     resumed_from: int | None
 
 
-def build_task(cfg: Config, ctx: WorkerContext) -> Task:
-    return GenerationTask(cfg, ctx.manifest, ctx.device, ctx.rank, ctx.world_size)
+def build_task(cfg: Config, manifest: Manifest, device: torch.device, rank: int = 0, world_size: int = 1) -> Task:
+    """The task a config trains (image generation, unconditional or class-conditional, is the one so far)."""
+    return GenerationTask(cfg, manifest, device, rank, world_size)
 
 
 def checkpoint_meta(ctx: WorkerContext) -> dict:
@@ -37,7 +41,7 @@ def checkpoint_meta(ctx: WorkerContext) -> dict:
 
 def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     t = cfg.train
-    task = build_task(cfg, ctx)
+    task = build_task(cfg, ctx.manifest, ctx.device, ctx.rank, ctx.world_size)
     state, skipped = TrainState(), []
     found = restore_newest(task, ctx, cfg, skipped)
     if found is not None:
