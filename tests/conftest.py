@@ -75,7 +75,7 @@ def tiny_config(data: str, storage: str, **overrides):
         "data.path": data, "run.storage": storage, "run.name": "tiny",
         "model.z_dim": 8, "model.g_channels": 8, "model.d_channels": 8,
         "train.batch_size": 8, "train.steps": 6, "train.log_every": 2, "train.checkpoint_every": 3,
-        "train.sample_every": 3,
+        "train.sample_every": 3, "eval.features": "off",  # tests of evaluation turn it on
     }
     base.update(overrides)
     return load_config(None, base)

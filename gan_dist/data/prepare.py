@@ -154,8 +154,8 @@ class ShardWriter:
 class Progress:
     """A progress line with rate and ETA on stderr: redrawn in place on a terminal, a line every 10 s otherwise."""
 
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.stream, self.tty = total, stream, stream.isatty()
+    def __init__(self, total: int, stream=sys.stderr, label: str = "prepare"):
+        self.total, self.stream, self.tty, self.label = total, stream, stream.isatty(), label
         self.start = self.last = time.perf_counter()
 
     def update(self, done: int, final: bool = False, limit: int | None = None) -> None:
@@ -168,7 +168,7 @@ class Progress:
         rate = done / max(now - self.start, 1e-9)
         eta = (total - done) / rate if rate > 0 else 0.0
         tail = f", --limit {limit} reached" if limit else ("" if final else f" ETA {eta:,.0f}s")
-        line = f"prepare: {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:,.0f}/s{tail}"
+        line = f"{self.label}: {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:,.0f}/s{tail}"
         self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
         self.stream.flush()
 

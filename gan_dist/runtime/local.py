@@ -24,7 +24,7 @@ class LocalContext:
     world_size = 1
 
     def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
-        self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
+        self.cfg, self.manifest, self.data_uri, self.run_uri = cfg, manifest, data_uri, run_uri
         self.device = torch.device("cuda" if cfg.run.gpu else "cpu")
         self.placement = placement.choose(cfg.data, manifest, 1, self.device)
         self.readers = {"train": placement.open_reader(cfg, data_uri, manifest, 0, 1, self.device,

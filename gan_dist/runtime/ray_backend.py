@@ -39,7 +39,7 @@ T = TypeVar("T")
 class RayContext:
     def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
         context = ray.train.get_context()
-        self.cfg, self.manifest, self.run_uri = cfg, manifest, run_uri
+        self.cfg, self.manifest, self.data_uri, self.run_uri = cfg, manifest, data_uri, run_uri
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.placement = self._agree(placement.choose(cfg.data, manifest, self.world_size, self.device))

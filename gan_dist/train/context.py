@@ -17,6 +17,7 @@ class WorkerContext(Protocol):
     world_size: int
     device: torch.device
     manifest: Manifest  # of the "train" dataset
+    data_uri: str  # where this worker reads the "train" dataset (its evaluation caches live beside it)
     run_uri: str
     placement: Placement  # resident on the device, or streamed; logged at the start
 

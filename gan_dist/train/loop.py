@@ -12,13 +12,14 @@ from gan_dist.data.shards import Manifest
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train.context import WorkerContext
 from gan_dist.train.generation import GenerationTask
-from gan_dist.train.parts import (Checkpoints, MetricWindow, NonFiniteRecovery, Part, PreviewGrids, TrainState,
-                                  restore_newest)
+from gan_dist.eval.measure import EVAL_LOGGED
+from gan_dist.train.parts import (Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids,
+                                  TrainState, restore_newest)
 from gan_dist.train.task import Task
 
 # What a log step records: the loop's own keys and the task's; run.keep_best must name one of them.
 LOGGED_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch",
-                  "gpu_mem_gb", *GenerationTask.METRICS)
+                  "gpu_mem_gb", *GenerationTask.METRICS, *EVAL_LOGGED)
 
 
 @dataclass
@@ -60,8 +61,9 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
             tracker.message(f"resumed from step {state.step} ({found[0]})")
 
     checkpoints = Checkpoints(task, ctx, cfg, checkpoint_meta(ctx))
-    parts: list[Part] = [MetricWindow(task, ctx, cfg, tracker, checkpoints), NonFiniteRecovery(task, ctx, cfg, tracker),
-                         PreviewGrids(task, cfg, tracker), checkpoints]
+    evaluation = Evaluation(task, ctx, cfg, tracker, checkpoints)
+    parts: list[Part] = [evaluation, MetricWindow(task, ctx, cfg, tracker, checkpoints, evaluation),
+                         NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker), checkpoints]
     images_per_step = t.batch_size * ctx.world_size
     batches = ctx.batches(task.datasets, state.positions)
     while state.step < t.steps:

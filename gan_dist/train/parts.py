@@ -9,12 +9,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 
 from gan_dist import checkpoint as ckpt
+from gan_dist import seeds
 from gan_dist.config import Config
 from gan_dist.data.placement import Positions
-from gan_dist.data.reader import DataPosition
+from gan_dist.data.reader import DataPosition, worker_rows
 from gan_dist.errors import UserError
+from gan_dist.eval.measure import class_metrics, compare, feature_network
+from gan_dist.eval.features import DomainFeatures
+from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train import rng
 from gan_dist.train.context import WorkerContext
@@ -120,8 +125,9 @@ class MetricWindow:
     only here, never every step."""
 
     def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
-                 checkpoints: Checkpoints):
+                 checkpoints: Checkpoints, evaluation: Evaluation):
         self.task, self.ctx, self.cfg, self.tracker, self.checkpoints = task, ctx, cfg, tracker, checkpoints
+        self.evaluation = evaluation
         self.images_per_step = cfg.train.batch_size * ctx.world_size
         self.started, self.images, self.skipped_before = time.perf_counter(), 0, 0.0
 
@@ -131,12 +137,14 @@ class MetricWindow:
             self.tracker.progress(state.step)
         if not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
             return
-        elapsed = time.perf_counter() - self.started
+        evaluated = self.evaluation.latest if self.evaluation.latest.get("step") == state.step else {}
+        # Training throughput: an evaluation in this window is timed on its own (eval_seconds).
+        elapsed = time.perf_counter() - self.started - evaluated.get("eval_seconds", 0.0)
         skipped_total = self.task.nonfinite.total.item()
         metrics = {"step": state.step, "images_seen": state.images_seen, **{k: v.item() for k, v in out.items()},
                    "img_per_s": self.images / max(elapsed, 1e-9), "skipped_updates": skipped_total - self.skipped_before,
                    "checkpoint_seconds": self.checkpoints.seconds, "epoch": state.positions["train"].epoch,
-                   **self.task.learning_rates(), **_device_memory(self.ctx.device)}
+                   **self.task.learning_rates(), **_device_memory(self.ctx.device), **evaluated}
         self.skipped_before = skipped_total
         self.checkpoints.metrics = metrics
         if self.tracker:
@@ -189,3 +197,70 @@ class PreviewGrids:
     def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
         if self.tracker and due(state.step, self.cfg.train.sample_every, self.cfg.train.steps):
             self.tracker.write_grid(state.step, self.task.preview())
+
+
+class Evaluation:
+    """Every eval.every steps (0: at each checkpoint) and at the last: each rank generates and embeds its share of
+    eval.num images with fixed seeds, rank 0 gathers the features and compares them with the dataset's (cached)
+    real features. The numbers join that step's metrics line and the checkpoint's meta.json."""
+
+    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
+                 checkpoints: Checkpoints):
+        self.task, self.ctx, self.cfg, self.tracker, self.checkpoints = task, ctx, cfg, tracker, checkpoints
+        self.every = cfg.eval.every or cfg.train.checkpoint_every
+        self.latest: dict[str, float] = {}  # the newest evaluation's numbers, with the step they are of
+        kind = cfg.eval.features
+        if kind == "auto":
+            kind = "domain" if ctx.manifest.class_names else "off"
+        self.net = None
+        if kind == "off":
+            return
+        # Rank 0 first: it trains and caches the domain classifier (or the real features) once; the others load it.
+        for turn in (0, 1):
+            if (ctx.rank == 0) == (turn == 0):
+                self.net = feature_network(kind, ctx.data_uri, ctx.manifest, ctx.device, None)
+                if ctx.rank == 0:
+                    self.real = real_features(self.net, ctx.data_uri, ctx.manifest, cfg.eval.num, ctx.device)
+            _barrier()
+
+    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
+        if self.net is None or not due(state.step, self.every, self.cfg.train.steps):
+            return
+        started = time.perf_counter()
+        ctx, e = self.ctx, self.cfg.eval
+        # This rank's rows of one set drawn with one seed, the same at every evaluation of the run: the numbers move
+        # with the generator only, and do not depend on how many workers share the work.
+        rows = worker_rows(e.num, ctx.rank, ctx.world_size)
+        images, labels = self.task.generate(rows, e.num, seeds.derive(self.cfg.train.seed, "eval"))
+        # The images themselves go to rank 0 only where a metric reads them (SWD, the domain classifier's verdicts).
+        keep_images = "swd" in e.metric_names() or isinstance(self.net, DomainFeatures)
+        mine = (embed(self.net, images, ctx.device), images.cpu() if keep_images else None,
+                None if labels is None else labels.cpu())
+        gathered = _gather(mine)
+        if ctx.rank != 0:
+            return
+        features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
+                                      for parts in zip(*gathered))
+        result = compare(e.metric_names(), self.real, features,
+                         lambda: real_images(ctx.data_uri, ctx.manifest, e.num), images_u8, self.cfg.train.seed)
+        if isinstance(self.net, DomainFeatures):
+            result.update(class_metrics(self.net, images_u8.to(ctx.device), asked))
+        result["eval_seconds"] = time.perf_counter() - started
+        self.latest = {"step": state.step, **result}
+        self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
+        if self.tracker and not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
+            self.tracker.log(self.latest)  # a step without a metrics line of its own
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _gather(value: Any) -> list[Any]:
+    """Every rank's value on every rank, in rank order (a collective)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, value)
+    return everyone

@@ -68,6 +68,12 @@ class Task:
         """What inference needs, by file name (e.g. "generator"): written as safetensors next to the state."""
         raise NotImplementedError
 
+    def generate(self, rows: range, total: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What evaluation needs: images `rows` of a set of `total` drawn with `seed`, as uint8 B×H×W×C (as stored),
+        from the inference nets, and the class each was drawn for (None when unconditional). A function of the row,
+        not of who draws it: any split of the rows over workers gives the same set."""
+        raise NotImplementedError
+
     def extra_state(self) -> dict[str, Any]:
         """What a part keeps across steps besides nets and optimizers (EMA weights, ...): in the checkpoint."""
         return {}

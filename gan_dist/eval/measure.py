@@ -1,0 +1,83 @@
+"""The metrics of a set of generated images against the real ones, in one feature space: what `gan-dist evaluate`
+prints and what evaluation during training logs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from gan_dist.data.shards import Manifest
+from gan_dist.errors import UserError
+from gan_dist.eval import metrics as m
+from gan_dist.eval.features import FEATURES, DomainFeatures, domain_features
+
+# What evaluation during training logs (SWD adds swd_<resolution> per pyramid level).
+EVAL_LOGGED = ("fid", "kid", "kid_std", "precision", "recall", "swd_mean", "confident", "coverage", "agreement",
+               "eval_seconds")
+CONFIDENT = 0.9  # a generated image is recognisable when the domain classifier gives one class this probability
+# (name, which way is better, what it says) for the table and the README
+MEANINGS = {
+    "fid": ("lower", "Fréchet distance between real and generated feature distributions"),
+    "kid": ("lower", "kernel (MMD) distance; unbiased, comparable across sample sizes"),
+    "kid_std": ("", "spread of KID over its subsets"),
+    "precision": ("higher", "share of generated images inside the real images' manifold (fidelity)"),
+    "recall": ("higher", "share of real images inside the generated images' manifold (diversity)"),
+    "swd_mean": ("lower", "sliced Wasserstein distance of Laplacian-pyramid patches (x1e3), mean over levels"),
+    "confident": ("higher", f"share of generated images the domain classifier gives one class p >= {CONFIDENT}"),
+    "coverage": ("higher", "share of classes receiving at least half their fair share of confident images"),
+    "agreement": ("higher", "share of images the domain classifier puts in the class they were drawn for"),
+}
+
+
+def feature_network(kind: str, data_uri: str, manifest: Manifest, device: torch.device,
+                    inception_weights: str | None) -> nn.Module:
+    if kind not in FEATURES:
+        raise UserError(f"--features {kind!r}: choose {' or '.join(FEATURES)}")
+    if kind == "domain":
+        return domain_features(data_uri, manifest, device)
+    from gan_dist.eval.inception import INCEPTION_ID, load_inception
+
+    net = load_inception(device, inception_weights)
+    # Another network's features must never meet cached standard ones: a user's copy is keyed by its bytes.
+    net.id = INCEPTION_ID if inception_weights is None else f"inception-{_sha1(inception_weights)[:12]}"
+    return net
+
+
+def _sha1(path: str) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def class_metrics(net: DomainFeatures, images_u8: torch.Tensor, asked: torch.Tensor | None) -> dict[str, float]:
+    """What the domain classifier says of the generated images: recognisable, every class present, the asked one."""
+    probabilities = torch.cat([net.probabilities(images_u8[start:start + 500]) for start in range(0, len(images_u8), 500)])
+    confidence, predicted = probabilities.cpu().max(dim=1)
+    confident = confidence >= CONFIDENT
+    classes = probabilities.shape[1]
+    per_class = torch.bincount(predicted[confident], minlength=classes)
+    out = {"confident": confident.float().mean().item(),
+           "coverage": (per_class >= len(images_u8) / classes / 2).float().mean().item()}
+    if asked is not None:
+        out["agreement"] = (predicted == asked.cpu()).float().mean().item()
+    return out
+
+
+def compare(names: tuple[str, ...] | list[str], real: torch.Tensor, fake: torch.Tensor, real_u8: Callable[[], np.ndarray],
+            fake_u8: np.ndarray, seed: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if "fid" in names:
+        out["fid"] = m.fid(real, fake)
+    if "kid" in names:
+        out["kid"], out["kid_std"] = m.kid(real, fake, seed=seed)
+    if "pr" in names:
+        out["precision"], out["recall"] = m.precision_recall(real, fake)
+    if "swd" in names:
+        out.update(m.swd(torch.as_tensor(real_u8()), torch.as_tensor(fake_u8), seed=seed))
+    return out
