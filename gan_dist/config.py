@@ -142,7 +142,7 @@ class EvalConfig(_Section):
     # CPU: ask for it on GPUs). off: no evaluation during training.
     features: Literal["auto", "domain", "inception", "off"] = "auto"
     every: int = Field(0, ge=0, description="steps between evaluations; 0: at each checkpoint")
-    num: int = Field(1000, ge=2, description="generated images per evaluation, over all workers")
+    num: int = Field(1000, ge=4, description="generated images per evaluation, over all workers")
     metrics: str = Field("fid", description="comma-separated: " + ", ".join(EVAL_METRICS))
 
     @field_validator("metrics")
@@ -280,7 +280,8 @@ def _describe(err: ValidationError, typed: Mapping[str, str]) -> str:
         return _not_a_mapping(key, value)
     if first["type"] == "union_tag_invalid":  # an unknown model family
         arch = f"{key}.arch"
-        return f"bad config value {arch}={typed.get(arch, first['ctx']['tag'])!r}: expected {first['ctx']['expected_tags']}"
+        tag, expected = typed.get(arch, first["ctx"]["tag"]), first["ctx"]["expected_tags"]
+        return f"bad config value {arch}={tag!r}: expected {expected}"
     msg = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
     if _is_section(_field_type(key)):
         return f"bad config section '{key}': {msg}"  # a rule across the section's keys

@@ -96,7 +96,9 @@ def generate(generator: Generator, num: int, seed: int, classes: list[int], batc
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
         z = torch.randn(n, G.z_dim, generator=noise, device=device)
-        labels = torch.tensor([classes[(start + i) % len(classes)] for i in range(n)], device=device) if classes else None
+        labels = None
+        if classes:
+            labels = torch.tensor([classes[(start + i) % len(classes)] for i in range(n)], device=device)
         yield to_uint8(G(z, labels)), labels
 
 

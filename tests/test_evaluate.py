@@ -165,11 +165,13 @@ def test_evaluate_reads_and_writes_object_storage(s3_server, tiny_data, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--metrics", "fid,is"], "--metrics 'fid,is': choose from fid, kid, pr, swd"),
     (["--features", "domain", "--data", "UNLABELED"], "--features domain needs a labeled dataset"),
+    (["--num", "3"], "--num: 3 images are too few to compare; use at least 4"),
 ])
 def test_bad_evaluate_arguments_are_one_line(run, tmp_path, capsys, args, message):
     unlabeled = str(tmp_path / "unlabeled")
     write_shards(numbered_images(32), None, unlabeled, shard_size=32)
-    code, _, err = evaluate(capsys, run, "--num", 16, *[unlabeled if a == "UNLABELED" else a for a in args])
+    code, _, err = evaluate(capsys, run, *(["--num", "16"] if "--num" not in args else []),
+                            *[unlabeled if a == "UNLABELED" else a for a in args])
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 

@@ -185,3 +185,19 @@ def test_a_conditional_model_trains_on_two_workers_with_identical_replicas(ray_c
     assert meta["rank_divergence"] == 0.0 and meta["data"]["class_names"] == [str(k) for k in range(10)]
     written = write_samples(str(tmp_path / "conditional"), 4, str(tmp_path / "sevens"), classes=["7"])
     assert len(written) == 4 and (tmp_path / "sevens" / "labels.csv").read_text().count(",7,7") == 4
+
+
+def test_two_workers_evaluate_during_training_into_metrics_and_wandb(ray_cluster, tiny_data, tmp_path):
+    from wandb_records import history
+
+    cfg = tiny_config(tiny_data, str(tmp_path), **{"run.num_workers": 2, "run.name": "evaluated", "train.steps": 4,
+                                                    "train.checkpoint_every": 2, "train.log_every": 2,
+                                                    "eval.features": "domain", "eval.num": 40,
+                                                    "log.wandb": "offline"})
+    assert train(cfg).step == 4
+    run_dir = tmp_path / "evaluated"
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(line["step"], "fid" in line and "confident" in line) for line in lines] == [(2, True), (4, True)]
+    assert json.loads((run_dir / "checkpoint_000000004" / "meta.json").read_text())["metrics"]["fid"] == lines[-1]["fid"]
+    wandb_file = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert [row["_step"] for row in history(wandb_file) if "fid" in row] == [2, 4]

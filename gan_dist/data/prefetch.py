@@ -1,4 +1,5 @@
-"""Host batches (dicts of tensors) -> device batches ahead of the step: pinned memory, asynchronous copies on a side stream.
+"""Host batches (dicts of tensors) -> device batches ahead of the step: pinned memory, asynchronous copies on a side
+stream.
 
 On a GPU the GAN step is launch-bound, so a pageable or synchronous copy in the step's stream stalls it; here the
 copies of the next `depth` batches run on their own stream while the step runs on the consumer's stream.

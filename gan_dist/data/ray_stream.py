@@ -61,14 +61,17 @@ def stream_batches(shard: DataIterator, cfg: Config, rank: int, device: torch.de
         per_chunk = max(1, STREAM_CHUNK_ROWS // size)
         while True:
             seed = _ray_seed(cfg.train.seed, "ray_shuffle", rank, epoch)
-            shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed) if cfg.data.shuffle else {}
+            shuffle = {}
+            if cfg.data.shuffle:
+                shuffle = dict(local_shuffle_buffer_size=SHUFFLE_BUFFER_ROWS, local_shuffle_seed=seed)
             chunks = shard.iter_torch_batches(batch_size=size * per_chunk, collate_fn=_BatchCollate(), device="cpu",
                                               pin_memory=device.type == "cuda", prefetch_batches=2, **shuffle)
             index = 0
             for chunk in chunks:
                 for offset in range(0, len(chunk["image"]) - size + 1, size):  # drop_last, per chunk
                     index += 1
-                    yield {name: column[offset : offset + size] for name, column in chunk.items()}, DataPosition(epoch, index)
+                    batch = {name: column[offset : offset + size] for name, column in chunk.items()}
+                    yield batch, DataPosition(epoch, index)
             epoch += 1
 
     return to_device_ahead(host_batches(), device)

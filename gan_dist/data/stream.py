@@ -141,8 +141,8 @@ class EpochDataset(IterableDataset):
                 yield _Failure(str(exc))
                 return
             if len(columns["image"]) != unit.rows:
-                yield _Failure(f"shard {unit.uri} changed while it was being read ({len(columns['image'])} rows in row group "
-                               f"{unit.group}, {unit.rows} when training started); restart training")
+                yield _Failure(f"shard {unit.uri} changed while it was being read ({len(columns['image'])} rows in "
+                               f"row group {unit.group}, {unit.rows} when training started); restart training")
                 return
             order = None
             if self.shuffle:  # seeded by the unit, not by where it falls: the same rows under any split

@@ -17,7 +17,7 @@ from gan_dist.data.prepare import Progress, embedded_digits
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.eval.features import DomainFeatures
-from gan_dist.eval.measure import MEANINGS, class_metrics, compare, feature_network
+from gan_dist.eval.measure import MEANINGS, check_sizes, class_metrics, compare, feature_network
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.sample import generate, load_generator
 
@@ -57,6 +57,7 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
         raise UserError(f"{uri} generates {trained_on.get('resolution')}x{trained_on.get('resolution')}x"
                         f"{trained_on.get('channels')} images and {data_uri} holds {manifest.resolution}x"
                         f"{manifest.resolution}x{manifest.channels}; pass the run's dataset with --data")
+    check_sizes(names, num, manifest, "--num")
     net = feature_network(features, data_uri, manifest, dev, inception_weights)
     real = real_features(net, data_uri, manifest, num, dev)
 

@@ -15,7 +15,8 @@ from gan_dist import storage
 from gan_dist.data.reader import load_columns
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist.eval.classifier import ClassifierMeta, DomainClassifier, load_classifier, save_classifier, train_classifier
+from gan_dist.eval.classifier import (ClassifierMeta, DomainClassifier, load_classifier, save_classifier,
+                                     train_classifier)
 from gan_dist.imaging import to_model_range
 
 EVAL_DIR = "_eval"  # beside a dataset's shards: its cached classifier and real features

@@ -33,6 +33,20 @@ MEANINGS = {
 }
 
 
+MIN_IMAGES = 4  # precision/recall's k-NN (k = 3) needs k + 1 images on each side
+SWD_MIN_RESOLUTION = 16  # ProGAN's pyramid stops at 16x16
+
+
+def check_sizes(names: tuple[str, ...] | list[str], num: int, manifest: Manifest, where: str) -> None:
+    """One line, before any work, for a comparison the metrics cannot make."""
+    if min(num, manifest.count) < MIN_IMAGES:
+        raise UserError(f"{where}: {min(num, manifest.count)} images are too few to compare; use at least "
+                        f"{MIN_IMAGES} (and a dataset that has them)")
+    if "swd" in names and manifest.resolution < SWD_MIN_RESOLUTION:
+        raise UserError(f"{where}: swd needs images of at least {SWD_MIN_RESOLUTION}x{SWD_MIN_RESOLUTION}, these are "
+                        f"{manifest.resolution}x{manifest.resolution}; leave swd out of the metrics")
+
+
 def feature_network(kind: str, data_uri: str, manifest: Manifest, device: torch.device,
                     inception_weights: str | None) -> nn.Module:
     if kind not in FEATURES:
@@ -57,7 +71,8 @@ def _sha1(path: str) -> str:
 
 def class_metrics(net: DomainFeatures, images_u8: torch.Tensor, asked: torch.Tensor | None) -> dict[str, float]:
     """What the domain classifier says of the generated images: recognisable, every class present, the asked one."""
-    probabilities = torch.cat([net.probabilities(images_u8[start:start + 500]) for start in range(0, len(images_u8), 500)])
+    probabilities = torch.cat([net.probabilities(images_u8[start:start + 500])
+                               for start in range(0, len(images_u8), 500)])
     confidence, predicted = probabilities.cpu().max(dim=1)
     confident = confidence >= CONFIDENT
     classes = probabilities.shape[1]
@@ -69,15 +84,17 @@ def class_metrics(net: DomainFeatures, images_u8: torch.Tensor, asked: torch.Ten
     return out
 
 
-def compare(names: tuple[str, ...] | list[str], real: torch.Tensor, fake: torch.Tensor, real_u8: Callable[[], np.ndarray],
-            fake_u8: np.ndarray, seed: int) -> dict[str, float]:
+def compare(names: tuple[str, ...] | list[str], real: torch.Tensor, fake: torch.Tensor,
+            real_u8: Callable[[], np.ndarray], fake_u8: np.ndarray | None, seed: int) -> dict[str, float]:
+    """The asked metrics of the generated features (and images, for SWD) against the real ones."""
     out: dict[str, float] = {}
     if "fid" in names:
         out["fid"] = m.fid(real, fake)
     if "kid" in names:
         out["kid"], out["kid_std"] = m.kid(real, fake, seed=seed)
-    if "pr" in names:
-        out["precision"], out["recall"] = m.precision_recall(real, fake)
+    if "pr" in names:  # k-NN radii shrink as a set grows: both sides at the same size, as Kynkäänniemi et al. do
+        n = min(len(real), len(fake))
+        out["precision"], out["recall"] = m.precision_recall(real[:n], fake[:n])
     if "swd" in names:
         out.update(m.swd(torch.as_tensor(real_u8()), torch.as_tensor(fake_u8), seed=seed))
     return out

@@ -8,8 +8,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
 
 PR_BLOCK_SIZE = 1024  # distance-matrix rows at a time: 1024 × 10k float32 is 40 MB, never the whole N×N
 
@@ -41,6 +39,8 @@ class _Precomputed(nn.Module):
 def fid(real: Tensor, fake: Tensor) -> float:
     """Fréchet distance between Gaussians fitted to the real and fake features (Heusel et al. 2017): squared mean
     distance plus a covariance term. 0 for identical statistics; lower is better. Computed in float64."""
+    from torchmetrics.image.fid import FrechetInceptionDistance  # seconds to import: only where FID is computed
+
     _check_features(real, fake, min_samples=2)
     # sync_on_compute=False: a process group that happens to be up must not merge another rank's features into ours
     metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]), sync_on_compute=False).to(real.device)
@@ -54,6 +54,8 @@ def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
     (x·y / D + 1)³, averaged over `subsets` random subsets; returns (mean, std over subsets). Unbiased, so about 0
     (possibly slightly negative) for two samples of one distribution; lower is better. `subset_size` is clamped to
     the smaller of the two sample counts. The subset draws depend only on `seed`. Computed in the features' dtype."""
+    from torchmetrics.image.kid import KernelInceptionDistance  # seconds to import: only where KID is computed
+
     _check_features(real, fake, min_samples=2)
     size = min(subset_size, real.shape[0], fake.shape[0])
     with warnings.catch_warnings():  # it warns that it keeps all features: they are already in memory here

@@ -17,7 +17,7 @@ from gan_dist.config import Config
 from gan_dist.data.placement import Positions
 from gan_dist.data.reader import DataPosition, worker_rows
 from gan_dist.errors import UserError
-from gan_dist.eval.measure import class_metrics, compare, feature_network
+from gan_dist.eval.measure import check_sizes, class_metrics, compare, feature_network
 from gan_dist.eval.features import DomainFeatures
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.tracking import RunTracker, wandb_run_id
@@ -142,7 +142,8 @@ class MetricWindow:
         elapsed = time.perf_counter() - self.started - evaluated.get("eval_seconds", 0.0)
         skipped_total = self.task.nonfinite.total.item()
         metrics = {"step": state.step, "images_seen": state.images_seen, **{k: v.item() for k, v in out.items()},
-                   "img_per_s": self.images / max(elapsed, 1e-9), "skipped_updates": skipped_total - self.skipped_before,
+                   "img_per_s": self.images / max(elapsed, 1e-9),
+                   "skipped_updates": skipped_total - self.skipped_before,
                    "checkpoint_seconds": self.checkpoints.seconds, "epoch": state.positions["train"].epoch,
                    **self.task.learning_rates(), **_device_memory(self.ctx.device), **evaluated}
         self.skipped_before = skipped_total
@@ -215,6 +216,7 @@ class Evaluation:
         self.net = None
         if kind == "off":
             return
+        check_sizes(cfg.eval.metric_names(), cfg.eval.num, ctx.manifest, "eval.num")
         # Rank 0 first: it trains and caches the domain classifier (or the real features) once; the others load it.
         for turn in (0, 1):
             if (ctx.rank == 0) == (turn == 0):
