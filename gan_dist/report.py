@@ -18,6 +18,8 @@ PANELS = (
     ("discriminator outputs", ("D_real", "D_fake"), False),
     ("gradient norms", ("grad_norm_D", "grad_norm_G"), True),
     ("throughput (img/s)", ("img_per_s",), False),
+    ("evaluation: FID (lower is better)", ("fid",), False),
+    ("evaluation: domain classifier", ("confident", "coverage", "agreement"), False),
 )
 
 
@@ -101,7 +103,7 @@ def draw_curves(run_uri: str, out: str | None = None) -> str:
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    figure, axes = plt.subplots(3, 2, figsize=(11, 10.5), constrained_layout=True)
     for axis, (title, keys, log_scale) in zip(axes.flat, PANELS):
         for key in keys:
             points = [(r["step"], r[key]) for r in metrics.rows if key in r]

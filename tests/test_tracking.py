@@ -98,7 +98,7 @@ def test_a_torn_last_line_loses_no_record_after_the_resume(tiny_data, tmp_path):
     done = run("report", str(run_dir))
     assert done.returncode == 0, done.stderr
     assert "1 unreadable line skipped" in done.stderr and "Traceback" not in done.stderr
-    assert Image.open(run_dir / "curves.png").size == (1100, 700)
+    assert Image.open(run_dir / "curves.png").size == (1100, 1050)
 
 
 def test_a_torn_last_line_in_the_bucket_loses_no_record_either(bucket):
