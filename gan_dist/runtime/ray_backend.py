@@ -31,6 +31,7 @@ from gan_dist.data.ray_stream import RayStreamReader, shard_dataset
 from gan_dist.data.reader import Batch, read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
+from gan_dist.train import collective
 from gan_dist.train.loop import LoopResult
 
 T = TypeVar("T")
@@ -118,17 +119,8 @@ def _on_every_rank(make: Callable[[], T]) -> T | Refused:
         value, problem = make(), None
     except UserError as exc:
         value, problem = None, str(exc)
-    problems = [p for p in _from_every_rank(problem) if p]
+    problems = [p for p in collective.gather(problem) if p]
     return Refused(problems[0]) if problems else value
-
-
-def _from_every_rank(value: Any) -> list[Any]:
-    """Every rank's `value`, in rank order (a collective: every rank calls it)."""
-    if ray.train.get_context().get_world_size() == 1:
-        return [value]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, value)
-    return everyone
 
 
 def worker_data(data_uri: str | None, manifest: Manifest) -> str:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 
 from gan_dist import checkpoint as ckpt
 from gan_dist import seeds
@@ -21,7 +20,7 @@ from gan_dist.eval.measure import check_sizes, class_metrics, compare, feature_n
 from gan_dist.eval.features import DomainFeatures
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.tracking import RunTracker, wandb_run_id
-from gan_dist.train import rng
+from gan_dist.train import collective, rng
 from gan_dist.train.context import WorkerContext
 from gan_dist.train.task import Task
 
@@ -223,7 +222,7 @@ class Evaluation:
                 self.net = feature_network(kind, ctx.data_uri, ctx.manifest, ctx.device, None)
                 if ctx.rank == 0:
                     self.real = real_features(self.net, ctx.data_uri, ctx.manifest, cfg.eval.num, ctx.device)
-            _barrier()
+            collective.barrier()
 
     def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
         if self.net is None or not due(state.step, self.every, self.cfg.train.steps):
@@ -238,7 +237,7 @@ class Evaluation:
         keep_images = "swd" in e.metric_names() or isinstance(self.net, DomainFeatures)
         mine = (embed(self.net, images, ctx.device), images.cpu() if keep_images else None,
                 None if labels is None else labels.cpu())
-        gathered = _gather(mine)
+        gathered = collective.gather(mine)
         if ctx.rank != 0:
             return
         features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
@@ -252,17 +251,3 @@ class Evaluation:
         self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
         if self.tracker and not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
             self.tracker.log(self.latest)  # a step without a metrics line of its own
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def _gather(value: Any) -> list[Any]:
-    """Every rank's value on every rank, in rank order (a collective)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, value)
-    return everyone

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
+
+from gan_dist.train import collective
 
 
 def capture() -> dict[str, Any]:
@@ -20,12 +21,7 @@ def capture() -> dict[str, Any]:
 
 def gather_all() -> list[dict[str, Any]]:
     """Rank order list of every rank's state; a collective when distributed (every rank calls it)."""
-    mine = capture()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [mine]
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, {k: v.cpu() for k, v in mine.items()})
-    return everyone
+    return collective.gather({k: v.cpu() for k, v in capture().items()})
 
 
 def restore(states: list[dict[str, Any]], rank: int) -> None:

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import get_total_norm
 
 from gan_dist.data.reader import Batch
+from gan_dist.train import collective
 from gan_dist.train.speed import StepFeatures
 
 
@@ -111,7 +112,7 @@ class Task:
     def rank_divergence(self) -> float:
         """Largest difference across ranks of per-tensor parameter sums: 0.0 while DDP keeps the replicas
         identical. A collective: every rank calls it at the same step."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not collective.distributed():
             return 0.0
         sums = torch.stack([p.double().sum() for net in self.nets.values() for p in net.parameters()])
         gathered = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
