@@ -216,13 +216,14 @@ class Evaluation:
         if kind == "off":
             return
         check_sizes(cfg.eval.metric_names(), cfg.eval.num, ctx.manifest, "eval.num")
-        # Rank 0 first: it trains and caches the domain classifier (or the real features) once; the others load it.
-        for turn in (0, 1):
-            if (ctx.rank == 0) == (turn == 0):
-                self.net = feature_network(kind, ctx.data_uri, ctx.manifest, ctx.device, None)
-                if ctx.rank == 0:
-                    self.real = real_features(self.net, ctx.data_uri, ctx.manifest, cfg.eval.num, ctx.device)
-            collective.barrier()
+        # Rank 0 first: it trains and caches the domain classifier once (and computes the real features, which only
+        # it needs); the others then load the classifier from the cache.
+        if ctx.rank == 0:
+            self.net = feature_network(kind, ctx.data_uri, ctx.manifest, ctx.device, None)
+            self.real = real_features(self.net, ctx.data_uri, ctx.manifest, cfg.eval.num, ctx.device)
+        collective.barrier()
+        if ctx.rank != 0:
+            self.net = feature_network(kind, ctx.data_uri, ctx.manifest, ctx.device, None)
 
     def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
         if self.net is None or not due(state.step, self.every, self.cfg.train.steps):
