@@ -19,7 +19,7 @@ from gan_dist import storage
 from gan_dist.runtime.local import check_local, run_local
 from gan_dist.tracking import METRICS_FILE
 from gan_dist.train.generation import num_classes
-from gan_dist.train.loop import LOGGED_METRICS, LoopResult, train_loop
+from gan_dist.train.loop import LoopResult, logged_metrics, train_loop
 
 
 def newest_run(storage_uri: str, preset: str) -> str | None:
@@ -99,9 +99,10 @@ def check_batch_fits(cfg: Config, manifest: Manifest) -> None:
                         f"workers)")
 
 
-def warn_unlogged_best(cfg: Config) -> None:
-    if cfg.run.keep_best and cfg.run.keep_best not in LOGGED_METRICS:
-        print(f"warning: run.keep_best='{cfg.run.keep_best}' is never logged (logged: {', '.join(LOGGED_METRICS)}); "
+def warn_unlogged_best(cfg: Config, manifest: Manifest) -> None:
+    logged = logged_metrics(cfg, manifest)
+    if cfg.run.keep_best and cfg.run.keep_best not in logged:
+        print(f"warning: run.keep_best='{cfg.run.keep_best}' is never logged (logged: {', '.join(logged)}); "
               f"only the newest {cfg.run.keep_checkpoints} checkpoint(s) are kept", file=sys.stderr)
 
 
@@ -118,7 +119,7 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     manifest = read_manifest(data_uri)
     check_resolution(manifest.resolution, cfg.model.arch)
     num_classes(cfg, manifest, data_uri)  # a conditional model needs a labeled dataset
-    warn_unlogged_best(cfg)
+    warn_unlogged_best(cfg, manifest)
     check_batch_fits(cfg, manifest)
     name = run_name(cfg)
     run_uri = storage.join(storage.absolute_uri(cfg.run.storage), name)

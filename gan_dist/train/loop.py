@@ -14,12 +14,17 @@ from gan_dist.train.context import WorkerContext
 from gan_dist.train.generation import GenerationTask
 from gan_dist.eval.measure import EVAL_LOGGED
 from gan_dist.train.parts import (Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids,
-                                  TrainState, restore_newest)
+                                  TrainState, evaluation_kind, restore_newest)
 from gan_dist.train.task import Task
 
-# What a log step records: the loop's own keys and the task's; run.keep_best must name one of them.
+# What a log step records: the loop's own keys and the task's (and the evaluation's, when it runs).
 LOGGED_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch",
-                  "gpu_mem_gb", *GenerationTask.METRICS, *EVAL_LOGGED)
+                  "gpu_mem_gb", *GenerationTask.METRICS)
+
+
+def logged_metrics(cfg: Config, manifest: Manifest) -> tuple[str, ...]:
+    """What this run will log: run.keep_best must name one of them."""
+    return LOGGED_METRICS + (EVAL_LOGGED if evaluation_kind(cfg, manifest) != "off" else ())
 
 
 @dataclass

@@ -15,6 +15,7 @@ from gan_dist import seeds
 from gan_dist.config import Config
 from gan_dist.data.placement import Positions
 from gan_dist.data.reader import DataPosition, worker_rows
+from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.eval.measure import check_sizes, class_metrics, compare, feature_network
 from gan_dist.eval.features import DomainFeatures
@@ -199,6 +200,13 @@ class PreviewGrids:
             self.tracker.write_grid(state.step, self.task.preview())
 
 
+def evaluation_kind(cfg: Config, manifest: Manifest) -> str:
+    """The features evaluation during training uses, or "off". auto: the domain features on a labeled dataset."""
+    if cfg.eval.features == "auto":
+        return "domain" if manifest.class_names else "off"
+    return cfg.eval.features
+
+
 class Evaluation:
     """Every eval.every steps (0: at each checkpoint) and at the last: each rank generates and embeds its share of
     eval.num images with fixed seeds, rank 0 gathers the features and compares them with the dataset's (cached)
@@ -209,9 +217,7 @@ class Evaluation:
         self.task, self.ctx, self.cfg, self.tracker, self.checkpoints = task, ctx, cfg, tracker, checkpoints
         self.every = cfg.eval.every or cfg.train.checkpoint_every
         self.latest: dict[str, float] = {}  # the newest evaluation's numbers, with the step they are of
-        kind = cfg.eval.features
-        if kind == "auto":
-            kind = "domain" if ctx.manifest.class_names else "off"
+        kind = evaluation_kind(cfg, ctx.manifest)
         self.net = None
         if kind == "off":
             return
