@@ -113,9 +113,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num", type=_positive_int, default=10_000, help="generated images (default 10000)")
     evaluate.add_argument("--metrics", default="fid,kid,pr,swd",
                           help="comma-separated: fid, kid, pr, swd (default all)")
-    evaluate.add_argument("--features", default="domain", choices=["domain", "inception"],
+    evaluate.add_argument("--features", default="auto", choices=["auto", "domain", "inception"],
                           help="domain: a classifier trained on the dataset's labels (fast on a CPU); inception: the "
-                               "standard FID network (pip install 'gan-dist[fid]'; slow on a CPU)")
+                               "standard FID network (pip install 'gan-dist[fid]'; slow on a CPU); auto (default): "
+                               "domain for a labeled dataset, else inception")
     evaluate.add_argument("--inception-weights", metavar="PATH", help="your own copy of the TorchScript FID network")
     evaluate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -187,3 +187,12 @@ def test_evaluate_with_the_standard_inception_features(run, tmp_path, capsys):
     assert code == 0, err
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["features"] == "inception" and saved["metrics"]["fid"] > 0 and "confident" not in saved["metrics"]
+
+
+def test_auto_features_are_inception_for_an_unlabeled_dataset(run, tmp_path, capsys):
+    unlabeled = str(tmp_path / "unlabeled")
+    write_shards(numbered_images(32), None, unlabeled, shard_size=32)
+    code, _, err = evaluate(capsys, run, "--num", 8, "--metrics", "fid", "--data", unlabeled,
+                            "--json", tmp_path / "eval.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "eval.json").read_text())["features"] == "inception"

@@ -43,7 +43,7 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 
 def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000, names: tuple[str, ...] = METRICS,
-             features: str = "domain", seed: int = 0, device: str = "cpu",
+             features: str = "auto", seed: int = 0, device: str = "cpu",
              inception_weights: str | None = None) -> Evaluation:
     started = time.perf_counter()
     dev = torch.device(device)
@@ -58,6 +58,8 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
                         f"{trained_on.get('channels')} images and {data_uri} holds {manifest.resolution}x"
                         f"{manifest.resolution}x{manifest.channels}; pass the run's dataset with --data")
     check_sizes(names, num, manifest, "--num")
+    if features == "auto":
+        features = "domain" if manifest.class_names else "inception"
     net = feature_network(features, data_uri, manifest, dev, inception_weights)
     real = real_features(net, data_uri, manifest, num, dev)
 
