@@ -16,8 +16,7 @@ from gan_dist.config import EVAL_METRICS, EvalConfig
 from gan_dist.data.prepare import Progress, embedded_digits
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
-from gan_dist.eval.features import DomainFeatures
-from gan_dist.eval.measure import MEANINGS, check_sizes, class_metrics, compare, feature_network
+from gan_dist.eval.measure import MEANINGS, check_sizes, compare, feature_network
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.sample import generate, load_generator
 
@@ -65,17 +64,16 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
 
     classes = list(range(len(generator.class_names)))
     progress = Progress(num, label="generate + embed")
-    fake_images, fake, asked = [], [], []
+    fake_images, fake, asked, done = [], [], [], 0
     for images, labels in generate(generator, num, seed, classes, device=dev):
         batch = images.permute(0, 2, 3, 1).contiguous()  # B×H×W×C, as stored
         fake_images.append(batch.cpu())
         fake.append(embed(net, batch, dev))
         asked.append(labels)
-        progress.update(sum(len(b) for b in fake_images), final=sum(len(b) for b in fake_images) >= num)
-    fake_u8, fake_features = torch.cat(fake_images), torch.cat(fake)
-    result = compare(names, real, fake_features, lambda: real_images(data_uri, manifest, num), fake_u8.numpy(), seed)
-    if isinstance(net, DomainFeatures):
-        result.update(class_metrics(net, fake_u8.to(dev), torch.cat(asked) if classes else None))
+        done += len(batch)
+        progress.update(done, final=done >= num)
+    result = compare(names, net, real, torch.cat(fake), lambda: real_images(data_uri, manifest, num),
+                     torch.cat(fake_images), torch.cat(asked) if classes else None, seed)
     return Evaluation(uri, meta.get("step"), features, num, len(real), time.perf_counter() - started, result)
 
 

@@ -84,9 +84,11 @@ def class_metrics(net: DomainFeatures, images_u8: torch.Tensor, asked: torch.Ten
     return out
 
 
-def compare(names: tuple[str, ...] | list[str], real: torch.Tensor, fake: torch.Tensor,
-            real_u8: Callable[[], np.ndarray], fake_u8: np.ndarray | None, seed: int) -> dict[str, float]:
-    """The asked metrics of the generated features (and images, for SWD) against the real ones."""
+def compare(names: tuple[str, ...] | list[str], net: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+            real_u8: Callable[[], np.ndarray], fake_u8: torch.Tensor | np.ndarray | None,
+            asked: torch.Tensor | None, seed: int) -> dict[str, float]:
+    """The asked metrics of the generated features (and images, for SWD) against the real ones, and with the
+    domain features the classifier's verdicts on the generated images (`asked`: their classes, if conditional)."""
     out: dict[str, float] = {}
     if "fid" in names:
         out["fid"] = m.fid(real, fake)
@@ -97,4 +99,7 @@ def compare(names: tuple[str, ...] | list[str], real: torch.Tensor, fake: torch.
         out["precision"], out["recall"] = m.precision_recall(real[:n], fake[:n])
     if "swd" in names:
         out.update(m.swd(torch.as_tensor(real_u8()), torch.as_tensor(fake_u8), seed=seed))
+    if isinstance(net, DomainFeatures):
+        device = next(net.parameters()).device
+        out.update(class_metrics(net, torch.as_tensor(fake_u8).to(device), asked))
     return out

@@ -17,7 +17,7 @@ from gan_dist.data.placement import Positions
 from gan_dist.data.reader import DataPosition, worker_rows
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist.eval.measure import check_sizes, class_metrics, compare, feature_network
+from gan_dist.eval.measure import check_sizes, compare, feature_network
 from gan_dist.eval.features import DomainFeatures
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.tracking import RunTracker, wandb_run_id
@@ -249,10 +249,8 @@ class Evaluation:
             return
         features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
                                       for parts in zip(*gathered))
-        result = compare(e.metric_names(), self.real, features,
-                         lambda: real_images(ctx.data_uri, ctx.manifest, e.num), images_u8, self.cfg.train.seed)
-        if isinstance(self.net, DomainFeatures):
-            result.update(class_metrics(self.net, images_u8.to(ctx.device), asked))
+        result = compare(e.metric_names(), self.net, self.real, features,
+                         lambda: real_images(ctx.data_uri, ctx.manifest, e.num), images_u8, asked, self.cfg.train.seed)
         result["eval_seconds"] = time.perf_counter() - started
         self.latest = {"step": state.step, **result}
         self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
