@@ -94,6 +94,9 @@ ModelConfig = Annotated[Union[tuple(Annotated[section, Tag(section.model_fields[
                                     for section in MODEL_SECTIONS)], Discriminator(_arch)]
 
 
+AUGMENTATIONS = ("translation", "cutout", "color")
+
+
 class TrainConfig(_Section):
     steps: int = Field(1500, ge=1)
     batch_size: int = Field(64, ge=1, description="per worker")
@@ -105,7 +108,24 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     sample_every: int = Field(250, ge=1, description="steps between sample grids from the fixed latents")
-    loss: Literal["nonsaturating", "hinge"] = "nonsaturating"
+    # wgan: the Wasserstein critic loss; pair it with gp_weight (WGAN-GP) and a discriminator without batch norm.
+    loss: Literal["nonsaturating", "hinge", "wgan"] = "nonsaturating"
+    n_dis: int = Field(1, ge=1, description="D updates per G update, each on its own real batch")
+    # Regularizers of D, on top of any loss (0 turns each off).
+    r1_gamma: float = Field(0.0, ge=0, description="R1: gamma/2 x |grad D(real)|^2 (Mescheder et al. 2018)")
+    r1_every: int = Field(16, ge=1, description="lazy R1: every this many D updates, scaled by it")
+    gp_weight: float = Field(0.0, ge=0, description="WGAN-GP: lambda x (|grad D(mix)| - 1)^2, 10 in the paper")
+    lecam_weight: float = Field(0.0, ge=0, description="LeCam: pulls D(real), D(fake) to the other's running mean")
+    lecam_decay: float = Field(0.99, ge=0, lt=1, description="LeCam running means' decay per D update")
+    # Differentiable augmentation of every image D sees, real and fake, in the D and the G update (DiffAugment,
+    # Zhao et al. 2020): comma-separated from translation, cutout, color; off for none.
+    augment: str = "off"
+    augment_p: float | None = Field(None, ge=0, le=1, description="chance each transform applies to an image; "
+                                    "null: 1 (DiffAugment), or 0 at the start when adaptive")
+    # ADA (Karras et al. 2020): p rises while D(real) is positive more often than ada_target, falls otherwise.
+    ada_target: float | None = Field(None, gt=0, lt=1, description="adaptive p toward this E[sign D(real)] (0.6)")
+    ada_interval: int = Field(4, ge=1, description="steps between adjustments of the adaptive p")
+    ada_kimg: float = Field(100.0, gt=0, description="thousands of real images for p to move by 1")
     # An exponential moving average of G's weights drives the grids, `gan-dist sample` and generator.safetensors
     # (stylegan2-ada's G_ema): half-life in thousands of images, shortened to ema_rampup x the images seen so far.
     ema: bool = True
@@ -124,6 +144,24 @@ class TrainConfig(_Section):
     nonfinite_patience: int = Field(3, ge=1)
     nonfinite_lr_factor: float = Field(0.5, gt=0, le=1)
 
+    @field_validator("augment")
+    @classmethod
+    def _known_transforms(cls, text: str) -> str:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        if names == ["off"]:
+            return "off"
+        if not names or any(name not in AUGMENTATIONS for name in names):
+            raise ValueError(f"choose from {', '.join(AUGMENTATIONS)} (comma-separated), or off")
+        return ",".join(names)
+
+    def augmentations(self) -> tuple[str, ...]:
+        return () if self.augment == "off" else tuple(self.augment.split(","))
+
+    @property
+    def real_per_step(self) -> int:
+        """Real images one worker reads per step: a batch for each D update."""
+        return self.batch_size * self.n_dis
+
     @field_validator("seed")
     @classmethod
     def _seed_in_range(cls, seed: int) -> int:
@@ -132,7 +170,7 @@ class TrainConfig(_Section):
         return seed
 
 
-EVAL_METRICS = ("fid", "kid", "pr", "swd")
+EVAL_METRICS = ("fid", "kid", "pr", "swd", "copies")
 
 
 class EvalConfig(_Section):

@@ -11,6 +11,8 @@ import numpy as np
 PURPOSES = frozenset({
     "init",         # initial weights: the same on every rank
     "latents",      # (rank, step): a step's latents and classes
+    "augment",      # (rank, step, call): the augmentation of one discriminator call
+    "mix",          # (rank, step, update): WGAN-GP's real/fake mixing weights
     "preview",      # the fixed inputs of the preview grids
     "epoch_order",  # (rank, epoch): the resident reader's permutation of a worker's rows
     "unit_order",   # (epoch): the streaming reader's order of row groups

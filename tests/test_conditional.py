@@ -60,8 +60,10 @@ def test_sample_draws_the_asked_class_by_index_or_name(conditional_run, tmp_path
     assert len(list((tmp_path / "n").glob("sample_*.png"))) == 4
 
 
-def test_sample_all_gives_each_class_an_equal_share(conditional_run, tmp_path, capsys):
-    assert sample(capsys, conditional_run, "--num", 9, "--out", tmp_path, "--class", "all")[0] == 0
+@pytest.mark.parametrize("asked", [["--class", "all"], []], ids=["all", "no --class"])
+def test_sample_all_gives_each_class_an_equal_share(asked, conditional_run, tmp_path, capsys):
+    """Without --class too: a conditional generator's samples cover its classes uniformly."""
+    assert sample(capsys, conditional_run, "--num", 9, "--out", tmp_path, *asked)[0] == 0
     labels = [label for label, _ in labels_of(tmp_path)]
     assert sorted(labels) == ["0"] * 3 + ["1"] * 3 + ["2"] * 3
 

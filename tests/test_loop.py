@@ -71,8 +71,17 @@ def _tensors(tree, prefix=""):
 RESNET = {"model.arch": "resnet_sn", "model.g_channels": 16, "model.d_channels": 16, "train.loss": "hinge"}
 
 
+# Every stabilizer with state or draws, on the critic loss with its gradient penalty: ADA's p adjusted across the
+# resume at 3, LeCam's running means, R1 and WGAN-GP's mixing draws.
+STABILIZED = {"data.placement": "resident", **RESNET, "train.loss": "wgan", "train.gp_weight": 10.0,
+              "train.augment": "translation,cutout,color", "train.ada_target": 0.6, "train.ada_interval": 2,
+              "train.ada_kimg": 0.5, "train.r1_gamma": 1.0, "train.r1_every": 2, "train.lecam_weight": 0.1,
+              "train.n_dis": 2}
+
+
 @pytest.mark.parametrize("variant", [{"data.placement": "resident"}, {"data.placement": "stream"},
-                                     {"data.placement": "resident", **RESNET}], ids=["resident", "stream", "resnet_sn"])
+                                     {"data.placement": "resident", **RESNET}, STABILIZED],
+                         ids=["resident", "stream", "resnet_sn", "stabilizers"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(variant, tiny_data, tmp_path):
     straight = tiny_config(tiny_data, str(tmp_path), **{"run.name": "straight", **variant})
     train_loop(local_ctx(straight, tmp_path / "straight"), straight)
@@ -91,6 +100,9 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(variant, tiny_da
     for key, tensor in a["ema"]["G"].items():  # the EMA generator resumes bit-exactly too
         assert torch.equal(tensor, b["ema"]["G"][key]), key
     assert a["train"] == b["train"]
+    assert _tensors(a["adversary"]).keys() == _tensors(b["adversary"]).keys()
+    for key, tensor in _tensors(a["adversary"]).items():  # what the stabilizers keep
+        assert torch.equal(tensor, _tensors(b["adversary"])[key]), key
 
 
 def test_only_complete_checkpoints_are_resumed_from(tiny_data, tmp_path):

@@ -24,6 +24,11 @@ ray.cloudpickle.register_pickle_by_value(conftest)
 pytestmark = pytest.mark.ray
 
 
+STABILIZERS = {"train.batch_size": 4, "train.n_dis": 2, "train.augment": "translation,cutout,color",
+               "train.ada_target": 0.6, "train.ada_interval": 3, "train.ada_kimg": 0.5, "train.r1_gamma": 1.0,
+               "train.r1_every": 3, "train.lecam_weight": 0.1}
+
+
 def make_recording_loop(out_dir: str):
     """The project's loop, with each worker writing down the row ids of every batch it trained on, and the rows
     whose label is not the one tiny_data gave them (row % 10)."""
@@ -52,10 +57,12 @@ def make_recording_loop(out_dir: str):
 def first_run(ray_cluster, tiny_data, tmp_path_factory):
     storage = tmp_path_factory.mktemp("ray-storage")
     rows = tmp_path_factory.mktemp("rows")
-    # 256 rows / 2 workers / batch 8 = 16 batches per worker per epoch: 10 steps stay inside one epoch.
+    # 256 rows / 2 workers / (2 D updates x batch 4) = 16 steps per worker per epoch: 10 steps stay inside one
+    # epoch. Every stabilizer is on, so DDP, the replica check and the exact resume below cover them: augmentation
+    # with an adaptive p (adjusted across the resume at 10), lazy R1 and LeCam, whose state the ranks share.
     cfg = tiny_config(tiny_data, str(storage), **{"run.num_workers": 2, "run.name": "two-workers",
                                                    "train.steps": 10, "train.checkpoint_every": 5,
-                                                   "data.shuffle": False})
+                                                   "data.shuffle": False, **STABILIZERS})
     result = train(cfg, loop=make_recording_loop(str(rows)))
     return cfg, storage, rows, result
 
@@ -132,6 +139,10 @@ def test_resumed_ray_run_matches_an_uninterrupted_one_exactly(first_run, tmp_pat
             assert torch.equal(tensor, b["nets"][name][key]), (name, key)
     for key, tensor in a["ema"]["G"].items():  # the EMA generator too
         assert torch.equal(tensor, b["ema"]["G"][key]), key
+    for part in ("ada", "lecam"):  # and what the stabilizers keep
+        for key, tensor in a["adversary"][part].items():
+            assert torch.equal(tensor, b["adversary"][part][key]), (part, key)
+    assert 0 < a["adversary"]["ada"]["p"] < 1 and a["adversary"]["lecam"]["seen"] == 14 * 2
 
 
 def test_step_benchmark_also_times_the_ray_data_streamed_path(ray_cluster, tmp_path):

@@ -11,6 +11,7 @@ from gan_dist.data.reader import read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.train import losses, speed
 from gan_dist.train.generation import GenerationTask
+from test_stabilizers import EVERY_SWITCH
 
 CPU = torch.device("cpu")
 
@@ -35,7 +36,7 @@ def test_one_d_forward_over_real_and_fake_only_without_batch_norm(tiny_data, tmp
     resnet = GenerationTask(resnet_config(tiny_data, tmp_path), read_manifest(tiny_data), CPU)
     assert not dcgan.features.concat_d_forward and resnet.features.concat_d_forward
     real, fake = torch.rand(4, 1, 16, 16) * 2 - 1, torch.rand(4, 1, 16, 16) * 2 - 1
-    joint = resnet._d_logits(real, fake, None, None)
+    joint = resnet.adversary.logits(resnet.D, [real, fake], [None, None], seed=0)
     apart = (resnet.D(real), resnet.D(fake))
     for a, b in zip(joint, apart):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
@@ -47,12 +48,15 @@ def test_hinge_losses():
     assert losses.g_hinge(fake).item() == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("arch", ["dcgan", "resnet_sn"])
-def test_compiled_step_trains_like_the_eager_step(arch, tiny_data, tmp_path):
+RESNET = {"model.arch": "resnet_sn", "model.g_channels": 16, "model.d_channels": 16, "train.loss": "hinge"}
+
+
+@pytest.mark.parametrize("variant", [{}, RESNET, {**RESNET, **EVERY_SWITCH}], ids=["dcgan", "resnet_sn", "stabilizers"])
+def test_compiled_step_trains_like_the_eager_step(variant, tiny_data, tmp_path):
     """torch.compile over G and D (aot_eager: the graph capture and autograd of inductor, without a C++ build):
-    spectral norm's power iteration outside the graph keeps it capturable, and three steps match eager."""
-    overrides = {} if arch == "dcgan" else {"model.arch": "resnet_sn", "model.g_channels": 16,
-                                             "model.d_channels": 16, "train.loss": "hinge"}
+    spectral norm's power iteration outside the graph keeps it capturable, and three steps match eager. With every
+    stabilizer on, augmentation and LeCam run around the captured D, and lazy R1 updates call D eagerly."""
+    overrides = variant
     tasks = []
     for compile_mode in ("off", "default"):
         cfg = tiny_config(tiny_data, str(tmp_path), **overrides, **{"train.compile": compile_mode,

@@ -56,8 +56,8 @@ def open_reader(cfg: Config, data_uri: str, manifest: Manifest, rank: int, world
     """A worker's reader of one dataset: its rows resident on the device, or streamed by reader processes."""
     t = cfg.train
     if resident:
-        return resident_reader(data_uri, manifest, t.batch_size, rank, world_size, t.seed, cfg.data.shuffle, device)
-    return StreamReader(data_uri, manifest, t.batch_size, rank, world_size, t.seed, cfg.data.shuffle, device,
+        return resident_reader(data_uri, manifest, t.real_per_step, rank, world_size, t.seed, cfg.data.shuffle, device)
+    return StreamReader(data_uri, manifest, t.real_per_step, rank, world_size, t.seed, cfg.data.shuffle, device,
                         workers=cfg.data.stream_workers)
 
 

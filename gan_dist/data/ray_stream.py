@@ -57,7 +57,7 @@ def stream_batches(shard: DataIterator, cfg: Config, rank: int, device: torch.de
     different order of the interrupted one."""
     def host_batches() -> Iterator[tuple[Batch, DataPosition]]:
         epoch = start.epoch + (1 if start.batch else 0)
-        size = cfg.train.batch_size
+        size = cfg.train.real_per_step
         per_chunk = max(1, STREAM_CHUNK_ROWS // size)
         while True:
             seed = _ray_seed(cfg.train.seed, "ray_shuffle", rank, epoch)

@@ -93,10 +93,12 @@ def resume_from(cfg: Config, manifest: Manifest) -> tuple[str, int] | None:
 
 def check_batch_fits(cfg: Config, manifest: Manifest) -> None:
     share = manifest.count // cfg.run.num_workers  # the smallest worker's rows
-    if share < cfg.train.batch_size:
+    t = cfg.train
+    if share < t.real_per_step:
+        batch = f"one batch of {t.batch_size}" if t.n_dis == 1 else f"one step's {t.n_dis} batches of {t.batch_size}"
         raise UserError(f"each of {cfg.run.num_workers} worker(s) gets {share} of the dataset's {manifest.count} "
-                        f"images, fewer than one batch of {cfg.train.batch_size}; lower --batch-size (or use fewer "
-                        f"workers)")
+                        f"images, fewer than {batch}; lower --batch-size (or use fewer workers"
+                        f"{'' if t.n_dis == 1 else ', or a lower train.n_dis'})")
 
 
 def warn_unlogged_best(cfg: Config, manifest: Manifest) -> None:

@@ -14,8 +14,9 @@ from gan_dist.data.reader import Batch
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.imaging import grid_image, to_model_range, to_uint8
-from gan_dist.models import build_discriminator, build_generator, update_spectral_norms
-from gan_dist.train import losses, speed
+from gan_dist.models import build_discriminator, build_generator
+from gan_dist.train import speed
+from gan_dist.train.adversary import Adversary
 from gan_dist.train.ema import EMA
 from gan_dist.train.task import Task, frozen
 
@@ -33,10 +34,13 @@ def num_classes(cfg: Config, manifest: Manifest, dataset: str = "the dataset") -
 
 
 class GenerationTask(Task):
-    """`G`/`D` are the plain modules; `G_ddp`/`D_ddp` the DDP wrappers when distributed (the same modules
-    otherwise); `ema` the averaged generator that previews and exports use (None with train.ema off)."""
+    """`G`/`D` are the plain modules; `G_ddp` G's DDP wrapper when distributed (G otherwise); `adversary` D with its
+    loss, augmentation and regularizers; `ema` the averaged generator that previews and exports use (None with
+    train.ema off)."""
 
-    METRICS = ("loss_D", "loss_G", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "lr_G", "lr_D")
+    # augment_p and penalty_D only when augmentation or a regularizer is on
+    METRICS = ("loss_D", "loss_G", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "lr_G", "lr_D", "augment_p",
+               "penalty_D")
 
     def __init__(self, cfg: Config, manifest: Manifest, device: torch.device, rank: int = 0, world_size: int = 1):
         m, t = cfg.model, cfg.train
@@ -48,20 +52,16 @@ class GenerationTask(Task):
         self.G = build_generator(m, self.resolution, self.channels, self.num_classes).to(device)
         self.D = build_discriminator(m, self.resolution, self.channels, self.num_classes).to(device)
         super().__init__(device, speed.resolve(t, device, self.D))
-        self.G_ddp, self.D_ddp = self.G, self.D
+        self.G_ddp = self.G
         if world_size > 1:
-            ids = [device] if device.type == "cuda" else None
-            self.G_ddp = DistributedDataParallel(self.G, device_ids=ids)
-            self.D_ddp = DistributedDataParallel(self.D, device_ids=ids)
-        self.d_loss, self.g_loss = losses.LOSSES[t.loss]
+            self.G_ddp = DistributedDataParallel(self.G, device_ids=[device] if device.type == "cuda" else None)
+        self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
         fused = self.features.fused_adam
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
         self.nets, self.optimizers = {"G": self.G, "D": self.D}, {"G": self.opt_g, "D": self.opt_d}
         # What the step calls: compiled views when asked. G/D stay plain for previews, state dicts and checks.
         self.G_step = speed.compiled(self.G_ddp, self.features)
-        self.D_step = speed.compiled(self.D_ddp, self.features)
-        self.D_for_g = speed.compiled(self.D, self.features)
         self.noise = torch.Generator(device=device)
         self.ema = EMA(self.G, t.ema_half_life_kimg, t.ema_rampup, t.batch_size * world_size) if t.ema else None
         self.grid_z, self.grid_labels = self._grid_inputs(t.seed)
@@ -86,33 +86,32 @@ class GenerationTask(Task):
         return z.repeat(rows, 1), labels
 
     def train_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
-        """One D update then one G update. The latents are a pure function of (seed, rank, step), so a resumed
-        run draws exactly the noise the uninterrupted run would have drawn, without RNG state."""
-        batch = batches["train"]
+        """n_dis D updates, each on its own share of the batch, then a G update on the last D update's fakes. The
+        latents are a pure function of (seed, rank, step, update), so a resumed run draws exactly the noise the
+        uninterrupted run would have drawn, without RNG state."""
+        batch, n_dis = batches["train"], self.cfg.train.n_dis
         speed.mark_step_begin(self.features)
-        real = to_model_range(batch["image"].to(self.device, non_blocking=True))
-        real_labels = batch["label"].to(self.device, non_blocking=True) if self.num_classes else None
-        z, fake_labels = self.latents(real.shape[0], seeds.derive(self.cfg.train.seed, "latents", self.rank, step))
-        update_spectral_norms(self.D)  # the power iteration, outside any compiled region: forwards stay pure
+        reals = to_model_range(batch["image"].to(self.device, non_blocking=True)).chunk(n_dis)
+        real_labels = batch["label"].to(self.device, non_blocking=True).chunk(n_dis) if self.num_classes else None
+        for update in range(n_dis):
+            fake, fake_labels = self._fakes(len(reals[update]), step, update)
+            with self.autocast():
+                loss_d, real_logits, fake_logits = self.adversary.discriminator_loss(
+                    reals[update], fake, real_labels and real_labels[update], fake_labels, step, update)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            grad_norm_d, bad_d = self.guarded_update(self.opt_d, self.D)
 
         with self.autocast():
-            fake = self.G_step(z, fake_labels)
-            real_logits, fake_logits = self._d_logits(real, fake.detach(), real_labels, fake_labels)
-            loss_d = self.d_loss(real_logits, fake_logits)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        grad_norm_d, bad_d = self.guarded_update(self.opt_d, self.D)
-
-        # The plain D (not its DDP wrapper): no D gradients to synchronise in the G update.
-        with self.autocast(), frozen(self.D):
-            loss_g = self.g_loss(self.D_for_g(fake, fake_labels).float())
+            loss_g = self.adversary.generator_loss(fake, fake_labels, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         grad_norm_g, bad_g = self.guarded_update(self.opt_g, self.G)
         self.nonfinite.record(bad_d | bad_g)
+        self.adversary.end_step(step)
         if self.ema is not None:
             self.ema.update(self.G, step)
-        return {
+        out = {
             "loss_D": loss_d.detach(),
             "loss_G": loss_g.detach(),
             "D_real": torch.sigmoid(real_logits.detach()).mean(),
@@ -120,16 +119,18 @@ class GenerationTask(Task):
             "grad_norm_D": grad_norm_d,
             "grad_norm_G": grad_norm_g,
         }
+        if self.adversary.transforms:
+            out["augment_p"] = torch.as_tensor(self.adversary.p)
+        if self.adversary.regularized:
+            out["penalty_D"] = self.adversary.last_penalty
+        return out
 
-    def _d_logits(self, real: torch.Tensor, fake: torch.Tensor, real_labels: torch.Tensor | None,
-                  fake_labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's float logits for the real and the fake batch: one forward over both when D allows it."""
-        if self.features.concat_d_forward:
-            # In the generator's dtype (bf16 under autocast): D's first layer would cast to it anyway.
-            labels = None if real_labels is None else torch.cat([real_labels, fake_labels])
-            logits = self.D_step(torch.cat([real.to(fake.dtype), fake]), labels).float()
-            return logits[: len(real)], logits[len(real) :]
-        return self.D_step(real, real_labels).float(), self.D_step(fake, fake_labels).float()
+    def _fakes(self, n: int, step: int, update: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """G's images (with the graph to G) for one D update, and their classes when conditional."""
+        indexes = (self.rank, step) if update == 0 else (self.rank, step, update)
+        z, labels = self.latents(n, seeds.derive(self.cfg.train.seed, "latents", *indexes))
+        with self.autocast():
+            return self.G_step(z, labels), labels
 
     @property
     def inference_generator(self) -> torch.nn.Module:
@@ -164,8 +165,12 @@ class GenerationTask(Task):
         return {"generator": self.inference_generator.state_dict()}
 
     def extra_state(self) -> dict[str, Any]:
-        return {} if self.ema is None else {"ema": {"G": self.ema.net.state_dict()}}
+        state = {"adversary": self.adversary.state_dict()}
+        if self.ema is not None:
+            state["ema"] = {"G": self.ema.net.state_dict()}
+        return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.adversary.load_state_dict(state.get("adversary", {}))
         if self.ema is not None:  # a checkpoint of a run without EMA starts the average at its G
             self.ema.net.load_state_dict(state["ema"]["G"] if "ema" in state else state["nets"]["G"])

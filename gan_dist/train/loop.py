@@ -69,7 +69,7 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     evaluation = Evaluation(task, ctx, cfg, tracker, checkpoints)
     parts: list[Part] = [evaluation, MetricWindow(task, ctx, cfg, tracker, checkpoints, evaluation),
                          NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker), checkpoints]
-    images_per_step = t.batch_size * ctx.world_size
+    images_per_step = t.real_per_step * ctx.world_size
     batches = ctx.batches(task.datasets, state.positions)
     while state.step < t.steps:
         data, positions = next(batches)

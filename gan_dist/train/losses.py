@@ -24,5 +24,16 @@ def g_hinge(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+def d_wasserstein(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D(G(z)) - D(x): the critic's estimate of the Wasserstein-1 distance, negated (Arjovsky et al. 2017). It needs
+    a Lipschitz bound: WGAN-GP's gradient penalty (train.gp_weight) or spectral norm."""
+    return fake_logits.mean() - real_logits.mean()
+
+
+def g_wasserstein(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
 # name -> (discriminator loss, generator loss)
-LOSSES = {"nonsaturating": (d_nonsaturating, g_nonsaturating), "hinge": (d_hinge, g_hinge)}
+LOSSES = {"nonsaturating": (d_nonsaturating, g_nonsaturating), "hinge": (d_hinge, g_hinge),
+          "wgan": (d_wasserstein, g_wasserstein)}

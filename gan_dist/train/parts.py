@@ -128,7 +128,7 @@ class MetricWindow:
                  checkpoints: Checkpoints, evaluation: Evaluation):
         self.task, self.ctx, self.cfg, self.tracker, self.checkpoints = task, ctx, cfg, tracker, checkpoints
         self.evaluation = evaluation
-        self.images_per_step = cfg.train.batch_size * ctx.world_size
+        self.images_per_step = cfg.train.real_per_step * ctx.world_size
         self.started, self.images, self.skipped_before = time.perf_counter(), 0, 0.0
 
     def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
@@ -240,8 +240,8 @@ class Evaluation:
         # with the generator only, and do not depend on how many workers share the work.
         rows = worker_rows(e.num, ctx.rank, ctx.world_size)
         images, labels = self.task.generate(rows, e.num, seeds.derive(self.cfg.train.seed, "eval"))
-        # The images themselves go to rank 0 only where a metric reads them (SWD, the domain classifier's verdicts).
-        keep_images = "swd" in e.metric_names() or isinstance(self.net, DomainFeatures)
+        # The images themselves go to rank 0 only where a metric reads them (SWD, copies, the classifier's verdicts).
+        keep_images = bool({"swd", "copies"} & set(e.metric_names())) or isinstance(self.net, DomainFeatures)
         mine = (embed(self.net, images, ctx.device), images.cpu() if keep_images else None,
                 None if labels is None else labels.cpu())
         gathered = collective.gather(mine)
@@ -250,7 +250,7 @@ class Evaluation:
         features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
                                       for parts in zip(*gathered))
         result = compare(e.metric_names(), self.net, self.real, features,
-                         lambda: real_images(ctx.data_uri, ctx.manifest, e.num), images_u8, asked, self.cfg.train.seed)
+                         lambda n: real_images(ctx.data_uri, ctx.manifest, n), images_u8, asked, self.cfg.train.seed)
         result["eval_seconds"] = time.perf_counter() - started
         self.latest = {"step": state.step, **result}
         self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
