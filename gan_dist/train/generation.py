@@ -18,7 +18,7 @@ from gan_dist.models import build_discriminator, build_generator
 from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
 from gan_dist.train.ema import EMA
-from gan_dist.train.task import Task, frozen
+from gan_dist.train.task import Task
 
 GRID_COLUMNS = 8
 GRID_ROWS = 8  # unconditional grids; conditional ones have a row per class
