@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any
 
-from gan_dist.config import DEFAULT_PRESET, Config, load_config, parse_override
+from gan_dist.config import DEFAULT_PRESET, EVAL_METRICS, Config, load_config, parse_override
 from gan_dist.data.images import FILTERS
 from gan_dist.data.shards import FORMATS
 from gan_dist.errors import UserError
@@ -111,8 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
     evaluate.add_argument("--data", help="the real images (default: the dataset the run trained on)")
     evaluate.add_argument("--num", type=_positive_int, default=10_000, help="generated images (default 10000)")
-    evaluate.add_argument("--metrics", default="fid,kid,pr,swd",
-                          help="comma-separated: fid, kid, pr, swd (default all)")
+    evaluate.add_argument("--metrics", default=",".join(EVAL_METRICS),
+                          help=f"comma-separated: {', '.join(EVAL_METRICS)} (default all)")
     evaluate.add_argument("--features", default="auto", choices=["auto", "domain", "inception"],
                           help="domain: a classifier trained on the dataset's labels (fast on a CPU); inception: the "
                                "standard FID network (pip install 'gan-dist[fid]'; slow on a CPU); auto (default): "

@@ -40,7 +40,8 @@ def evaluate(capsys, *args) -> tuple[int, str, str]:
 def test_evaluate_prints_one_table_and_writes_json(run, tmp_path, capsys):
     code, out, _ = evaluate(capsys, run, "--num", 64, "--json", tmp_path / "eval.json")
     assert code == 0
-    for name in ("fid", "kid", "precision", "recall", "swd_16", "swd_mean", "confident", "coverage", "agreement"):
+    for name in ("fid", "kid", "precision", "recall", "swd_16", "swd_mean", "copies", "confident", "class_min",
+                 "coverage", "agreement"):
         assert any(line.startswith(name + " ") for line in out.splitlines()), (name, out)
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["checkpoint"].endswith("checkpoint_000000006") and saved["num"] == 64 and saved["real"] == 64

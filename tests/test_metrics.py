@@ -1,5 +1,6 @@
 """The metric math of `gan-dist evaluate`: FID and KID through torchmetrics on precomputed features, improved
-precision/recall, and ProGAN's sliced Wasserstein distance, each against an independent reference or a known case."""
+precision/recall, ProGAN's sliced Wasserstein distance and the near-copy share, each against an independent reference
+or a known case."""
 
 from __future__ import annotations
 
@@ -256,3 +257,27 @@ def test_one_direction_swd_is_the_1d_wasserstein_distance(n, m):
     a, b = torch.randn(n, 1, generator=gen, dtype=torch.float64), 2 * torch.rand(m, 1, generator=gen).double()
     ours = metrics._sliced_wasserstein(a, b, dirs_per_repeat=1, repeats=1, gen=gen)
     assert ours == pytest.approx(scipy.stats.wasserstein_distance(a[:, 0].numpy(), b[:, 0].numpy()), rel=1e-12)
+
+
+# near-copies of training images
+
+
+def blobs(n: int, seed: int) -> torch.Tensor:
+    """n smooth random 16x16 images: a coarse random field upsampled, as uint8 N×H×W×1."""
+    coarse = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(seed))
+    return (F.interpolate(coarse, size=16, mode="bilinear") * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def test_near_copies_finds_copies_and_slightly_noisy_copies_but_not_new_images_of_the_distribution():
+    train = blobs(600, seed=0)
+    assert metrics.near_copies(train, train[:50]) == 1.0
+    noise = torch.randn(50, 16, 16, 1, generator=torch.Generator().manual_seed(1)) * 2
+    assert metrics.near_copies(train, (train[:50].float() + noise).clamp(0, 255).to(torch.uint8)) == 1.0
+    assert metrics.near_copies(train, blobs(200, seed=2)) == 0.0  # held out: near some, close to none alone
+    mixed = torch.cat([train[:10], blobs(30, seed=3)])
+    assert metrics.near_copies(train, mixed) == pytest.approx(10 / 40)
+
+
+def test_near_copies_searches_the_training_set_in_blocks_with_the_same_answer():
+    train, fake = blobs(300, seed=4), torch.cat([blobs(20, seed=5), blobs(300, seed=4)[:7]])
+    assert metrics.near_copies(train, fake, block_size=7) == metrics.near_copies(train, fake) == pytest.approx(7 / 27)

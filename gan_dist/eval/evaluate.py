@@ -20,7 +20,7 @@ from gan_dist.eval.measure import MEANINGS, check_sizes, compare, feature_networ
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.sample import generate, load_generator
 
-METRICS = EVAL_METRICS  # with domain features also: confident, coverage, agreement (conditional)
+METRICS = EVAL_METRICS  # with domain features also: confident, class_min, coverage, agreement (conditional)
 
 
 @dataclass
@@ -72,7 +72,7 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
         asked.append(labels)
         done += len(batch)
         progress.update(done, final=done >= num)
-    result = compare(names, net, real, torch.cat(fake), lambda: real_images(data_uri, manifest, num),
+    result = compare(names, net, real, torch.cat(fake), lambda n: real_images(data_uri, manifest, n),
                      torch.cat(fake_images), torch.cat(asked) if classes else None, seed)
     return Evaluation(uri, meta.get("step"), features, num, len(real), time.perf_counter() - started, result)
 

@@ -16,8 +16,8 @@ from gan_dist.eval import metrics as m
 from gan_dist.eval.features import FEATURES, DomainFeatures, domain_features
 
 # What evaluation during training logs (SWD adds swd_<resolution> per pyramid level).
-EVAL_LOGGED = ("fid", "kid", "kid_std", "precision", "recall", "swd_mean", "confident", "coverage", "agreement",
-               "eval_seconds")
+EVAL_LOGGED = ("fid", "kid", "kid_std", "precision", "recall", "swd_mean", "copies", "confident", "class_min",
+               "coverage", "agreement", "eval_seconds")
 CONFIDENT = 0.9  # a generated image is recognisable when the domain classifier gives one class this probability
 # (name, which way is better, what it says) for the table and the README
 MEANINGS = {
@@ -27,12 +27,15 @@ MEANINGS = {
     "precision": ("higher", "share of generated images inside the real images' manifold (fidelity)"),
     "recall": ("higher", "share of real images inside the generated images' manifold (diversity)"),
     "swd_mean": ("lower", "sliced Wasserstein distance of Laplacian-pyramid patches (x1e3), mean over levels"),
+    "copies": ("lower", "share of generated images that are near-copies of a training image (pixel distance)"),
     "confident": ("higher", f"share of generated images the domain classifier gives one class p >= {CONFIDENT}"),
+    "class_min": ("higher", "the rarest class's share of the confident images (1/classes when balanced)"),
     "coverage": ("higher", "share of classes receiving at least half their fair share of confident images"),
     "agreement": ("higher", "share of images the domain classifier puts in the class they were drawn for"),
 }
 
 
+COPIES_MAX_BYTES = 1 << 28  # the real images `copies` searches: up to 256 MB of them
 MIN_IMAGES = 4  # precision/recall's k-NN (k = 3) needs k + 1 images on each side
 SWD_MIN_RESOLUTION = 16  # ProGAN's pyramid stops at 16x16
 
@@ -78,6 +81,7 @@ def class_metrics(net: DomainFeatures, images_u8: torch.Tensor, asked: torch.Ten
     classes = probabilities.shape[1]
     per_class = torch.bincount(predicted[confident], minlength=classes)
     out = {"confident": confident.float().mean().item(),
+           "class_min": (per_class.min() / per_class.sum().clamp(min=1)).item(),
            "coverage": (per_class >= len(images_u8) / classes / 2).float().mean().item()}
     if asked is not None:
         out["agreement"] = (predicted == asked.cpu()).float().mean().item()
@@ -85,10 +89,11 @@ def class_metrics(net: DomainFeatures, images_u8: torch.Tensor, asked: torch.Ten
 
 
 def compare(names: tuple[str, ...] | list[str], net: nn.Module, real: torch.Tensor, fake: torch.Tensor,
-            real_u8: Callable[[], np.ndarray], fake_u8: torch.Tensor | np.ndarray | None,
+            real_u8: Callable[[int], np.ndarray], fake_u8: torch.Tensor | np.ndarray | None,
             asked: torch.Tensor | None, seed: int) -> dict[str, float]:
     """The asked metrics of the generated features (and images, for SWD) against the real ones, and with the
-    domain features the classifier's verdicts on the generated images (`asked`: their classes, if conditional)."""
+    domain features the classifier's verdicts on the generated images (`asked`: their classes, if conditional).
+    `real_u8(n)`: the first n real images (all, where the dataset has fewer)."""
     out: dict[str, float] = {}
     if "fid" in names:
         out["fid"] = m.fid(real, fake)
@@ -98,7 +103,10 @@ def compare(names: tuple[str, ...] | list[str], net: nn.Module, real: torch.Tens
         n = min(len(real), len(fake))
         out["precision"], out["recall"] = m.precision_recall(real[:n], fake[:n])
     if "swd" in names:
-        out.update(m.swd(torch.as_tensor(real_u8()), torch.as_tensor(fake_u8), seed=seed))
+        out.update(m.swd(torch.as_tensor(real_u8(len(real))), torch.as_tensor(fake_u8), seed=seed))
+    if "copies" in names:  # against as much of the training set as a bounded memory holds
+        fake_u8 = torch.as_tensor(fake_u8)
+        out["copies"] = m.near_copies(torch.as_tensor(real_u8(COPIES_MAX_BYTES // fake_u8[0].numel())), fake_u8)
     if isinstance(net, DomainFeatures):
         device = next(net.parameters()).device
         out.update(class_metrics(net, torch.as_tensor(fake_u8).to(device), asked))

@@ -1,5 +1,6 @@
 """The numbers `gan-dist evaluate` reports: FID, KID and precision/recall from features (N×D float tensors, real and
-fake may differ in N), and ProGAN's sliced Wasserstein distance from uint8 images (N×H×W×C)."""
+fake may differ in N), and from uint8 images (N×H×W×C) ProGAN's sliced Wasserstein distance and the share of
+near-copies of training images."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ SWD_SCALE = 1e3  # ProGAN reports SWD × 10^3
 SWD_IMAGE_BATCH = 256  # images per pyramid pass
 SWD_DIR_CHUNK = 32  # directions projected at a time: 1.28M descriptors × 32 float32 is 164 MB
 SWD_MIN_STD = 1e-8  # a constant level (e.g. collapsed, flat fakes) normalises to zeros instead of NaN
+# Carlini et al. 2023 ("Extracting training data from diffusion models"): copied when the nearest training image is
+# closer than 1/3 of alpha = 0.5 times the mean distance to the 50 nearest.
+COPY_NEIGHBOURS = 50
+COPY_RATIO = 0.5 / 3
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
 
 
@@ -115,6 +120,25 @@ def swd(real_u8: Tensor, fake_u8: Tensor, seed: int = 0, nhoods_per_image: int =
                                                                dir_gen)
     result["swd_mean"] = sum(result.values()) / len(resolutions)
     return result
+
+
+def near_copies(train_u8: Tensor, fake_u8: Tensor, neighbours: int = COPY_NEIGHBOURS,
+                block_size: int = PR_BLOCK_SIZE) -> float:
+    """The share of generated images that are near-copies of a training image, by Carlini et al. 2023's relative
+    distance: the nearest training image is closer than COPY_RATIO of the mean distance to the `neighbours`
+    nearest (pixel L2). An image near one training image and far from the rest was memorised; one in a dense region
+    of the data was not, however close. Images N×H×W×C uint8; lower is better, 0 for a generator that copies none."""
+    if train_u8.shape[1:] != fake_u8.shape[1:] or not len(train_u8) or not len(fake_u8):
+        raise ValueError(f"training and generated images differ in shape or are empty: {tuple(train_u8.shape)} vs "
+                         f"{tuple(fake_u8.shape)}")
+    k = min(neighbours, len(train_u8))
+    fake = fake_u8.flatten(1).float() / 255
+    nearest = torch.full((len(fake), k), float("inf"))
+    for block in train_u8.split(block_size):  # a block of the training set against every fake image at a time
+        dist = torch.cdist(fake, block.flatten(1).float() / 255)
+        nearest = torch.cat([nearest, dist], dim=1).topk(k, dim=1, largest=False).values
+    copied = nearest[:, 0] < COPY_RATIO * nearest.mean(dim=1)
+    return copied.double().mean().item()
 
 
 def _check_features(real: Tensor, fake: Tensor, min_samples: int) -> None:
