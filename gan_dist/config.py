@@ -67,7 +67,8 @@ class _ModelSection(_Section):
     z_dim: int = Field(64, ge=1)
     g_channels: int = Field(32, ge=1, description="width of the generator's last hidden stage")
     d_channels: int = Field(32, ge=1, description="width of the discriminator's first stage")
-    conditional: bool = Field(False, description="class-conditional G and D; the classes come from the dataset")
+    # auto: conditional when the dataset has classes (the default preset: the digits are labeled, a folder may not be)
+    conditional: bool | Literal["auto"] = Field(False, description="class-conditional G and D; classes from the data")
 
 
 class DCGANConfig(_ModelSection):

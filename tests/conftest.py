@@ -74,6 +74,7 @@ def tiny_config(data: str, storage: str, **overrides):
     base = {
         "data.path": data, "run.storage": storage, "run.name": "tiny",
         "model.z_dim": 8, "model.g_channels": 8, "model.d_channels": 8,
+        "model.conditional": False,  # the default preset's auto would condition on tiny_data's classes
         "train.batch_size": 8, "train.steps": 6, "train.log_every": 2, "train.checkpoint_every": 3,
         "train.sample_every": 3, "eval.features": "off",  # tests of evaluation turn it on
     }

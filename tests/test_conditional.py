@@ -11,10 +11,13 @@ from PIL import Image
 from conftest import numbered_images, tiny_config
 from gan_dist import checkpoint
 from gan_dist.cli import main
+from gan_dist.config import load_config
+from gan_dist.data.reader import read_manifest
 from gan_dist.data.prepare import write_shards
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.sample import load_generator
+from gan_dist.train.generation import num_classes
 
 CLASSES = ["cat", "dog", "owl"]
 
@@ -100,6 +103,18 @@ def test_a_conditional_model_needs_a_labeled_dataset(tmp_path):
     with pytest.raises(UserError, match="model.conditional=true needs a labeled dataset, and .* has no classes"):
         train(tiny_config(unlabeled, str(tmp_path / "runs"), **{"model.conditional": True}))
     assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_the_default_presets_auto_conditions_on_classes_where_the_dataset_has_them(tiny_data, tmp_path):
+    unlabeled = str(tmp_path / "unlabeled")
+    write_shards(numbered_images(32), None, unlabeled, shard_size=32)
+    for data, classes in ((tiny_data, 10), (unlabeled, 0)):
+        cfg = tiny_config(data, str(tmp_path / "runs"), **{"model.conditional": "auto"})
+        assert load_config(None).model.conditional == "auto"  # what tiny_config overrides
+        assert num_classes(cfg, read_manifest(data)) == classes
+    train(tiny_config(unlabeled, str(tmp_path / "runs"), **{"model.conditional": "auto", "train.steps": 3}))
+    generator = load_generator(checkpoint.latest_complete(str(tmp_path / "runs" / "tiny")), torch.device("cpu"))
+    assert generator.class_names == [] and generator.net.embed is None  # unconditional, and sampled as one
 
 
 def test_raw_samples_the_trained_generator_not_its_average(conditional_run, tmp_path, capsys):

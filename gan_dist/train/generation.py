@@ -26,8 +26,9 @@ MAX_GRID_CLASSES = 32  # rows of a conditional grid: the first classes only, for
 
 
 def num_classes(cfg: Config, manifest: Manifest, dataset: str = "the dataset") -> int:
-    """Classes the nets are conditioned on: the dataset's, when the model is conditional; 0 otherwise."""
-    if cfg.model.conditional and not manifest.class_names:
+    """Classes the nets are conditioned on: the dataset's, when the model is conditional (or `auto` and the dataset
+    has classes); 0 otherwise."""
+    if cfg.model.conditional is True and not manifest.class_names:
         raise UserError(f"model.conditional=true needs a labeled dataset, and {dataset} has no classes; prepare one "
                         f"from a folder with a subfolder per class (or an .npz with labels), or train unconditionally")
     return len(manifest.class_names) if cfg.model.conditional else 0
