@@ -34,7 +34,7 @@ def test_train_on_embedded_digits_writes_grids_and_checkpoints(trained_run):
     assert "data: resident on cpu (1.8 MB per worker <= 25% of cpu's" in done.stdout
     assert "step: eager, bf16 off, fused Adam off, D forward real and fake apart" in done.stdout
     grid = Image.open(storage / "cli" / "samples" / "step_000000020.png")
-    assert grid.size == (8 * 34 + 2, 8 * 34 + 2)  # 64 digits of 32 px, 2 px padding
+    assert grid.size == (8 * 34 + 2, 10 * 34 + 2)  # the default is conditional: a row of 8 per digit, 32 px + 2 px
     assert sorted(p.name for p in (storage / "cli").glob("checkpoint_*")) == ["checkpoint_000000010", "checkpoint_000000020"]
 
 
@@ -42,8 +42,11 @@ def test_sample_writes_pngs_of_the_trained_size(trained_run, tmp_path):
     storage, _ = trained_run
     done = run("sample", str(storage / "cli" / "checkpoint_000000020"), "--num", "5", "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
-    images = sorted((tmp_path / "out").iterdir())
+    images = sorted((tmp_path / "out").glob("sample_*.png"))
     assert [p.name for p in images] == [f"sample_{i:05d}.png" for i in range(5)]
+    # the default generator is conditional: without --class, the digits in turn
+    assert (tmp_path / "out" / "labels.csv").read_text().splitlines()[1:] == [
+        f"sample_{i:05d}.png,{i},{i}" for i in range(5)]
     for path in images:
         image = Image.open(path)
         assert (image.size, image.mode) == ((32, 32), "L")

@@ -48,7 +48,8 @@ def test_checkpoints_metrics_and_grids_land_in_the_bucket_and_only_the_newest_ar
 
 def test_sample_reads_the_newest_checkpoint_of_the_s3_run(s3_run, tmp_path, capsys):
     assert main(["sample", s3_run[1], "--num", "4", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"sample_{i:05d}.png" for i in range(4)]
+    # the default preset conditions on tiny_data's classes: labels.csv names each sample's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.csv"] + [f"sample_{i:05d}.png" for i in range(4)]
 
 
 def test_resume_from_the_bucket_ends_with_an_uninterrupted_runs_weights(s3_run, tiny_data):

@@ -104,7 +104,8 @@ class Linear(torch.nn.Module):
 
 
 def adversary(**overrides) -> Adversary:
-    t = load_config(None, {f"train.{k}": v for k, v in overrides.items()}).train
+    """The default preset's train section with its R1 off unless asked for."""
+    t = load_config(None, {f"train.{k}": v for k, v in {"r1_gamma": 0.0, **overrides}.items()}).train
     features = speed.resolve(t, CPU, torch.nn.Linear(1, 1))
     return Adversary(t, Linear(16), features, CPU, rank=0, world_size=1)
 
