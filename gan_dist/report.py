@@ -14,8 +14,8 @@ from gan_dist.errors import UserError
 from gan_dist.tracking import METRICS_FILE
 
 PANELS = (
-    ("losses", ("loss_D", "loss_G"), False),
-    ("discriminator outputs", ("D_real", "D_fake"), False),
+    ("losses (penalty_D: D's regularizers)", ("loss_D", "loss_G", "penalty_D"), False),
+    ("discriminator outputs, augmentation p", ("D_real", "D_fake", "augment_p"), False),
     ("gradient norms", ("grad_norm_D", "grad_norm_G"), True),
     ("throughput (img/s)", ("img_per_s",), False),
     ("evaluation: FID (lower is better)", ("fid",), False),
