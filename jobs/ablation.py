@@ -40,13 +40,15 @@ ROWS = {
 METRICS = ("fid", "precision", "recall", "copies", "confident", "class_min", "coverage")
 
 
-def run_row(name: str, seed: int, out: Path, steps: int | None) -> dict:
+def run_row(name: str, seed: int, out: Path, steps: int | None, data: str | None) -> dict:
     overrides = ROWS[name]
     run = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + f"-seed{seed}"
     args = [sys.executable, "-m", "gan_dist", "train", "dcgan-digits", "--storage", str(out / "runs"), "--name", run,
             "--set", f"train.seed={seed}", "--set", "eval.features=off"]
     if steps:
         args += ["--steps", str(steps)]
+    if data:
+        args += ["--data", data]
     for key, value in overrides.items():
         args += ["--set", f"{key}={value}"]
     started = time.perf_counter()
@@ -103,12 +105,13 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, from: " + ", ".join(ROWS))
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--steps", type=int, help="override every row's preset steps")
+    parser.add_argument("--data", help="a prepared dataset instead of the embedded digits")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     for name in args.rows.split(","):
         for seed in map(int, args.seeds.split(",")):
-            record = run_row(name, seed, args.out, args.steps)
+            record = run_row(name, seed, args.out, args.steps, args.data)
             with results.open("a") as file:
                 file.write(json.dumps(record) + "\n")
             print(json.dumps(record), flush=True)
