@@ -47,15 +47,15 @@ class LeCam:
         self.means, self.seen = (state[k].to(self.means.device).clone() for k in ("means", "seen"))
 
 
-def input_gradient_norms(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """|d logit / d image| per image, kept in the graph so a penalty on it trains D (a double backward)."""
+def squared_input_gradients(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """|d logit / d image|² per image, kept in the graph so a penalty on it trains D (a double backward)."""
     grad, = torch.autograd.grad(logits.sum(), images, create_graph=True)
     return grad.flatten(1).square().sum(dim=1)
 
 
 class Adversary:
     """`D` the plain module; `D_ddp` its DDP wrapper when distributed (D otherwise); the compiled views the updates
-    call. `last_p` and `last_penalty` are what the step logs."""
+    call. `p` and `last_penalty` are what the step logs."""
 
     def __init__(self, t: TrainConfig, D: nn.Module, features: StepFeatures, device: torch.device, rank: int,
                  world_size: int):
@@ -114,17 +114,18 @@ class Adversary:
         logits = self.logits(net, images, labels, seeds.derive(t.seed, "augment", self.rank, step, update))
         real_logits, fake_logits = logits[0], logits[1]
         loss = self.d_loss(real_logits, fake_logits)
-        penalty = torch.zeros((), device=self.device)
+        penalties = []
         if r1_due:  # lazy: every r1_every-th update, scaled by r1_every (Karras et al. 2020)
-            penalty = penalty + t.r1_gamma / 2 * t.r1_every * input_gradient_norms(real_logits, images[0]).mean()
+            penalties.append(t.r1_gamma / 2 * t.r1_every * squared_input_gradients(real_logits, images[0]).mean())
         if t.gp_weight:
-            penalty = penalty + t.gp_weight * (input_gradient_norms(logits[2], images[2]).sqrt() - 1).square().mean()
+            penalties.append(t.gp_weight * (squared_input_gradients(logits[2], images[2]).sqrt() - 1).square().mean())
         if self.lecam is not None:
-            penalty = penalty + self.lecam(real_logits, fake_logits)
+            penalties.append(self.lecam(real_logits, fake_logits))
         if self.ada is not None:
             self.ada.observe(real_logits)
-        self.last_penalty = penalty.detach()
-        return loss + penalty, real_logits, fake_logits
+        if self.regularized:  # logged every step: 0 on updates without a due penalty
+            self.last_penalty = sum(penalties, torch.zeros((), device=self.device)).detach()
+        return sum(penalties, loss), real_logits, fake_logits
 
     def _mix(self, real: torch.Tensor, fake: torch.Tensor, step: int, update: int) -> torch.Tensor:
         """WGAN-GP's points between real and fake images, a weight drawn per image."""

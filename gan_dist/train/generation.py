@@ -94,14 +94,17 @@ class GenerationTask(Task):
         speed.mark_step_begin(self.features)
         reals = to_model_range(batch["image"].to(self.device, non_blocking=True)).chunk(n_dis)
         real_labels = batch["label"].to(self.device, non_blocking=True).chunk(n_dis) if self.num_classes else None
+        bad_d = torch.zeros((), dtype=torch.bool, device=self.device)  # any D update of the step skipped
         for update in range(n_dis):
             fake, fake_labels = self._fakes(len(reals[update]), step, update)
             with self.autocast():
                 loss_d, real_logits, fake_logits = self.adversary.discriminator_loss(
-                    reals[update], fake, real_labels and real_labels[update], fake_labels, step, update)
+                    reals[update], fake, None if real_labels is None else real_labels[update], fake_labels, step,
+                    update)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            grad_norm_d, bad_d = self.guarded_update(self.opt_d, self.D)
+            grad_norm_d, bad = self.guarded_update(self.opt_d, self.D)
+            bad_d = bad_d | bad
 
         with self.autocast():
             loss_g = self.adversary.generator_loss(fake, fake_labels, step)
