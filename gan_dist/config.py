@@ -98,6 +98,16 @@ ModelConfig = Annotated[Union[tuple(Annotated[section, Tag(section.model_fields[
 AUGMENTATIONS = ("translation", "cutout", "color")
 
 
+def _comma_list(text: str, allowed: tuple[str, ...], alone: str | None = None) -> str:
+    """A comma-separated choice from `allowed` (or the one word `alone`), normalised to "a,b"."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if alone is not None and names == [alone]:
+        return alone
+    if not names or any(name not in allowed for name in names):
+        raise ValueError(f"choose from {', '.join(allowed)} (comma-separated){f', or {alone}' if alone else ''}")
+    return ",".join(names)
+
+
 class TrainConfig(_Section):
     steps: int = Field(1500, ge=1)
     batch_size: int = Field(64, ge=1, description="per worker")
@@ -148,12 +158,7 @@ class TrainConfig(_Section):
     @field_validator("augment")
     @classmethod
     def _known_transforms(cls, text: str) -> str:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        if names == ["off"]:
-            return "off"
-        if not names or any(name not in AUGMENTATIONS for name in names):
-            raise ValueError(f"choose from {', '.join(AUGMENTATIONS)} (comma-separated), or off")
-        return ",".join(names)
+        return _comma_list(text, AUGMENTATIONS, alone="off")
 
     def augmentations(self) -> tuple[str, ...]:
         return () if self.augment == "off" else tuple(self.augment.split(","))
@@ -187,10 +192,7 @@ class EvalConfig(_Section):
     @field_validator("metrics")
     @classmethod
     def _known_metrics(cls, text: str) -> str:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        if not names or any(name not in EVAL_METRICS for name in names):
-            raise ValueError(f"choose from {', '.join(EVAL_METRICS)} (comma-separated)")
-        return ",".join(names)
+        return _comma_list(text, EVAL_METRICS)
 
     def metric_names(self) -> tuple[str, ...]:
         return tuple(self.metrics.split(","))
