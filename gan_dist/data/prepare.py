@@ -11,6 +11,7 @@ import errno
 import hashlib
 import io
 import multiprocessing
+import multiprocessing.pool
 import os
 import posixpath
 import re
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ import pyarrow.parquet as pq
 from gan_dist import storage
 from gan_dist.data.images import FILTERS, ImageSpec, Skip, encode, to_square_array
 from gan_dist.data.shards import FORMATS, MANIFEST_NAME, SHARD_SCHEMA, Manifest, content_hash
-from gan_dist.data.sources import ArraySource, Source, digits_source, open_source
+from gan_dist.data.sources import EMBEDDED_SOURCES, ArraySource, Source, open_source
 from gan_dist.errors import UserError
 
 
@@ -41,6 +43,7 @@ class PrepareOptions:
     workers: int = 1
     limit: int | None = None
     shuffle_seed: int | None = 0  # None (or -1, as on the command line) keeps the source order
+    skip: int = 0  # images of that order left out before writing: with `limit` of the same seed, disjoint splits
 
     def __post_init__(self) -> None:
         # Checked here, not only by the CLI's parser, so every caller gets a one-line error, not numpy's or PIL's.
@@ -54,7 +57,7 @@ class PrepareOptions:
             raise UserError(f"unknown --resize-filter '{self.spec.resize_filter}'; use one of {', '.join(FILTERS)}")
         for flag, value, low in (("--resolution", self.spec.resolution, 1), ("--min-size", self.spec.min_size, 0),
                                  ("--shard-size", self.shard_size, 1), ("--workers", self.workers, 1),
-                                 ("--limit", 1 if self.limit is None else self.limit, 1)):
+                                 ("--limit", 1 if self.limit is None else self.limit, 1), ("--skip", self.skip, 0)):
             if value < low:
                 raise UserError(f"{flag} must be at least {low}, got {value}")
         if self.shuffle_seed is not None and self.shuffle_seed < -1:
@@ -158,8 +161,9 @@ class Progress:
         self.total, self.stream, self.tty, self.label = total, stream, stream.isatty(), label
         self.start = self.last = time.perf_counter()
 
-    def update(self, done: int, final: bool = False, limit: int | None = None) -> None:
-        """`limit`: the final line of a run stopped by --limit, where what was read is the whole job."""
+    def update(self, done: int, final: bool = False, limit: int | None = None, skip: int = 0) -> None:
+        """`limit`: the final line of a run stopped by --limit, where what was read is the whole job. `skip`: the
+        final line of a run whose first images --skip left out (read, counted in `done`, not written)."""
         now = time.perf_counter()
         if not final and now - self.last < (0.5 if self.tty else 10.0):
             return
@@ -167,7 +171,8 @@ class Progress:
         total = done if limit else self.total
         rate = done / max(now - self.start, 1e-9)
         eta = (total - done) / rate if rate > 0 else 0.0
-        tail = f", --limit {limit} reached" if limit else ("" if final else f" ETA {eta:,.0f}s")
+        tail = f", first {skip} left out by --skip" if skip else ""
+        tail += f", --limit {limit} reached" if limit else ("" if final else f" ETA {eta:,.0f}s")
         line = f"{self.label}: {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:,.0f}/s{tail}"
         self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
         self.stream.flush()
@@ -187,6 +192,20 @@ def _encode_one(index: int) -> tuple[int, bytes | None, str | None]:
         return index, None, str(skip)
 
 
+ENCODE_SLICE = 512  # inputs handed to the workers at a time
+
+
+def _encoded(pool: multiprocessing.pool.Pool | None,
+             order: list[int]) -> Iterator[tuple[int, bytes | None, str | None]]:
+    """(index, encoded image or None, skip reason) in `order`, a slice at a time. Each slice's results are all
+    collected before the caller sees them, so when --limit stops early no task is left in flight: tearing a pool
+    down mid-imap (Pool.terminate) deadlocked now and then, on a worker killed while it held the task queue's lock.
+    A --limit costs at most one slice of extra encoding."""
+    for start in range(0, len(order), ENCODE_SLICE):
+        part = order[start:start + ENCODE_SLICE]
+        yield from pool.map(_encode_one, part, chunksize=16) if pool else map(_encode_one, part)
+
+
 def write_dataset(source: Source, out: str, options: PrepareOptions, progress: bool = True) -> tuple[Manifest, SkipReport]:
     return _write(source, ShardWriter(out, options.spec, options.fmt, options.shard_size), options, progress)
 
@@ -199,28 +218,38 @@ def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progres
     report, bar = SkipReport(), Progress(len(order)) if progress else None
     _SOURCE, _OPTIONS = source, options
     pool = multiprocessing.get_context("fork").Pool(options.workers) if options.workers > 1 else None
-    done = kept = 0
+    done = good = 0  # inputs read; images among them, --skip's included
     limited = False
     try:
-        results = pool.imap(_encode_one, order.tolist(), chunksize=64) if pool else map(_encode_one, order.tolist())
-        for index, data, reason in results:
+        for index, data, reason in _encoded(pool, order.tolist()):
             done += 1
             if data is None:
-                report.add(source.describe(index), reason)
+                # A bad input among those --skip leaves out is the other split's: the reports add up to the whole's.
+                if good >= options.skip:
+                    report.add(source.describe(index), reason)
             else:
-                writer.add(data, source.label(index))
-                kept += 1
-                if options.limit and kept >= options.limit:
-                    limited = True
-                    break
+                good += 1
+                if good > options.skip:
+                    writer.add(data, source.label(index))
+                    if options.limit and good - options.skip >= options.limit:
+                        limited = True
+                        break
             if bar:
                 bar.update(done)
-    finally:
-        if pool:
+    except BaseException:
+        if pool:  # an error or Ctrl-C: nothing more is wanted from the workers
             pool.terminate()
+        raise
+    finally:
         _SOURCE = _OPTIONS = None
+    if pool:
+        pool.close()
+        pool.join()
+    if options.skip and good <= options.skip:
+        raise UserError(f"--skip {options.skip} leaves no images: the source has {good} usable of {done} inputs; "
+                        f"lower --skip")
     if bar:
-        bar.update(done, final=True, limit=options.limit if limited else None)
+        bar.update(done, final=True, limit=options.limit if limited else None, skip=options.skip)
     return writer.finish(source.class_names, report), report
 
 
@@ -249,21 +278,21 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def embedded_digits(resolution: int = 32) -> str:
-    """The embedded dataset, prepared once into the cache and reused while it verifies. Written into a private
-    folder and renamed into place, so processes preparing it at once (Ray workers on one node) never see each
-    other's halves."""
-    out = cache_dir() / f"digits-{resolution}"
-    if _sound_digits(out, resolution):
+def embedded(name: str, resolution: int = 32) -> str:
+    """A built-in dataset (a name in EMBEDDED_SOURCES), prepared once into the cache and reused while it verifies.
+    Written into a private folder and renamed into place, so processes preparing it at once (Ray workers on one
+    node) never see each other's halves."""
+    out = cache_dir() / f"{name}-{resolution}"
+    if _sound(out, resolution):
         return str(out)
     damaged = out.exists()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
         try:
-            write_dataset(digits_source(), str(staging), PrepareOptions(spec=ImageSpec(resolution, 1), shard_size=512),
-                          progress=False)
-            _install(staging, out, resolution)
+            write_dataset(EMBEDDED_SOURCES[name](), str(staging),
+                          PrepareOptions(spec=ImageSpec(resolution, 1), shard_size=512), progress=False)
+            _install(staging, out, resolution, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except OSError as exc:
@@ -271,13 +300,23 @@ def embedded_digits(resolution: int = 32) -> str:
         raise UserError(f"cannot write the dataset cache {cache_dir()} ({exc.strerror or exc}); set GAN_DIST_CACHE "
                         f"to a writable folder") from None
     if damaged:
-        print(f"warning: the embedded digits cache at {out} was damaged; prepared it again", file=sys.stderr)
+        print(f"warning: the embedded {name} cache at {out} was damaged; prepared it again", file=sys.stderr)
     return str(out)
 
 
-def _sound_digits(out: Path, resolution: int) -> bool:
+def embedded_digits(resolution: int = 32) -> str:
+    """scikit-learn's handwritten digits, prepared into the cache (see `embedded`)."""
+    return embedded("digits", resolution)
+
+
+def embedded_typeset_digits(resolution: int = 32) -> str:
+    """2,000 digits typeset in matplotlib's fonts, prepared into the cache (see `embedded`)."""
+    return embedded("typeset-digits", resolution)
+
+
+def _sound(out: Path, resolution: int) -> bool:
     """The cache as prepare wrote it: a valid manifest of the right size whose content_hash matches the shards'
-    bytes (about 2 MB to hash). Anything else (a garbage or truncated shard, an edited manifest) is rebuilt."""
+    bytes (a few MB to hash). Anything else (a garbage or truncated shard, an edited manifest) is rebuilt."""
     try:
         manifest = Manifest.from_json((out / MANIFEST_NAME).read_bytes(), str(out))
         shards = [(out / name).read_bytes() for name in manifest.shards]
@@ -288,7 +327,7 @@ def _sound_digits(out: Path, resolution: int) -> bool:
             and manifest.content_hash == content_hash([hashlib.sha256(data).hexdigest() for data in shards]))
 
 
-def _install(staging: Path, out: Path, resolution: int) -> None:
+def _install(staging: Path, out: Path, resolution: int, name: str) -> None:
     """Rename the staged copy to `out`. A damaged copy there is first renamed aside (never deleted in place, so no
     reader sees half of it); a sound copy, another process's, is kept: the copies are the same."""
     aside = staging.with_name(staging.name + "-damaged")  # private: the staging name is unique
@@ -299,14 +338,14 @@ def _install(staging: Path, out: Path, resolution: int) -> None:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
-        if _sound_digits(out, resolution):  # re-checked right before replacing: another process may have won
+        if _sound(out, resolution):  # re-checked right before replacing: another process may have won
             return
         try:
             os.rename(out, aside)
         except FileNotFoundError:  # another process moved it aside first
             continue
-        if _sound_digits(aside, resolution):  # lost a race after all: that was a fresh copy, so put it back
+        if _sound(aside, resolution):  # lost a race after all: that was a fresh copy, so put it back
             with contextlib.suppress(OSError):
                 os.rename(aside, out)
         shutil.rmtree(aside, ignore_errors=True)
-    raise UserError(f"other processes keep replacing the embedded digits cache at {out}; run the command again")
+    raise UserError(f"other processes keep replacing the embedded {name} cache at {out}; run the command again")

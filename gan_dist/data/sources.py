@@ -3,15 +3,17 @@ PIL image (or raises Skip) and runs in the encoding worker processes; `label(i)`
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import os
 import zipfile
 import zlib
+from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from gan_dist.data.images import IMAGE_SUFFIXES, Skip, array_to_image, decode_file, pixels_to_uint8
 from gan_dist.errors import UserError
@@ -184,6 +186,105 @@ def digits_source() -> ArraySource:
     return ArraySource(raw, digits.target.astype(np.int64), [str(d) for d in range(10)], "digits")
 
 
+# matplotlib's bundled TrueType fonts whose 0-9 are plain lining figures. Left out: cmex10 and cmsy10 (symbols at
+# the digits' codes), cmmi10 (old-style figures of uneven height), the STIXNonUni*, STIXSiz* and *Display fonts (no
+# digit glyphs), LastResortHE (placeholder boxes).
+TYPESET_FONTS = (
+    "DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf",
+    "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSerif-BoldItalic.ttf",
+    "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "STIXGeneralBolIta.ttf",
+    "cmr10.ttf", "cmb10.ttf", "cmti10.ttf", "cmss10.ttf", "cmtt10.ttf",
+)
+_RENDER_SIDE = 64  # the images' side; prepare resizes them to --resolution
+# Framed like sklearn's handwritten digits, so the two digit domains differ in style, not in layout: the jittered
+# glyph's height is `scale` (0.84-0.96) of the frame's, as their ink fills the frame's height, its width at most
+# _INK_WIDTH of it; with the largest shift a glyph still ends inside the frame.
+_INK_WIDTH = 0.9
+
+
+def _font_dir() -> Path:
+    """matplotlib's font folder, found without importing matplotlib (which would read its config and font cache)."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("typeset-digits needs the fonts inside matplotlib, which is not installed; "
+                        "pip install matplotlib")
+    return Path(spec.submodule_search_locations[0], "mpl-data", "fonts", "ttf")
+
+
+@lru_cache(maxsize=None)  # per process: the encode workers each load a font once
+def _font(path: str) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(path, _RENDER_SIDE)
+
+
+def _glyph(path: str, digit: int, stroke: int) -> Image.Image:
+    """The digit in white on black, cropped to its ink."""
+    font = _font(path)
+    canvas = Image.new("L", (2 * _RENDER_SIDE, 2 * _RENDER_SIDE), 0)
+    ImageDraw.Draw(canvas).text((_RENDER_SIDE, _RENDER_SIDE), str(digit), fill=255, font=font, anchor="mm",
+                                stroke_width=stroke, stroke_fill=255)
+    return canvas.crop(canvas.getbbox())
+
+
+def _place(glyph: Image.Image, angle: float, scale: float, shift: np.ndarray, shear: float) -> Image.Image:
+    """The glyph sheared, rotated, scaled to its share of the frame and moved, in one resampling."""
+    theta = np.deg2rad(angle)
+    rotate = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    shape = rotate @ np.array([[1.0, shear], [0.0, 1.0]])
+    corners = shape @ np.array([[0, glyph.width, 0, glyph.width], [0, 0, glyph.height, glyph.height]])
+    width, height = np.ptp(corners, axis=1)  # sized after the jitter
+    forward = shape * _RENDER_SIDE * min(scale / height, _INK_WIDTH / width)
+    centre = _RENDER_SIDE * (0.5 + shift)
+    inverse = np.linalg.inv(forward)  # PIL maps each output pixel back to the glyph
+    offset = np.array(glyph.size) / 2 - inverse @ centre
+    coefficients = (*inverse[0], offset[0], *inverse[1], offset[1])
+    return glyph.transform((_RENDER_SIDE, _RENDER_SIDE), Image.Transform.AFFINE, coefficients,
+                           Image.Resampling.BICUBIC, fillcolor=0)
+
+
+class TypesetDigits:
+    """`count` digits 0-9 typeset in TYPESET_FONTS, white on black like `digits_source()`, an equal share of each
+    class in a seeded order, each with its own font, stroke width and affine jitter. Every random draw is made
+    here from one seeded generator; `load` only renders, so the encode workers render in parallel and the
+    images depend on (seed, index) alone."""
+
+    def __init__(self, count: int = 2000, seed: int = 0):
+        if count < 1:
+            raise UserError(f"typeset-digits: count must be at least 1, got {count}")
+        folder = _font_dir()
+        missing = [name for name in TYPESET_FONTS if not (folder / name).is_file()]
+        if missing:
+            raise UserError(f"typeset-digits: font {missing[0]} is missing from {folder}; reinstall matplotlib "
+                            f"(pip install --force-reinstall matplotlib)")
+        self.fonts = [str(folder / name) for name in TYPESET_FONTS]
+        self.class_names = [str(d) for d in range(10)]
+        rng = np.random.default_rng(seed)
+        self.labels = rng.permutation(np.arange(count) % 10)
+        self.font_index = rng.integers(len(self.fonts), size=count)
+        self.stroke = rng.integers(1, 5, size=count)  # PIL stroke_width in pixels at _RENDER_SIDE
+        self.angle = rng.uniform(-10.0, 10.0, count)  # degrees
+        self.scale = rng.uniform(0.84, 0.96, count)  # the glyph's height over the frame's
+        self.shift = rng.uniform(-0.02, 0.02, (count, 2))  # of the side
+        self.shear = rng.uniform(-0.15, 0.15, count)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def label(self, index: int) -> int | None:
+        return int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return f"typeset-digits[{index}] ({os.path.basename(self.fonts[self.font_index[index]])})"
+
+    def load(self, index: int) -> Image.Image:
+        glyph = _glyph(self.fonts[self.font_index[index]], self.label(index), int(self.stroke[index]))
+        return _place(glyph, self.angle[index], self.scale[index], self.shift[index], self.shear[index])
+
+
+# The built-in sources, by their SOURCE name; all grayscale.
+EMBEDDED_SOURCES: dict[str, Callable[[], Source]] = {"digits": digits_source, "typeset-digits": TypesetDigits}
+
+
 class TorchvisionSource:
     """A torchvision dataset already on disk under `root` (fetched only with download=True), train split."""
 
@@ -192,7 +293,8 @@ class TorchvisionSource:
 
         by_lower = {n.lower(): n for n in tvd.__all__}
         if name.lower() not in by_lower:
-            raise UserError(f"unknown source '{name}': not a folder, .npz, 'digits' or a torchvision dataset name")
+            raise UserError(f"unknown source '{name}': not a folder, .npz, 'digits', 'typeset-digits' or a "
+                              f"torchvision dataset name")
         cls = getattr(tvd, by_lower[name.lower()])
         params = inspect.signature(cls).parameters
         kwargs: dict = {"root": root}
@@ -236,14 +338,15 @@ class TorchvisionSource:
 
 
 def open_source(spec: str, root: str | None = None, download: bool = False) -> Source:
-    """SOURCE as given on the command line: 'digits', an .npz file, an image folder, or a torchvision name."""
-    if spec == "digits":
-        return digits_source()
+    """SOURCE as given on the command line: 'digits', 'typeset-digits', an .npz file, an image folder, or a
+    torchvision name."""
+    if spec in EMBEDDED_SOURCES:
+        return EMBEDDED_SOURCES[spec]()
     if spec.lower().endswith(".npz"):
         return npz_source(spec)
     if os.path.exists(spec) and not os.path.isdir(spec):
-        raise UserError(f"SOURCE {spec} is a file; pass an image folder, an .npz file (numpy.savez), 'digits' "
-                        f"or a torchvision dataset name")
+        raise UserError(f"SOURCE {spec} is a file; pass an image folder, an .npz file (numpy.savez), 'digits', "
+                        f"'typeset-digits' or a torchvision dataset name")
     if os.path.isdir(spec) or os.sep in spec or spec.startswith("."):
         return ImageFolder(spec)
     if root is None:
