@@ -30,7 +30,7 @@ from gan_dist.config import Config
 from gan_dist.data.bench import synthetic_images
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, write_dataset
-from gan_dist.data.placement import open_reader
+from gan_dist.data.placement import Dataset, open_reader
 from gan_dist.data.reader import Batch, DataPosition, read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.data.sources import ArraySource
@@ -208,7 +208,7 @@ def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
         check_resolution(manifest.resolution, cfg.model.arch)  # --data's size, as `train` checks it
 
         def fresh_task() -> Task:  # each path starts from the same weights and optimizer state
-            return build_task(cfg, manifest, options.device)
+            return build_task(cfg, {"train": Dataset(data_uri, manifest)}, options.device)
 
         def measure(path: str, batches: Iterator[tuple[Batch, DataPosition]], note: str) -> BenchRow:
             task = fresh_task()

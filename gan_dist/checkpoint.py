@@ -1,7 +1,8 @@
 """Checkpoint layout, save/load and discovery.
 
 A checkpoint is a directory `checkpoint_<step:09d>` under the run directory, the same for the Ray and the local
-backend: `state.pt` (everything a resume needs; loadable with weights_only=True), `generator.safetensors` and
+backend: `state.pt` (everything a resume needs; loadable with weights_only=True), the nets inference needs as
+safetensors (`generator.safetensors`; a translation's `translator_a2b.safetensors` and `translator_b2a.safetensors`) and
 `meta.json` (config, step, metrics, versions, and the size and SHA-256 of every file). A checkpoint is *complete*
 when `meta.json` parses and every file it lists has the listed size (cheap: no download), so a half-uploaded
 directory is never picked; it *loads* when, in addition, each file read matches its checksum and deserialises.
@@ -31,7 +32,6 @@ from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 
 STATE_FILE = "state.pt"
-GENERATOR_FILE = "generator.safetensors"  # the generator alone, for inference: no pickle, no optimizer state
 EXPORTS = "exports"  # the key of a checkpoint state whose entries are written as <name>.safetensors
 META_FILE = "meta.json"
 _NAME = re.compile(r"^checkpoint_(\d{9})$")
@@ -190,12 +190,14 @@ def load_state(checkpoint_uri: str, device: torch.device | str = "cpu") -> dict[
 
 
 def check_loads(checkpoint_uri: str) -> None:
-    """Raise CorruptCheckpoint unless every file is there at its size and the state and generator load."""
+    """Raise CorruptCheckpoint unless every file is there at its size and the state and the exports load."""
     reason = incomplete_reason(checkpoint_uri)
     if reason is not None:
         raise CorruptCheckpoint(f"{checkpoint_uri}: {reason}")
     load_state(checkpoint_uri)
-    load_generator_weights(checkpoint_uri)
+    for name in _listed_files(checkpoint_uri):
+        if name.endswith(".safetensors"):
+            load_export(checkpoint_uri, name.removesuffix(".safetensors"))
 
 
 def load_meta(checkpoint_uri: str) -> dict[str, Any]:
@@ -210,13 +212,14 @@ def load_meta(checkpoint_uri: str) -> dict[str, Any]:
     return meta
 
 
-def load_generator_weights(checkpoint_uri: str) -> dict[str, torch.Tensor]:
-    """The generator's state dict, from generator.safetensors (verified)."""
-    data = _read_verified(checkpoint_uri, GENERATOR_FILE)
+def load_export(checkpoint_uri: str, name: str = "generator") -> dict[str, torch.Tensor]:
+    """An exported net's state dict, from <name>.safetensors (verified): the generator, or a translator."""
+    file = f"{name}.safetensors"
+    data = _read_verified(checkpoint_uri, file)
     try:
         return load_safetensors(data)
     except SafetensorError:
-        raise CorruptCheckpoint(f"{checkpoint_uri}: {GENERATOR_FILE} is not a safetensors file") from None
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {file} is not a safetensors file") from None
 
 
 def newest_first(run_uri: str, first: str | None) -> Iterator[str]:
@@ -249,21 +252,34 @@ def load_newest(uri: str, load: Callable[[str], T], warn: Callable[[str], None])
     raise UserError(f"no complete checkpoint at {uri}; pass a run directory or one of its checkpoint_* directories")
 
 
-def check_compatible(checkpoint_uri: str, model: dict[str, Any], manifest: Manifest, same_data: bool) -> None:
+def trained_on(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What meta.json says of each dataset the checkpoint was trained on, by name (checkpoints written before
+    datasets had names describe the one "train" dataset)."""
+    return meta.get("datasets") or {"train": meta.get("data", {})}
+
+
+def check_compatible(checkpoint_uri: str, model: dict[str, Any], manifests: dict[str, Manifest],
+                     same_data: bool) -> None:
     """One line naming what differs when a checkpoint's nets cannot take this run's model or images, or (with
-    `same_data`, for a resume of the same run) when the run was trained on another dataset."""
+    `same_data`, for a resume of the same run) when the run was trained on other datasets."""
     meta = load_meta(checkpoint_uri)
     saved_model = meta.get("config", {}).get("model", {})
     diffs = [f"model.{key}={saved_model[key]} (this run: {value})"
              for key, value in model.items() if key in saved_model and saved_model[key] != value]
-    data = meta.get("data", {})
-    if (data.get("resolution"), data.get("channels")) != (manifest.resolution, manifest.channels):
-        diffs.append(f"images {data.get('resolution')}x{data.get('resolution')}x{data.get('channels')} "
-                     f"(this run: {manifest.resolution}x{manifest.resolution}x{manifest.channels})")
+    saved = trained_on(meta)
+    for name, manifest in manifests.items():
+        data = saved.get(name, {})
+        if (data.get("resolution"), data.get("channels")) != (manifest.resolution, manifest.channels):
+            what = "images" if name == "train" else f"images of {name}"
+            diffs.append(f"{what} {data.get('resolution')}x{data.get('resolution')}x{data.get('channels')} "
+                         f"(this run: {manifest.resolution}x{manifest.resolution}x{manifest.channels})")
     if diffs:
         raise UserError(f"{checkpoint_uri} was trained with {', '.join(diffs)}; resume with the same model and "
                         f"dataset, or start a new run (--name) without --resume/--resume-from")
-    if same_data and data.get("content_hash", manifest.content_hash) != manifest.content_hash:
-        raise UserError(f"{checkpoint_uri} was trained on another dataset (content hash {data['content_hash'][:12]}, "
-                        f"--data here: {manifest.content_hash[:12]}); resume with the run's own --data, or start a "
-                        f"new run from this checkpoint with --name NEW --resume-from {checkpoint_uri}")
+    for name, manifest in manifests.items():
+        data, flag = saved[name], "--data" if name == "train" else f"--data-{name}"
+        if same_data and data.get("content_hash", manifest.content_hash) != manifest.content_hash:
+            raise UserError(f"{checkpoint_uri} was trained on another dataset (content hash "
+                            f"{data['content_hash'][:12]}, {flag} here: {manifest.content_hash[:12]}); resume with "
+                            f"the run's own {flag}, or start a new run from this checkpoint with --name NEW "
+                            f"--resume-from {checkpoint_uri}")

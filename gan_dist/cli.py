@@ -42,11 +42,12 @@ def _parser() -> argparse.ArgumentParser:
                     "non-image inputs are skipped and counted; the manifest is written last.")
     prepare.add_argument("source", metavar="SOURCE",
                          help="an image folder (class subfolders become labels), an .npz file (images, optional "
-                              "labels), 'digits' (embedded), or a torchvision dataset name with --root")
+                              "labels), 'digits' (embedded handwritten), 'typeset-digits' (2,000 digits rendered in "
+                              "matplotlib's fonts), or a torchvision dataset name with --root")
     prepare.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
     prepare.add_argument("--resolution", type=_positive_int, default=32, help="square side in pixels (default 32)")
     prepare.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                         help="1 (grayscale) or 3 (RGB); default 1 for digits, else 3")
+                         help="1 (grayscale) or 3 (RGB); default 1 for digits and typeset-digits, else 3")
     prepare.add_argument("--crop", choices=["center", "none"], default="center",
                          help="center: crop the largest centred square; none: squash to square (default center)")
     prepare.add_argument("--resize-filter", choices=list(FILTERS), default="auto",
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                          help="parallel encoding processes (default: all cores)")
     prepare.add_argument("--limit", type=_positive_int, help="stop after this many images")
+    prepare.add_argument("--skip", type=int, default=0,
+                         help="leave out the first N images of the --shuffle-seed order, those --limit N writes: a "
+                              "held-out split disjoint from them (default 0)")
     prepare.add_argument("--shuffle-seed", type=int, default=0,
                          help="seed of the order images are written in; -1 keeps the source order (default 0)")
     prepare.add_argument("--root", help="torchvision datasets: the folder the dataset lives in")
@@ -70,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.lr_g=1e-4 (repeatable)")
     train.add_argument("--data", help="prepared shard folder or s3:// URI (default: the embedded digits)")
+    train.add_argument("--data-a", help="translation presets: domain A's prepared shards (default: the embedded "
+                                        "handwritten digits)")
+    train.add_argument("--data-b", help="translation presets: domain B's prepared shards (default: the embedded "
+                                        "typeset digits)")
     train.add_argument("--backend", choices=["auto", "local", "ray"],
                        help="local: this process; ray: TorchTrainer (default: ray when --num-workers > 1 or --address)")
     train.add_argument("--num-workers", type=_positive_int, help="training workers (Ray backend)")
@@ -110,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
                     "the dataset, keyed by its content hash.")
     evaluate.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
     evaluate.add_argument("--data", help="the real images (default: the dataset the run trained on)")
+    evaluate.add_argument("--data-a", help="a translator's: domain A's images, e.g. held out (default: the run's A)")
+    evaluate.add_argument("--data-b", help="a translator's: domain B's images, e.g. held out (default: the run's B)")
     evaluate.add_argument("--num", type=_positive_int, default=10_000, help="generated images (default 10000)")
     evaluate.add_argument("--metrics", default=",".join(EVAL_METRICS),
                           help=f"comma-separated: {', '.join(EVAL_METRICS)} (default all)")
@@ -121,6 +131,21 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON (local or s3://)")
+
+    translate = commands.add_parser(
+        "translate", help="translate a folder of images with a translation checkpoint (CycleGAN, CUT)",
+        description="Translate every image under --input (a folder or s3:// prefix, read recursively) into a PNG of "
+                    "the same relative name under --out. Unreadable files are skipped and counted.")
+    translate.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
+    translate.add_argument("--input", required=True, help="folder or s3:// prefix of images of the source domain")
+    translate.add_argument("--out", required=True, help="output folder or s3:// URI (existing outputs are refused)")
+    translate.add_argument("--direction", choices=["a2b", "b2a"], default="a2b", help="default a2b")
+    translate.add_argument("--size", choices=["model", "native"], default="model",
+                           help="model (default): centre-crop and resize to the resolution the model was trained "
+                                "at; native: run the fully convolutional translator on each image at its own size "
+                                "(cropped to a multiple of its downsampling)")
+    translate.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward (default 64)")
+    translate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 
     bench = commands.add_parser(
         "bench", help="time the training step on synthetic on-device data, on real shards, and the reference loop",
@@ -148,8 +173,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 _FLAG_KEYS = {
-    "data": "data.path", "backend": "run.backend", "num_workers": "run.num_workers", "address": "run.ray_address",
-    "gpu": "run.gpu", "storage": "run.storage", "name": "run.name", "steps": "train.steps",
+    "data": "data.path", "data_a": "data.a", "data_b": "data.b", "backend": "run.backend",
+    "num_workers": "run.num_workers", "address": "run.ray_address", "gpu": "run.gpu", "storage": "run.storage", "name": "run.name", "steps": "train.steps",
     "batch_size": "train.batch_size", "resume": "run.resume", "resume_from": "run.resume_from",
 }
 
@@ -171,14 +196,15 @@ def _train(args: argparse.Namespace) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     from gan_dist.data.images import ImageSpec
     from gan_dist.data.prepare import PrepareOptions, prepare
+    from gan_dist.data.sources import EMBEDDED_SOURCES
     from gan_dist.models import check_resolution
 
     check_resolution(args.resolution)  # before reading a single image
-    channels = args.channels or (1 if args.source == "digits" else 3)
+    channels = args.channels or (1 if args.source in EMBEDDED_SOURCES else 3)  # the built-in sources are grayscale
     min_size = args.resolution // 4 if args.min_size is None else args.min_size
     spec = ImageSpec(args.resolution, channels, args.crop, args.resize_filter, min_size)
     options = PrepareOptions(spec, args.format, args.shard_size, args.workers, args.limit,
-                             args.shuffle_seed)
+                             args.shuffle_seed, args.skip)
     manifest, skipped = prepare(args.source, args.out, options, root=args.root, download=args.download)
     print(skipped.summary(manifest.count + sum(skipped.counts.values())), file=sys.stderr)
     print(f"wrote {manifest.count} images ({args.resolution}x{args.resolution}x{channels}, {args.format}) "
@@ -225,10 +251,23 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
     result = evaluate(args.checkpoint, args.data, args.num, names, args.features, args.seed, args.device,
-                      args.inception_weights)
+                      args.inception_weights, args.data_a, args.data_b)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
+
+
+def _translate(args: argparse.Namespace) -> None:
+    import torch
+
+    from gan_dist.translate import translate_folder
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    written, skipped, uri = translate_folder(args.checkpoint, args.input, args.out, args.direction, args.size,
+                                             args.device, args.batch_size)
+    print(skipped.summary(written + sum(skipped.counts.values())), file=sys.stderr)
+    print(f"wrote {written} {args.direction} translations by {uri} to {args.out}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -245,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench,
-         "evaluate": _evaluate}[args.command](args)
+         "evaluate": _evaluate, "translate": _translate}[args.command](args)
     except UserError as err:
         print(f"gan-dist: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

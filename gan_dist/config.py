@@ -52,6 +52,10 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     # A prepared shard directory (local or s3://); None trains on the embedded digits, prepared once into the cache.
     path: str | None = None
+    # Translation tasks read two unpaired datasets instead of `path`: domain A and domain B (any sizes). None: the
+    # embedded digits for A, the embedded typeset digits for B.
+    a: str | None = None
+    b: str | None = None
     shuffle: bool = True
     # resident: each worker reads its share of the rows once and keeps them on its device as uint8, sampling
     # batches there. stream: fixed-shape uint8 batches built outside the training process, pinned, copied ahead.
@@ -82,17 +86,66 @@ class ResNetSNConfig(_ModelSection):
     arch: Literal["resnet_sn"] = "resnet_sn"
 
 
-MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig)
+class TranslatorConfig(_Section):
+    """The nets of unpaired translation (CycleGAN and CUT): ResNet generators and PatchGAN discriminators."""
+
+    arch: Literal["resnet_patchgan"] = "resnet_patchgan"
+    g_channels: int = Field(64, ge=1, description="width of the generator's first stage (ngf)")
+    d_channels: int = Field(64, ge=1, description="width of the discriminator's first stage (ndf)")
+    blocks: int = Field(9, ge=1, description="residual blocks at the generator's lowest resolution")
+    downsamplings: int = Field(2, ge=1, description="stride-2 stages of the generator (inputs: multiples of 2^this)")
+    d_layers: int = Field(3, ge=1, description="stride-2 convs of the PatchGAN (3: 70x70 patches)")
 
 
-def _arch(value: Any) -> Any:
-    return value.get("arch", "dcgan") if isinstance(value, dict) else getattr(value, "arch", None)
+MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig, TranslatorConfig)
+GENERATION_ARCHS = ("dcgan", "resnet_sn")
+
+
+def _tagged_union(sections: tuple[type[BaseModel], ...], field: str) -> Any:
+    """One section per kind, told apart by `field` (the first section's kind when not given)."""
+    default = sections[0].model_fields[field].default
+
+    def tag(value: Any) -> Any:
+        return value.get(field, default) if isinstance(value, dict) else getattr(value, field, None)
+
+    return Annotated[Union[tuple(Annotated[section, Tag(section.model_fields[field].default)]
+                                 for section in sections)], Discriminator(tag)]
 
 
 # One section per model family, told apart by `arch` (dcgan when not given): a new family adds a class to
 # MODEL_SECTIONS and a module in models/.
-ModelConfig = Annotated[Union[tuple(Annotated[section, Tag(section.model_fields["arch"].default)]
-                                    for section in MODEL_SECTIONS)], Discriminator(_arch)]
+ModelConfig = _tagged_union(MODEL_SECTIONS, "arch")
+
+
+class GenerationTaskConfig(_Section):
+    """Images from noise, unconditional or class-conditional (model.conditional): one dataset, `data.path`."""
+
+    kind: Literal["generation"] = "generation"
+
+
+class CycleGANTaskConfig(_Section):
+    """Unpaired translation A <-> B (Zhu et al. 2017): two generators, two discriminators, cycle consistency."""
+
+    kind: Literal["cyclegan"] = "cyclegan"
+    cycle_weight: float = Field(10.0, ge=0, description="|G_ba(G_ab(a)) - a| and back, the paper's lambda")
+    identity_weight: float = Field(0.5, ge=0, description="|G_ab(b) - b| and back, x cycle_weight (0 turns it off)")
+    pool_size: int = Field(50, ge=0, description="earlier fakes each D also sees, per worker (0: none)")
+
+
+class CUTTaskConfig(_Section):
+    """Unpaired translation A -> B by contrastive learning (Park et al. 2020): one generator, PatchNCE, no cycle."""
+
+    kind: Literal["cut"] = "cut"
+    nce_weight: float = Field(1.0, gt=0, description="PatchNCE(a, G(a)), the paper's lambda_NCE")
+    nce_identity: bool = Field(True, description="also PatchNCE(b, G(b)) (CUT; false: FastCUT's setting)")
+    nce_temperature: float = Field(0.07, gt=0)
+    num_patches: int = Field(256, ge=1, description="locations sampled per layer and image")
+    head_units: int = Field(256, ge=1, description="width of the MLP head on the encoder's features")
+
+
+TASK_SECTIONS = (GenerationTaskConfig, CycleGANTaskConfig, CUTTaskConfig)
+TaskConfig = _tagged_union(TASK_SECTIONS, "kind")
+TRANSLATION_TASKS = ("cyclegan", "cut")
 
 
 AUGMENTATIONS = ("translation", "cutout", "color")
@@ -119,8 +172,12 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     sample_every: int = Field(250, ge=1, description="steps between sample grids from the fixed latents")
+    # After this fraction of train.steps both learning rates fall linearly, reaching 0 at the last step (CycleGAN:
+    # 0.5, its 100 constant + 100 decaying epochs); null: constant. A pure function of the step: resumes keep it.
+    lr_decay_start: float | None = Field(None, ge=0, lt=1)
     # wgan: the Wasserstein critic loss; pair it with gp_weight (WGAN-GP) and a discriminator without batch norm.
-    loss: Literal["nonsaturating", "hinge", "wgan"] = "nonsaturating"
+    # lsgan: least squares (Mao et al. 2017), CycleGAN's and CUT's.
+    loss: Literal["nonsaturating", "hinge", "wgan", "lsgan"] = "nonsaturating"
     n_dis: int = Field(1, ge=1, description="D updates per G update, each on its own real batch")
     # Regularizers of D, on top of any loss (0 turns each off).
     r1_gamma: float = Field(0.0, ge=0, description="R1: gamma/2 x |grad D(real)|^2 (Mescheder et al. 2018)")
@@ -248,12 +305,39 @@ class LogConfig(_Section):
 
 class Config(_Section):
     preset: str = DEFAULT_PRESET
+    task: TaskConfig = GenerationTaskConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = DCGANConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
     log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> "Config":
+        translation = self.task.kind in TRANSLATION_TASKS
+        if translation and self.model.arch in GENERATION_ARCHS:
+            raise ValueError(f"task.kind={self.task.kind} trains translators: set model.arch=resnet_patchgan")
+        if not translation and self.model.arch not in GENERATION_ARCHS:
+            raise ValueError(f"model.arch={self.model.arch} is a translator: set task.kind=cyclegan or cut, or "
+                             f"model.arch to one of {', '.join(GENERATION_ARCHS)}")
+        if translation and self.data.path is not None:
+            raise ValueError("translation reads data.a and data.b (--data-a, --data-b), not data.path (--data)")
+        if not translation and (self.data.a is not None or self.data.b is not None):
+            raise ValueError("data.a and data.b (--data-a, --data-b) are for translation tasks; generation reads "
+                             "data.path (--data)")
+        if translation and self.train.n_dis != 1:
+            raise ValueError("translation takes one D update per step: leave train.n_dis at 1")
+        return self
+
+    def dataset_names(self) -> tuple[str, ...]:
+        """The datasets one step reads a batch of each: the task's."""
+        return ("a", "b") if self.task.kind in TRANSLATION_TASKS else ("train",)
+
+    def dataset_paths(self) -> dict[str, str | None]:
+        """Each dataset's configured URI (None: the embedded one)."""
+        d = self.data
+        return {"a": d.a, "b": d.b} if self.task.kind in TRANSLATION_TASKS else {"train": d.path}
 
 
 def _sections(annotation: Any) -> list[type[BaseModel]]:
@@ -281,12 +365,17 @@ def _field_type(key: str) -> Any:
     return node
 
 
+def _tag_field(families: list[type[BaseModel]]) -> str:
+    """The field a union of sections is told apart by (model: arch, task: kind)."""
+    return next(name for name, field in families[0].model_fields.items() if get_origin(field.annotation) is Literal)
+
+
 def _error_key(loc: tuple) -> str:
     """A validation error's location as the user's dotted key: without the family tag pydantic puts in it."""
     parts: list[str] = []
     for part in map(str, loc):
         families = _sections(_field_type(".".join(parts))) if parts else []
-        if len(families) > 1 and part in {family.model_fields["arch"].default for family in families}:
+        if len(families) > 1 and part in {family.model_fields[_tag_field(families)].default for family in families}:
             continue  # the tag of the union member that was tried
         parts.append(part)
     return ".".join(parts)
@@ -319,11 +408,13 @@ def _describe(err: ValidationError, typed: Mapping[str, str]) -> str:
     value = typed.get(key, first.get("input"))
     if first["type"] in ("model_type", "union_tag_not_found"):
         return _not_a_mapping(key, value)
-    if first["type"] == "union_tag_invalid":  # an unknown model family
-        arch = f"{key}.arch"
-        tag, expected = typed.get(arch, first["ctx"]["tag"]), first["ctx"]["expected_tags"]
-        return f"bad config value {arch}={tag!r}: expected {expected}"
+    if first["type"] == "union_tag_invalid":  # an unknown model family or task
+        tag_key = f"{key}.{_tag_field(_sections(_field_type(key)))}"
+        tag, expected = typed.get(tag_key, first["ctx"]["tag"]), first["ctx"]["expected_tags"]
+        return f"bad config value {tag_key}={tag!r}: expected {expected}"
     msg = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+    if not key:  # a rule across sections
+        return f"bad config: {msg}"
     if _is_section(_field_type(key)):
         return f"bad config section '{key}': {msg}"  # a rule across the section's keys
     return f"bad config value {key}={value!r}: {msg}"

@@ -34,6 +34,9 @@ def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False)
     """The generator of a checkpoint: generator.safetensors (the EMA one when the run kept one), or with `raw` the
     trained G from state.pt."""
     meta = checkpoint.load_meta(checkpoint_uri)
+    if meta.get("config", {}).get("task", {}).get("kind", "generation") != "generation":
+        raise UserError(f"{checkpoint_uri} is a translator's checkpoint; translate images with it: gan-dist translate "
+                        f"CKPT --input DIR --out DIR")
     try:  # the model section alone: the rest of a run's config (its name, say) has no say in sampling
         m = TypeAdapter(ModelConfig).validate_python(meta["config"]["model"])
         resolution, channels = meta["data"]["resolution"], meta["data"]["channels"]
@@ -44,7 +47,7 @@ def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False)
     if raw:
         G.load_state_dict(checkpoint.load_state(checkpoint_uri)["nets"]["G"])
     else:
-        G.load_state_dict(checkpoint.load_generator_weights(checkpoint_uri))
+        G.load_state_dict(checkpoint.load_export(checkpoint_uri))
     return Generator(G.to(device).eval(), class_names, checkpoint_uri)
 
 

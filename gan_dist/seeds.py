@@ -13,6 +13,8 @@ PURPOSES = frozenset({
     "latents",      # (rank, step): a step's latents and classes
     "augment",      # (rank, step, call): the augmentation of one discriminator call
     "mix",          # (rank, step, update): WGAN-GP's real/fake mixing weights
+    "pool",         # (rank, step): CycleGAN's image pool choices
+    "patches",      # (rank, step, call): CUT's sampled patch locations
     "preview",      # the fixed inputs of the preview grids
     "epoch_order",  # (rank, epoch): the resident reader's permutation of a worker's rows
     "unit_order",   # (epoch): the streaming reader's order of row groups

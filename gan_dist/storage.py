@@ -77,6 +77,17 @@ def list_dir(uri: str) -> list[str]:
     return sorted(posixpath.basename(info.path) for info in fs.get_file_info(pafs.FileSelector(path)))
 
 
+def list_files(uri: str) -> list[str]:
+    """Paths of every file under a folder (local or a bucket prefix), relative to it, sorted; hidden files and
+    folders (.git, .DS_Store) left out."""
+    fs, path = resolve(uri)
+    with user_errors(uri, "list"):
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    relative = (posixpath.relpath(info.path, path) if is_remote(uri) else os.path.relpath(info.path, path)
+                for info in infos if info.type == pafs.FileType.File)
+    return sorted(p for p in relative if not any(part.startswith(".") for part in p.replace(os.sep, "/").split("/")))
+
+
 @contextlib.contextmanager
 def user_errors(uri: str, action: str) -> Iterator[None]:
     """Storage failures (no such bucket, bad credentials, endpoint down) as one-line UserErrors."""

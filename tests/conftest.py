@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 
 from gan_dist.config import load_config
 from gan_dist.data.prepare import write_shards
@@ -181,3 +182,44 @@ def bucket(s3_server, request):
     name = "gan-dist-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
     s3_client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def tiny_domain_b(tmp_path_factory) -> str:
+    """A second tiny domain beside tiny_data: 96 numbered 16x16 grayscale images (another size of dataset),
+    labeled row % 10."""
+    out = tmp_path_factory.mktemp("tiny-b") / "shards"
+    images = numbered_images(96)
+    images[:, 0, 2:] = 255 - images[:, 0, 2:]  # not tiny_data's rows: the row number stays readable
+    write_shards(images, np.arange(96, dtype=np.int32) % 10, str(out), shard_size=32,
+                 class_names=[str(k) for k in range(10)])
+    return str(out)
+
+
+def tiny_translation_config(a: str, b: str, storage: str, kind: str = "cyclegan", **overrides):
+    """A translation preset at the smallest widths: a step takes milliseconds on CPU."""
+    base = {
+        "data.a": a, "data.b": b, "run.storage": storage, "run.name": "tiny", "model.g_channels": 4,
+        "model.d_channels": 4, "model.blocks": 1, "model.d_layers": 1, "train.batch_size": 4, "train.steps": 6,
+        "train.log_every": 2, "train.checkpoint_every": 3, "train.sample_every": 3, "eval.features": "off",
+        **({"task.pool_size": 6} if kind == "cyclegan" else {"task.num_patches": 16}),
+    }
+    base.update(overrides)
+    return load_config(f"{kind}-digits", base)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoint states (state.pt) hold the same nets, optimizers and per-rank state, bit for bit."""
+    for name, net in a["nets"].items():
+        for key, tensor in net.items():
+            assert torch.equal(tensor, b["nets"][name][key]), (name, key)
+    for name, optimizer in a["optimizers"].items():
+        assert optimizer["param_groups"] == b["optimizers"][name]["param_groups"]  # the schedule's rates too
+        for index, moments in optimizer["state"].items():
+            for key, tensor in moments.items():
+                assert torch.equal(tensor, b["optimizers"][name]["state"][index][key]), (name, index, key)
+    assert len(a["ranks"]) == len(b["ranks"])
+    for mine, theirs in zip(a["ranks"], b["ranks"]):  # CycleGAN's image pools, per rank
+        for domain, pool in mine.get("pools", {}).items():
+            assert pool["count"] == theirs["pools"][domain]["count"]
+            assert torch.equal(pool["images"], theirs["pools"][domain]["images"]), domain

@@ -148,6 +148,16 @@ def needed_overrides(key: str, text: str) -> tuple[dict[str, str], list[Place]]:
     return extra, valid
 
 
+def translation_companions(overrides: dict[str, str]) -> tuple[dict[str, str], str]:
+    """A translation task needs the translator nets and the other way round: the companion key, and the preset of
+    that task to --set on (a generation preset's model keys are not a translator's)."""
+    kind, arch = overrides.get("task.kind"), overrides.get("model.arch")
+    if kind not in ("cyclegan", "cut") and arch != "resnet_patchgan":
+        return {}, PRESET
+    kind = kind or "cyclegan"
+    return {"task.kind": kind, "model.arch": "resnet_patchgan"}, f"{kind}-digits"
+
+
 # ---- loading -----------------------------------------------------------------------------------------------------
 
 def dotted(cfg: Config, key: str) -> Any:
@@ -179,11 +189,13 @@ def check_loads(key: str, text: str, expected: Any, tmp_path: Path, origin: str)
     """`key=text` loads from --set on the preset and from a YAML file, and reads back as `expected`."""
     extra, valid = needed_overrides(key, text)
     overrides = {**extra, key: text}
+    companions, preset = translation_companions(overrides)
+    overrides = {**companions, **overrides}
     path = tmp_path / "mine.yaml"
     path.write_text(yaml_text(overrides))
     set_args = [f"{k}={v}" for k, v in overrides.items()]
     sources = {
-        "--set " + " --set ".join(set_args): lambda: load_config(PRESET, dict(map(parse_override, set_args))),
+        "--set " + " --set ".join(set_args): lambda: load_config(preset, dict(map(parse_override, set_args))),
         f"YAML file {path.read_text()!r}": lambda: load_config(str(path), {}),
     }
     for how, load in sources.items():

@@ -7,6 +7,7 @@ import torch
 
 from conftest import tiny_config
 from gan_dist import checkpoint
+from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.runtime.local import LocalContext
@@ -15,13 +16,13 @@ from gan_dist.train.generation import GenerationTask
 
 
 def local_ctx(cfg, run_dir):
-    return LocalContext(cfg, read_manifest(cfg.data.path), cfg.data.path, str(run_dir))
+    return LocalContext(cfg, {"train": Dataset(cfg.data.path, read_manifest(cfg.data.path))}, str(run_dir))
 
 
 def test_training_steps_are_finite_and_move_both_nets(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path))
     ctx = local_ctx(cfg, tmp_path / "run")
-    task = GenerationTask(cfg, ctx.manifest, ctx.device)
+    task = GenerationTask(cfg, ctx.datasets["train"].manifest, ctx.device)
     before = {k: v.clone() for k, v in _weights(task).items()}
     batches = ctx.batches(task.datasets, {})
     for step in range(3):
@@ -150,7 +151,7 @@ class PoisonedBatches:
 def test_nonfinite_gradient_skips_the_update(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path))
     ctx = PoisonedBatches(local_ctx(cfg, tmp_path / "run"), poisoned={2})
-    task = GenerationTask(cfg, ctx.manifest, ctx.device)
+    task = GenerationTask(cfg, ctx.datasets["train"].manifest, ctx.device)
     batches = ctx.batches(task.datasets, {})
     task.train_step(next(batches)[0], 0)
     before = {k: v.clone() for k, v in task.D.state_dict().items()}
@@ -194,7 +195,7 @@ def test_checkpoint_holds_the_ema_generator_for_inference_and_every_rank_rng(tin
     cfg = tiny_config(tiny_data, str(tmp_path))
     train_loop(local_ctx(cfg, tmp_path / "run"), cfg)
     uri = str(tmp_path / "run" / "checkpoint_000000006")
-    weights = checkpoint.load_generator_weights(uri)
+    weights = checkpoint.load_export(uri)
     state = checkpoint.load_state(uri)
     assert weights.keys() == state["ema"]["G"].keys() == state["nets"]["G"].keys()
     assert all(torch.equal(weights[k], state["ema"]["G"][k]) for k in weights)
@@ -209,7 +210,7 @@ def test_without_ema_the_checkpoint_exports_the_trained_generator(tiny_data, tmp
     cfg = tiny_config(tiny_data, str(tmp_path), **{"train.ema": False})
     train_loop(local_ctx(cfg, tmp_path / "run"), cfg)
     uri = str(tmp_path / "run" / "checkpoint_000000006")
-    weights, state = checkpoint.load_generator_weights(uri), checkpoint.load_state(uri)
+    weights, state = checkpoint.load_export(uri), checkpoint.load_state(uri)
     assert "ema" not in state and all(torch.equal(weights[k], state["nets"]["G"][k]) for k in weights)
 
 

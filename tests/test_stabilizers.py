@@ -6,11 +6,14 @@ import dataclasses
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import numbered_images, tiny_config
 from gan_dist.config import PRESET_DIR, load_config
+from gan_dist.data.placement import Dataset
+from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.train import losses, speed
+from gan_dist.train.loop import build_task
 from gan_dist.train.adversary import Adversary, LeCam
 from gan_dist.train.augment import AdaptiveProbability, augment, cutout, translation
 from gan_dist.train.generation import GenerationTask
@@ -174,12 +177,19 @@ def test_a_step_with_every_stabilizer_never_asks_the_host(tiny_data, tmp_path, m
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_data):
-    """At the preset's widths and switches (a batch of 4 on the tiny labeled data, 16x16)."""
-    cfg = load_config(preset, {"data.path": tiny_data, "train.batch_size": 4})
-    task = GenerationTask(cfg, read_manifest(tiny_data), CPU)
+def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_data, tmp_path):
+    """At the preset's widths and switches (a batch of 4 on the tiny labeled data, 16x16; translation presets on
+    32x32 images as both domains, the smallest side a 70x70 PatchGAN takes)."""
+    names = load_config(preset).dataset_names()
+    side, data = 16, tiny_data
+    if names != ("train",):
+        side, data = 32, str(tmp_path / "domain")
+        write_shards(numbered_images(8, resolution=32), None, data)
+    cfg = load_config(preset, {**{f"data.{'path' if name == 'train' else name}": data for name in names},
+                               "train.batch_size": 4})
+    task = build_task(cfg, {name: Dataset(data, read_manifest(data)) for name in names}, CPU)
     rows = cfg.train.real_per_step
-    batch = {"train": {"image": torch.randint(0, 256, (rows, 16, 16, 1), dtype=torch.uint8),
-                       "label": torch.arange(rows) % 10}}
+    batch = {name: {"image": torch.randint(0, 256, (rows, side, side, 1), dtype=torch.uint8),
+                    "label": torch.arange(rows) % 10} for name in names}
     out = task.train_step(batch, 0)
     assert all(torch.isfinite(value).all() for value in out.values()), out

@@ -1,5 +1,5 @@
-"""Where a worker's training data lives: resident on its device, or streamed. Chosen per run, logged, overridable.
-The one reader factory, and the named datasets read side by side."""
+"""Which datasets a run reads, and where a worker's share of each lives: resident on its device, or streamed.
+Chosen per run, logged, overridable. The one reader factory, and the named datasets read side by side."""
 
 from __future__ import annotations
 
@@ -23,6 +23,30 @@ class Reader(Protocol):
 
 
 @dataclass(frozen=True)
+class Dataset:
+    """One prepared dataset of a run, by the name its task reads it under ("train"; "a" and "b")."""
+
+    uri: str
+    manifest: Manifest
+
+
+def dataset_uri(name: str, configured: str | None) -> str:
+    """The dataset's URI: the configured one, or the embedded default for its role (translation's B domain: the
+    typeset digits; everything else: the handwritten digits), prepared once into the cache."""
+    from gan_dist.data.prepare import embedded_digits, embedded_typeset_digits
+
+    if configured is not None:
+        return configured
+    return embedded_typeset_digits() if name == "b" else embedded_digits()
+
+
+def describe(name: str, data: Dataset) -> str:
+    m = data.manifest
+    return f"{'' if name == 'train' else f'{name}: '}{m.count} images {m.resolution}x{m.resolution}x{m.channels} " \
+           f"from {data.uri}"
+
+
+@dataclass(frozen=True)
 class Placement:
     resident: bool
     reason: str  # one line for the console: what was chosen and why
@@ -35,16 +59,19 @@ def device_memory_bytes(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def choose(data: DataConfig, manifest: Manifest, world_size: int, device: torch.device) -> Placement:
+def choose(data: DataConfig, manifest: Manifest, world_size: int, device: torch.device, name: str = "train",
+           shared_by: int = 1) -> Placement:
+    """Resident when a worker's share fits; `shared_by` datasets of a run split the allowance between them."""
     share_bytes = -(-manifest.count // world_size) * manifest.image_bytes  # the largest worker share
     size = f"{_gb(share_bytes)} per worker"
+    what = "data" if name == "train" else f"data {name}"
     if data.placement != "auto":
-        return Placement(data.placement == "resident", f"data: {data.placement} on {device} ({size}; data.placement)")
-    memory = device_memory_bytes(device)
-    limit = f"{data.resident_max_share:.0%} of {device}'s {_gb(memory)}"
+        return Placement(data.placement == "resident", f"{what}: {data.placement} on {device} ({size}; data.placement)")
+    memory = device_memory_bytes(device) / shared_by
+    limit = f"{data.resident_max_share:.0%} of {device}'s {_gb(memory)}" + (f" / {shared_by}" if shared_by > 1 else "")
     if share_bytes <= data.resident_max_share * memory:
-        return Placement(True, f"data: resident on {device} ({size} <= {limit})")
-    return Placement(False, f"data: stream ({size} > {limit}; raise data.resident_max_share to keep it resident)")
+        return Placement(True, f"{what}: resident on {device} ({size} <= {limit})")
+    return Placement(False, f"{what}: stream ({size} > {limit}; raise data.resident_max_share to keep it resident)")
 
 
 def _gb(n: float) -> str:

@@ -11,7 +11,8 @@ from gan_dist.models import dcgan, resnet_sn
 from gan_dist.models.common import Family
 from gan_dist.models.spectral import update_spectral_norms
 
-__all__ = ["FAMILIES", "build_discriminator", "build_generator", "check_resolution", "update_spectral_norms"]
+__all__ = ["FAMILIES", "build_discriminator", "build_generator", "build_patch_discriminator", "build_translator",
+           "check_resolution", "check_translation_sizes", "update_spectral_norms"]
 
 # arch (the `model.arch` of config.ModelConfig) -> family. A new family: its module here and its config section.
 FAMILIES: dict[str, Family] = {"dcgan": dcgan.FAMILY, "resnet_sn": resnet_sn.FAMILY}
@@ -36,3 +37,37 @@ def build_generator(model: Any, resolution: int, channels: int, num_classes: int
 
 def build_discriminator(model: Any, resolution: int, channels: int, num_classes: int = 0) -> nn.Module:
     return FAMILIES[model.arch].discriminator(model, resolution, channels, num_classes)
+
+
+# Translation: the ResNet generator and PatchGAN discriminator CycleGAN and CUT share (model.arch=resnet_patchgan).
+def build_translator(model: Any, in_channels: int, out_channels: int) -> nn.Module:
+    from gan_dist.models.translation import ResnetGenerator
+
+    return ResnetGenerator(in_channels, out_channels, model.g_channels, model.blocks, model.downsamplings)
+
+
+def build_patch_discriminator(model: Any, channels: int) -> nn.Module:
+    from gan_dist.models.translation import PatchDiscriminator
+
+    return PatchDiscriminator(channels, model.d_channels, model.d_layers)
+
+
+def patch_map_side(resolution: int, d_layers: int) -> int:
+    """The side of a PatchGAN's logit map: 4x4 convs, `d_layers` of stride 2 (padding 1), then two of stride 1."""
+    for _ in range(d_layers):
+        resolution = (resolution + 2 - 4) // 2 + 1
+    return resolution - 2
+
+
+def check_translation_sizes(model: Any, a: Any, b: Any) -> None:
+    """One line, before any work, when the two domains' images cannot train these translators (a, b: manifests)."""
+    if a.resolution != b.resolution:
+        raise UserError(f"datasets A and B hold {a.resolution}x{a.resolution} and {b.resolution}x{b.resolution} "
+                        f"images; prepare both at one --resolution")
+    multiple = 2 ** model.downsamplings
+    if a.resolution % multiple:
+        raise UserError(f"the translators' {model.downsamplings} downsamplings need image sides divisible by "
+                        f"{multiple}, and these are {a.resolution}; prepare the datasets at a multiple of {multiple}")
+    if patch_map_side(a.resolution, model.d_layers) < 1:
+        raise UserError(f"a PatchGAN with model.d_layers={model.d_layers} sees nothing of {a.resolution}x"
+                        f"{a.resolution} images; lower model.d_layers or prepare larger images")

@@ -10,11 +10,11 @@ from collections.abc import Callable
 
 from gan_dist import checkpoint
 from gan_dist.config import Config
-from gan_dist.data.prepare import embedded_digits
+from gan_dist.data.placement import Dataset, dataset_uri, describe
 from gan_dist.data.reader import read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist.models import check_resolution
+from gan_dist.models import check_resolution, check_translation_sizes
 from gan_dist import storage
 from gan_dist.runtime.local import check_local, run_local
 from gan_dist.tracking import METRICS_FILE
@@ -41,7 +41,7 @@ def run_name(cfg: Config) -> str:
     return f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check_run_dir(cfg: Config, name: str, run_uri: str, manifest: Manifest) -> int | None:
+def check_run_dir(cfg: Config, name: str, run_uri: str, datasets: dict[str, Dataset]) -> int | None:
     """A new run needs an empty run directory; a resume needs a complete checkpoint whose nets and dataset are
     this run's, or no checkpoint folder at all (then it starts at step 0, keeping what the run wrote before).
     Returns the step a resume starts from."""
@@ -58,7 +58,7 @@ def check_run_dir(cfg: Config, name: str, run_uri: str, manifest: Manifest) -> i
         return None
     newest = checkpoint.latest_complete(run_uri)
     if newest is not None:
-        checkpoint.check_compatible(newest, cfg.model.model_dump(), manifest, same_data=True)
+        checkpoint.check_compatible(newest, cfg.model.model_dump(), manifests(datasets), same_data=True)
         start = checkpoint.step_of(newest)
         for step in (s for s in steps if s > start):  # torn by a crash; the run rewrites it when it gets there
             torn = checkpoint.checkpoint_name(step)
@@ -79,7 +79,11 @@ def check_run_dir(cfg: Config, name: str, run_uri: str, manifest: Manifest) -> i
     return None
 
 
-def resume_from(cfg: Config, manifest: Manifest) -> tuple[str, int] | None:
+def manifests(datasets: dict[str, Dataset]) -> dict[str, Manifest]:
+    return {name: data.manifest for name, data in datasets.items()}
+
+
+def resume_from(cfg: Config, datasets: dict[str, Dataset]) -> tuple[str, int] | None:
     """--resume-from as a checkpoint directory and its step (a run directory stands for its newest checkpoint
     that loads), checked to fit this run's nets."""
     if not cfg.run.resume_from:
@@ -87,22 +91,23 @@ def resume_from(cfg: Config, manifest: Manifest) -> tuple[str, int] | None:
     # Checked to load here, in one line, rather than in every worker.
     uri, _ = checkpoint.load_newest(storage.absolute_uri(cfg.run.resume_from), checkpoint.check_loads,
                                     lambda warning: print(warning, file=sys.stderr))
-    checkpoint.check_compatible(uri, cfg.model.model_dump(), manifest, same_data=False)
+    checkpoint.check_compatible(uri, cfg.model.model_dump(), manifests(datasets), same_data=False)
     return uri, checkpoint.load_meta(uri)["step"]
 
 
-def check_batch_fits(cfg: Config, manifest: Manifest) -> None:
+def check_batch_fits(cfg: Config, name: str, manifest: Manifest) -> None:
     share = manifest.count // cfg.run.num_workers  # the smallest worker's rows
     t = cfg.train
     if share < t.real_per_step:
         batch = f"one batch of {t.batch_size}" if t.n_dis == 1 else f"one step's {t.n_dis} batches of {t.batch_size}"
-        raise UserError(f"each of {cfg.run.num_workers} worker(s) gets {share} of the dataset's {manifest.count} "
+        dataset = "the dataset" if name == "train" else f"dataset {name}"
+        raise UserError(f"each of {cfg.run.num_workers} worker(s) gets {share} of {dataset}'s {manifest.count} "
                         f"images, fewer than {batch}; lower --batch-size (or use fewer workers"
                         f"{'' if t.n_dis == 1 else ', or a lower train.n_dis'})")
 
 
-def warn_unlogged_best(cfg: Config, manifest: Manifest) -> None:
-    logged = logged_metrics(cfg, manifest)
+def warn_unlogged_best(cfg: Config, datasets: dict[str, Dataset]) -> None:
+    logged = logged_metrics(cfg, manifests(datasets))
     if cfg.run.keep_best and cfg.run.keep_best not in logged:
         print(f"warning: run.keep_best='{cfg.run.keep_best}' is never logged (logged: {', '.join(logged)}); "
               f"only the newest {cfg.run.keep_checkpoints} checkpoint(s) are kept", file=sys.stderr)
@@ -117,17 +122,23 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     else:
         check_local(cfg)
     storage.check_output_dir(cfg.run.storage, "--storage")  # before reading data or starting Ray
-    data_uri = cfg.data.path or embedded_digits()
-    manifest = read_manifest(data_uri)
-    check_resolution(manifest.resolution, cfg.model.arch)
-    num_classes(cfg, manifest, data_uri)  # a conditional model needs a labeled dataset
-    warn_unlogged_best(cfg, manifest)
-    check_batch_fits(cfg, manifest)
+    datasets = {}
+    for dataset, configured in cfg.dataset_paths().items():
+        uri = dataset_uri(dataset, configured)
+        datasets[dataset] = Dataset(uri, read_manifest(uri))
+    if "train" in datasets:
+        check_resolution(datasets["train"].manifest.resolution, cfg.model.arch)
+        num_classes(cfg, datasets["train"].manifest, datasets["train"].uri)  # conditional needs a labeled dataset
+    else:
+        check_translation_sizes(cfg.model, datasets["a"].manifest, datasets["b"].manifest)
+    for dataset, given in datasets.items():
+        check_batch_fits(cfg, dataset, given.manifest)
+    warn_unlogged_best(cfg, datasets)
     name = run_name(cfg)
     run_uri = storage.join(storage.absolute_uri(cfg.run.storage), name)
     with storage.user_errors(run_uri, "read the run at"):
-        start = check_run_dir(cfg, name, run_uri, manifest)
-        source = resume_from(cfg, manifest)
+        start = check_run_dir(cfg, name, run_uri, datasets)
+        source = resume_from(cfg, datasets)
     if start is not None and cfg.train.steps <= start:  # a retried job whose run had already finished, say
         print(f"run '{name}' is at step {start} already (--steps {cfg.train.steps}); nothing to train: pass --steps "
               f"above {start} to continue it")
@@ -136,10 +147,10 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
         raise UserError(f"--resume-from {source[0]} is at step {source[1]}, not below --steps {cfg.train.steps}; "
                         f"pass --steps above {source[1]}")
     cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update={"resume_from": source and source[0]})})
-    print(f"run '{name}': {manifest.count} images {manifest.resolution}x{manifest.resolution}x{manifest.channels} "
-          f"from {data_uri}, {backend} backend, {cfg.run.num_workers} worker(s), output in {run_uri}", flush=True)
+    data = "; ".join(describe(dataset, given) for dataset, given in datasets.items())
+    print(f"run '{name}': {data}, {backend} backend, {cfg.run.num_workers} worker(s), output in {run_uri}", flush=True)
     if backend == "ray":
         from gan_dist.runtime.ray_backend import run_ray
 
-        return run_ray(loop, cfg, manifest, cfg.data.path, run_uri)
-    return run_local(loop, cfg, manifest, data_uri, run_uri)
+        return run_ray(loop, cfg, datasets, run_uri)
+    return run_local(loop, cfg, datasets, run_uri)

@@ -12,9 +12,8 @@ import torch
 from gan_dist import checkpoint
 from gan_dist.config import Config
 from gan_dist.data import placement
-from gan_dist.data.placement import Positions
+from gan_dist.data.placement import Dataset, Positions
 from gan_dist.data.reader import Batch
-from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.train.loop import LoopResult
 
@@ -23,12 +22,14 @@ class LocalContext:
     rank = 0
     world_size = 1
 
-    def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
-        self.cfg, self.manifest, self.data_uri, self.run_uri = cfg, manifest, data_uri, run_uri
+    def __init__(self, cfg: Config, datasets: dict[str, Dataset], run_uri: str):
+        self.cfg, self.datasets, self.run_uri = cfg, datasets, run_uri
         self.device = torch.device("cuda" if cfg.run.gpu else "cpu")
-        self.placement = placement.choose(cfg.data, manifest, 1, self.device)
-        self.readers = {"train": placement.open_reader(cfg, data_uri, manifest, 0, 1, self.device,
-                                                       self.placement.resident)}
+        self.placements = {name: placement.choose(cfg.data, data.manifest, 1, self.device, name, len(datasets))
+                           for name, data in datasets.items()}
+        self.readers = {name: placement.open_reader(cfg, data.uri, data.manifest, 0, 1, self.device,
+                                                    self.placements[name].resident)
+                        for name, data in datasets.items()}
 
     def batches(self, names: tuple[str, ...], start: Positions) -> Iterator[tuple[dict[str, Batch], Positions]]:
         return placement.read_together(self.readers, names, start)
@@ -46,6 +47,6 @@ def check_local(cfg: Config) -> None:
         raise UserError("--gpu was given but torch sees no CUDA device; drop --gpu to train on the CPU")
 
 
-def run_local(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str) -> LoopResult:
+def run_local(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: str) -> LoopResult:
     """The loop in this process, once `check_local` has passed."""
-    return loop(LocalContext(cfg, manifest, data_uri, run_uri), cfg)
+    return loop(LocalContext(cfg, datasets, run_uri), cfg)

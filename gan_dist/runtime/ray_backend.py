@@ -25,8 +25,7 @@ from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAM
 from gan_dist import checkpoint, storage
 from gan_dist.config import Config, config_from_dict
 from gan_dist.data import placement
-from gan_dist.data.placement import Positions
-from gan_dist.data.prepare import embedded_digits
+from gan_dist.data.placement import Dataset, Positions
 from gan_dist.data.ray_stream import RayStreamReader, shard_dataset
 from gan_dist.data.reader import Batch, read_manifest
 from gan_dist.data.shards import Manifest
@@ -38,22 +37,26 @@ T = TypeVar("T")
 
 
 class RayContext:
-    def __init__(self, cfg: Config, manifest: Manifest, data_uri: str, run_uri: str):
+    def __init__(self, cfg: Config, datasets: dict[str, Dataset], run_uri: str):
         context = ray.train.get_context()
-        self.cfg, self.manifest, self.data_uri, self.run_uri = cfg, manifest, data_uri, run_uri
+        self.cfg, self.datasets, self.run_uri = cfg, datasets, run_uri
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.placement = self._agree(placement.choose(cfg.data, manifest, self.world_size, self.device))
-        # Resident: this worker's contiguous share of the rows, read once with pyarrow and kept on the device; each
-        # epoch a seeded permutation of it (reproducible, exactly resumable, no Ray Data start-up per epoch). Read
-        # now, where a bad shard can still be refused by every rank together. Streamed: this worker's shard of the
-        # Ray Data dataset of the same name.
-        reader: placement.Reader
-        if self.placement.resident:
-            reader = placement.open_reader(cfg, data_uri, manifest, self.rank, self.world_size, self.device, True)
-        else:
-            reader = RayStreamReader(ray.train.get_dataset_shard("train"), cfg, self.rank, self.device)
-        self.readers = {"train": reader}
+        self.placements, self.readers = {}, {}
+        for name, data in datasets.items():
+            self.placements[name] = self._agree(placement.choose(cfg.data, data.manifest, self.world_size,
+                                                                 self.device, name, len(datasets)))
+            self.readers[name] = self._reader(name, data)
+
+    def _reader(self, name: str, data: Dataset) -> placement.Reader:
+        """Resident: this worker's contiguous share of the rows, read once with pyarrow and kept on the device; each
+        epoch a seeded permutation of it (reproducible, exactly resumable, no Ray Data start-up per epoch). Read
+        now, where a bad shard can still be refused by every rank together. Streamed: this worker's shard of the
+        Ray Data dataset of the same name."""
+        if self.placements[name].resident:
+            return placement.open_reader(self.cfg, data.uri, data.manifest, self.rank, self.world_size, self.device,
+                                         True)
+        return RayStreamReader(ray.train.get_dataset_shard(name), self.cfg, self.rank, self.device)
 
     def _agree(self, chosen: placement.Placement) -> placement.Placement:
         """Resident only if every worker's device can hold its share: all ranks must take the same path."""
@@ -95,18 +98,19 @@ class Refused:
 
 def _worker_entry(config: dict[str, Any]) -> LoopResult | Refused:
     cfg = config_from_dict(config["cfg"])
-    manifest = Manifest(**config["manifest"])
 
-    def visible_data() -> str:
-        data_uri = worker_data(config["data_uri"], manifest)
+    def visible_data() -> dict[str, Dataset]:
+        manifests = {name: Manifest(**given["manifest"]) for name, given in config["datasets"].items()}
+        datasets = {name: Dataset(worker_data(name, config["datasets"][name]["uri"], manifest), manifest)
+                    for name, manifest in manifests.items()}
         check_storage_visible(config["storage_probe"])
-        return data_uri
+        return datasets
 
-    data_uri = _on_every_rank(visible_data)
-    if isinstance(data_uri, Refused):
-        return data_uri
+    datasets = _on_every_rank(visible_data)
+    if isinstance(datasets, Refused):
+        return datasets
     # Reads this worker's rows when they stay on its device, so a dataset that fails is refused by every rank.
-    ctx = _on_every_rank(lambda: RayContext(cfg, manifest, data_uri, config["run_uri"]))
+    ctx = _on_every_rank(lambda: RayContext(cfg, datasets, config["run_uri"]))
     if isinstance(ctx, Refused):
         return ctx
     return config["loop"](ctx, cfg)
@@ -123,12 +127,12 @@ def _on_every_rank(make: Callable[[], T]) -> T | Refused:
     return Refused(problems[0]) if problems else value
 
 
-def worker_data(data_uri: str | None, manifest: Manifest) -> str:
+def worker_data(name: str, data_uri: str | None, manifest: Manifest) -> str:
     """The dataset as this worker's node sees it, checked to be the driver's (same content hash). With no --data
     every node prepares the embedded digits into its own cache: that is deterministic, and the driver's cache is
     on another machine in a cluster."""
     where = f"the worker on {ray.util.get_node_ip_address()}"
-    uri = embedded_digits() if data_uri is None else data_uri
+    uri = placement.dataset_uri(name, data_uri)
     try:
         seen = read_manifest(uri).content_hash
     except UserError:
@@ -136,9 +140,11 @@ def worker_data(data_uri: str | None, manifest: Manifest) -> str:
     if seen == manifest.content_hash:
         return uri
     if data_uri is None:
-        raise UserError(f"the embedded digits prepared by {where} differ from the driver's (another scikit-learn "
-                        f"version?); install the same gan-dist environment on every node")
-    raise UserError(f"--data {data_uri} is not the driver's dataset as {where} sees it (a local folder on another "
+        raise UserError(f"the embedded dataset {name} prepared by {where} differs from the driver's (another "
+                        f"scikit-learn, matplotlib or Pillow version?); install the same gan-dist environment on "
+                        f"every node")
+    flag = "--data" if name == "train" else f"--data-{name}"
+    raise UserError(f"{flag} {data_uri} is not the driver's dataset as {where} sees it (a local folder on another "
                     f"machine?); on a cluster put the data in object storage (--data s3://...) or on a filesystem "
                     f"every node mounts")
 
@@ -232,17 +238,19 @@ def _failure_message(err: Exception) -> str | None:
     return None
 
 
-def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str | None, run_uri: str) -> LoopResult:
-    """`data_uri` None: the embedded digits, which each worker prepares on its own node."""
+def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: str) -> LoopResult:
+    """Datasets the config does not name are the embedded ones, which each worker prepares on its own node."""
     ensure_ray(cfg)
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
-    data_uri = storage.absolute_uri(data_uri) if data_uri else None
+    configured = cfg.dataset_paths()
+    given = {name: {"uri": configured[name] and storage.absolute_uri(configured[name]), "manifest": vars(data.manifest)}
+             for name, data in datasets.items()}
     probe = storage_probe(storage_path)
     forget_ray_checkpoint_record(run_uri)
     trainer = TorchTrainer(
         _worker_entry,
-        train_loop_config={"cfg": cfg.model_dump(), "manifest": vars(manifest), "data_uri": data_uri,
-                           "run_uri": run_uri, "loop": loop, "storage_probe": probe},
+        train_loop_config={"cfg": cfg.model_dump(), "datasets": given, "run_uri": run_uri, "loop": loop,
+                           "storage_probe": probe},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.gpu,
                                      resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
         run_config=RunConfig(
@@ -253,7 +261,7 @@ def run_ray(loop: Callable, cfg: Config, manifest: Manifest, data_uri: str | Non
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
         # Read only by streamed workers (resident ones read their rows with pyarrow).
-        datasets={"train": shard_dataset(cfg, manifest, data_uri or embedded_digits())},
+        datasets={name: shard_dataset(cfg, data.manifest, data.uri) for name, data in datasets.items()},
     )
     try:
         result = trainer.fit()

@@ -55,11 +55,13 @@ def squared_input_gradients(logits: torch.Tensor, images: torch.Tensor) -> torch
 
 class Adversary:
     """`D` the plain module; `D_ddp` its DDP wrapper when distributed (D otherwise); the compiled views the updates
-    call. `p` and `last_penalty` are what the step logs."""
+    call. `p` and `last_penalty` are what the step logs. A task with two discriminators numbers them (`index`): each
+    draws its augmentation from its own streams."""
 
     def __init__(self, t: TrainConfig, D: nn.Module, features: StepFeatures, device: torch.device, rank: int,
-                 world_size: int):
+                 world_size: int, index: int | None = None):
         self.t, self.D, self.features, self.device, self.rank = t, D, features, device, rank
+        self.index = () if index is None else (index,)
         self.D_ddp = D
         if world_size > 1:
             self.D_ddp = DistributedDataParallel(D, device_ids=[device] if device.type == "cuda" else None)
@@ -111,7 +113,8 @@ class Adversary:
             images.append(self._mix(images[0], images[1], step, update))
             labels.append(real_labels)
         net = self.D_ddp if r1_due or t.gp_weight else self.D_step
-        logits = self.logits(net, images, labels, seeds.derive(t.seed, "augment", self.rank, step, update))
+        seed = seeds.derive(t.seed, "augment", self.rank, step, update, *self.index)
+        logits = self.logits(net, images, labels, seed)
         real_logits, fake_logits = logits[0], logits[1]
         loss = self.d_loss(real_logits, fake_logits)
         penalties = []
@@ -129,14 +132,14 @@ class Adversary:
 
     def _mix(self, real: torch.Tensor, fake: torch.Tensor, step: int, update: int) -> torch.Tensor:
         """WGAN-GP's points between real and fake images, a weight drawn per image."""
-        self.draws.manual_seed(seeds.derive(self.t.seed, "mix", self.rank, step, update))
+        self.draws.manual_seed(seeds.derive(self.t.seed, "mix", self.rank, step, update, *self.index))
         weight = torch.rand(len(real), 1, 1, 1, device=real.device, generator=self.draws)
         return torch.lerp(fake.to(real.dtype), real, weight).requires_grad_(True)
 
     def generator_loss(self, fake: torch.Tensor, labels: Labels, step: int) -> torch.Tensor:
         """G's loss on D's verdict, D frozen, its augmentation drawn after the step's D updates'."""
         with frozen(self.D):
-            seed = seeds.derive(self.t.seed, "augment", self.rank, step, self.t.n_dis)
+            seed = seeds.derive(self.t.seed, "augment", self.rank, step, self.t.n_dis, *self.index)
             return self.g_loss(self.logits(self.D_for_g, [fake], [labels], seed)[0])
 
     def end_step(self, step: int) -> None:

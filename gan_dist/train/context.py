@@ -7,19 +7,17 @@ from typing import Any, Protocol
 
 import torch
 
-from gan_dist.data.placement import Placement, Positions
+from gan_dist.data.placement import Dataset, Placement, Positions
 from gan_dist.data.reader import Batch
-from gan_dist.data.shards import Manifest
 
 
 class WorkerContext(Protocol):
     rank: int
     world_size: int
     device: torch.device
-    manifest: Manifest  # of the "train" dataset
-    data_uri: str  # where this worker reads the "train" dataset (its evaluation caches live beside it)
+    datasets: dict[str, Dataset]  # by name, as this worker reads them (evaluation caches live beside them)
     run_uri: str
-    placement: Placement  # resident on the device, or streamed; logged at the start
+    placements: dict[str, Placement]  # each dataset resident on the device, or streamed; logged at the start
 
     def batches(self, names: tuple[str, ...], start: Positions) -> Iterator[tuple[dict[str, Batch], Positions]]:
         """One batch of each named dataset per step (this rank's part of each epoch), with the positions after

@@ -103,14 +103,14 @@ class GenerationTask(Task):
                     update)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
-            grad_norm_d, bad = self.guarded_update(self.opt_d, self.D)
+            grad_norm_d, bad = self.guarded_update(self.opt_d)
             bad_d = bad_d | bad
 
         with self.autocast():
             loss_g = self.adversary.generator_loss(fake, fake_labels, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
-        grad_norm_g, bad_g = self.guarded_update(self.opt_g, self.G)
+        grad_norm_g, bad_g = self.guarded_update(self.opt_g)
         self.nonfinite.record(bad_d | bad_g)
         self.adversary.end_step(step)
         if self.ema is not None:

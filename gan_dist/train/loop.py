@@ -8,23 +8,30 @@ from dataclasses import dataclass
 import torch
 
 from gan_dist.config import Config
+from gan_dist.data.placement import Dataset
 from gan_dist.data.shards import Manifest
+from gan_dist.eval.measure import EVAL_LOGGED
+from gan_dist.eval.translation import translation_logged
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train.context import WorkerContext
+from gan_dist.train.cut import CUTTask
 from gan_dist.train.generation import GenerationTask
-from gan_dist.eval.measure import EVAL_LOGGED
 from gan_dist.train.parts import (Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids,
                                   TrainState, evaluation_kind, restore_newest)
-from gan_dist.train.task import Task
+from gan_dist.train.task import Task, lr_factor
+from gan_dist.train.translation import CycleGANTask
 
 # What a log step records: the loop's own keys and the task's (and the evaluation's, when it runs).
-LOGGED_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch",
-                  "gpu_mem_gb", *GenerationTask.METRICS)
+LOOP_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch", "gpu_mem_gb")
+TASKS: dict[str, type[Task]] = {"generation": GenerationTask, "cyclegan": CycleGANTask, "cut": CUTTask}
 
 
-def logged_metrics(cfg: Config, manifest: Manifest) -> tuple[str, ...]:
+def logged_metrics(cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
     """What this run will log: run.keep_best must name one of them."""
-    return LOGGED_METRICS + (EVAL_LOGGED if evaluation_kind(cfg, manifest) != "off" else ())
+    logged = LOOP_METRICS + TASKS[cfg.task.kind].METRICS
+    if "train" not in manifests:
+        return logged + translation_logged(cfg, manifests)
+    return logged + (EVAL_LOGGED if evaluation_kind(cfg, manifests["train"]) != "off" else ())
 
 
 @dataclass
@@ -33,32 +40,41 @@ class LoopResult:
     resumed_from: int | None
 
 
-def build_task(cfg: Config, manifest: Manifest, device: torch.device, rank: int = 0, world_size: int = 1) -> Task:
-    """The task a config trains (image generation, unconditional or class-conditional, is the one so far)."""
-    return GenerationTask(cfg, manifest, device, rank, world_size)
+def build_task(cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
+               world_size: int = 1) -> Task:
+    """The task a config trains: generation (from the "train" dataset's manifest), or translation (a and b)."""
+    if cfg.task.kind == "generation":
+        return GenerationTask(cfg, datasets["train"].manifest, device, rank, world_size)
+    return TASKS[cfg.task.kind](cfg, datasets, device, rank, world_size)
+
+
+def describe_data(manifest: Manifest) -> dict:
+    return {"resolution": manifest.resolution, "channels": manifest.channels, "content_hash": manifest.content_hash,
+            "class_names": manifest.class_names}
 
 
 def checkpoint_meta(ctx: WorkerContext) -> dict:
-    """What meta.json records about the data, for resume checks and for inference (the class names)."""
-    m = ctx.manifest
-    return {"data": {"resolution": m.resolution, "channels": m.channels, "content_hash": m.content_hash,
-                     "class_names": m.class_names}}
+    """What meta.json records about the data, for resume checks and for inference (the class names): each dataset
+    by name, and a generator's one as "data" (what sampling reads)."""
+    datasets = {name: describe_data(data.manifest) for name, data in ctx.datasets.items()}
+    return {"datasets": datasets, **({"data": datasets["train"]} if "train" in datasets else {})}
 
 
 def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     t = cfg.train
-    task = build_task(cfg, ctx.manifest, ctx.device, ctx.rank, ctx.world_size)
+    task = build_task(cfg, ctx.datasets, ctx.device, ctx.rank, ctx.world_size)
     state, skipped = TrainState(), []
     found = restore_newest(task, ctx, cfg, skipped)
     if found is not None:
         state = found[1]
     tracker = None
     if ctx.rank == 0:
-        m = ctx.manifest
-        config = {**cfg.model_dump(), "dataset": {"count": m.count, "resolution": m.resolution,
-                                                  "channels": m.channels}, "world_size": ctx.world_size}
+        data = {name: {"count": d.manifest.count, "resolution": d.manifest.resolution,
+                       "channels": d.manifest.channels, "uri": d.uri} for name, d in ctx.datasets.items()}
+        config = {**cfg.model_dump(), "datasets": data, "world_size": ctx.world_size}
         tracker = RunTracker(ctx.run_uri, t.steps, cfg.log, wandb_run_id(ctx.run_uri), config)
-        tracker.message(ctx.placement.reason)
+        for chosen in ctx.placements.values():
+            tracker.message(chosen.reason)
         tracker.message(task.features.describe())
         for reason in skipped:
             tracker.message(f"warning: skipping {reason}")
@@ -73,6 +89,7 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     batches = ctx.batches(task.datasets, state.positions)
     while state.step < t.steps:
         data, positions = next(batches)
+        task.follow_schedule(lr_factor(state.step, t.steps, t.lr_decay_start))
         out = task.train_step(data, state.step)
         state = TrainState(state.step + 1, state.images_seen + images_per_step, positions)
         for part in parts:

@@ -34,6 +34,16 @@ def g_wasserstein(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
 
 
+def d_least_squares(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """((D(x) - 1)² + D(G(z))²) / 2: LSGAN (Mao et al. 2017), halved as CycleGAN halves its D loss, so D learns
+    at half G's rate."""
+    return 0.5 * ((real_logits - 1).square().mean() + fake_logits.square().mean())
+
+
+def g_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:
+    return (fake_logits - 1).square().mean()
+
+
 # name -> (discriminator loss, generator loss)
 LOSSES = {"nonsaturating": (d_nonsaturating, g_nonsaturating), "hinge": (d_hinge, g_hinge),
-          "wgan": (d_wasserstein, g_wasserstein)}
+          "wgan": (d_wasserstein, g_wasserstein), "lsgan": (d_least_squares, g_least_squares)}

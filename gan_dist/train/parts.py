@@ -20,6 +20,7 @@ from gan_dist.errors import UserError
 from gan_dist.eval.measure import check_sizes, compare, feature_network
 from gan_dist.eval.features import DomainFeatures
 from gan_dist.eval.stats import embed, real_features, real_images
+from gan_dist.eval.translation import DirectionJudge, judge_all, judges
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train import collective, rng
 from gan_dist.train.context import WorkerContext
@@ -61,6 +62,8 @@ def restore(task: Task, ctx: WorkerContext, checkpoint: str) -> TrainState:
     try:
         task.load_state_dict(saved)
         rng.restore(saved.get("rng", []), ctx.rank)
+        ranks = saved.get("ranks", [])  # a resume on more workers starts the extra ranks' state afresh
+        task.load_rank_state(ranks[ctx.rank] if ctx.rank < len(ranks) else {})
         return TrainState.from_dict(saved["train"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # loads, but is not this task's state
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -104,11 +107,12 @@ class Checkpoints:
         ctx, task = self.ctx, self.task
         divergence = task.rank_divergence()  # collectives first: every rank takes part
         rng_states = rng.gather_all()
+        rank_states = collective.gather(task.rank_state())
         if ctx.rank == 0 and divergence:
             print(f"warning: replicas differ across ranks at step {state.step} (by {divergence:.3g})", flush=True)
         payload = None
         if ctx.rank == 0:
-            payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states,
+            payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states, "ranks": rank_states,
                        ckpt.EXPORTS: task.export()}
         meta = {"step": state.step, "metrics": self.metrics, "config": self.cfg.model_dump(),
                 "rank_divergence": divergence, "world_size": ctx.world_size, **self.meta,
@@ -144,7 +148,8 @@ class MetricWindow:
         metrics = {"step": state.step, "images_seen": state.images_seen, **{k: v.item() for k, v in out.items()},
                    "img_per_s": self.images / max(elapsed, 1e-9),
                    "skipped_updates": skipped_total - self.skipped_before,
-                   "checkpoint_seconds": self.checkpoints.seconds, "epoch": state.positions["train"].epoch,
+                   "checkpoint_seconds": self.checkpoints.seconds,
+                   "epoch": next(iter(state.positions.values())).epoch,  # of the first dataset
                    **self.task.learning_rates(), **_device_memory(self.ctx.device), **evaluated}
         self.skipped_before = skipped_total
         self.checkpoints.metrics = metrics
@@ -208,33 +213,58 @@ def evaluation_kind(cfg: Config, manifest: Manifest) -> str:
 
 
 class Evaluation:
-    """Every eval.every steps (0: at each checkpoint) and at the last: each rank generates and embeds its share of
-    eval.num images with fixed seeds, rank 0 gathers the features and compares them with the dataset's (cached)
-    real features. The numbers join that step's metrics line and the checkpoint's meta.json."""
+    """Every eval.every steps (0: at each checkpoint) and at the last: the task's measurement (generation's or
+    translation's). The numbers join that step's metrics line and the checkpoint's meta.json."""
 
     def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
                  checkpoints: Checkpoints):
-        self.task, self.ctx, self.cfg, self.tracker, self.checkpoints = task, ctx, cfg, tracker, checkpoints
+        self.cfg, self.tracker, self.checkpoints = cfg, tracker, checkpoints
         self.every = cfg.eval.every or cfg.train.checkpoint_every
         self.latest: dict[str, float] = {}  # the newest evaluation's numbers, with the step they are of
-        kind = evaluation_kind(cfg, ctx.manifest)
-        self.net = None
-        if kind == "off":
-            return
-        check_sizes(cfg.eval.metric_names(), cfg.eval.num, ctx.manifest, "eval.num")
-        # Rank 0 first: it trains and caches the domain classifier once (and computes the real features, which only
-        # it needs); the others then load the classifier from the cache.
-        if ctx.rank == 0:
-            self.net = feature_network(kind, ctx.data_uri, ctx.manifest, ctx.device, None)
-            self.real = real_features(self.net, ctx.data_uri, ctx.manifest, cfg.eval.num, ctx.device)
-        collective.barrier()
-        if ctx.rank != 0:
-            self.net = feature_network(kind, ctx.data_uri, ctx.manifest, ctx.device, None)
+        measure = GenerationMeasure if "train" in ctx.datasets else TranslationMeasure
+        self.measure = measure.build(task, ctx, cfg)
 
     def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
-        if self.net is None or not due(state.step, self.every, self.cfg.train.steps):
+        if self.measure is None or not due(state.step, self.every, self.cfg.train.steps):
             return
         started = time.perf_counter()
+        result = self.measure()
+        if result is None:  # not rank 0
+            return
+        result["eval_seconds"] = time.perf_counter() - started
+        self.latest = {"step": state.step, **result}
+        self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
+        if self.tracker and not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
+            self.tracker.log(self.latest)  # a step without a metrics line of its own
+
+
+class GenerationMeasure:
+    """Each rank generates and embeds its share of eval.num images with fixed seeds, rank 0 gathers the features
+    and compares them with the dataset's (cached) real features."""
+
+    @classmethod
+    def build(cls, task: Task, ctx: WorkerContext, cfg: Config) -> "GenerationMeasure | None":
+        data = ctx.datasets["train"]
+        kind = evaluation_kind(cfg, data.manifest)
+        if kind == "off":
+            return None
+        check_sizes(cfg.eval.metric_names(), cfg.eval.num, data.manifest, "eval.num")
+        # Rank 0 first: it trains and caches the domain classifier once (and computes the real features, which only
+        # it needs); the others then load the classifier from the cache.
+        real = None
+        if ctx.rank == 0:
+            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
+            real = real_features(net, data.uri, data.manifest, cfg.eval.num, ctx.device)
+        collective.barrier()
+        if ctx.rank != 0:
+            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
+        return cls(task, ctx, cfg, net, real)
+
+    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, net: torch.nn.Module, real: torch.Tensor | None):
+        self.task, self.ctx, self.cfg, self.net, self.real = task, ctx, cfg, net, real
+        self.data = ctx.datasets["train"]
+
+    def __call__(self) -> dict[str, float] | None:
         ctx, e = self.ctx, self.cfg.eval
         # This rank's rows of one set drawn with one seed, the same at every evaluation of the run: the numbers move
         # with the generator only, and do not depend on how many workers share the work.
@@ -246,13 +276,27 @@ class Evaluation:
                 None if labels is None else labels.cpu())
         gathered = collective.gather(mine)
         if ctx.rank != 0:
-            return
+            return None
         features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
                                       for parts in zip(*gathered))
-        result = compare(e.metric_names(), self.net, self.real, features,
-                         lambda n: real_images(ctx.data_uri, ctx.manifest, n), images_u8, asked, self.cfg.train.seed)
-        result["eval_seconds"] = time.perf_counter() - started
-        self.latest = {"step": state.step, **result}
-        self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
-        if self.tracker and not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
-            self.tracker.log(self.latest)  # a step without a metrics line of its own
+        return compare(e.metric_names(), self.net, self.real, features,
+                       lambda n: real_images(self.data.uri, self.data.manifest, n), images_u8, asked,
+                       self.cfg.train.seed)
+
+
+class TranslationMeasure:
+    """Rank 0 translates the first eval.num images of each source domain with the current translators and judges
+    them (eval/translation.py); the other ranks go on training and wait for it at their next collective."""
+
+    @classmethod
+    def build(cls, task: Task, ctx: WorkerContext, cfg: Config) -> "TranslationMeasure | None":
+        if cfg.eval.features == "off" or ctx.rank != 0:
+            return None
+        e = cfg.eval
+        return cls(task, judges(cfg, ctx.datasets, ctx.datasets, e.metric_names(), e.num, e.features, ctx.device))
+
+    def __init__(self, task: Task, found: dict[str, DirectionJudge]):
+        self.task, self.found = task, found
+
+    def __call__(self) -> dict[str, float]:
+        return judge_all(self.found, self.task.translators())

@@ -17,6 +17,16 @@ from gan_dist.train import collective
 from gan_dist.train.speed import StepFeatures
 
 
+def lr_factor(step: int, steps: int, decay_start: float | None) -> float:
+    """The learning-rate schedule: constant, then from step `decay_start` x steps linear toward 0, as CycleGAN's
+    linear policy decays per epoch (its D decaying epochs train at D/(D+1), ..., 1/(D+1) of the rate). A pure
+    function of the step, so a resume continues it exactly."""
+    if decay_start is None:
+        return 1.0
+    start = int(decay_start * steps)
+    return 1.0 - max(0, step - start + 1) / (steps - start + 1)
+
+
 @contextlib.contextmanager
 def frozen(module: nn.Module) -> Iterator[None]:
     """No weight gradients for `module` inside: the G step needs gradients through D, not of D."""
@@ -87,11 +97,12 @@ class Task:
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.features.bf16 else contextlib.nullcontext()
 
-    def guarded_update(self, optimizer: torch.optim.Optimizer, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        """Step unless the gradient norm is NaN/Inf; (norm, skipped). The gradients are already averaged across
-        ranks, so every rank reaches the same verdict and the replicas stay identical. Fused Adam skips a
-        non-finite update on the device itself; elsewhere the step asks the host."""
-        grad_norm = get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
+    def guarded_update(self, optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step unless the gradient norm of the optimizer's parameters is NaN/Inf; (norm, skipped). The gradients
+        are already averaged across ranks, so every rank reaches the same verdict and the replicas stay identical.
+        Fused Adam skips a non-finite update on the device itself; elsewhere the step asks the host."""
+        grad_norm = get_total_norm([p.grad for group in optimizer.param_groups for p in group["params"]
+                                    if p.grad is not None])
         bad = ~torch.isfinite(grad_norm)
         if self.features.fused_adam:
             optimizer.found_inf = bad.float()
@@ -103,10 +114,30 @@ class Task:
     def learning_rates(self) -> dict[str, float]:
         return {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
 
-    def scale_learning_rates(self, factor: float) -> None:
+    def _groups(self) -> Iterator[dict[str, Any]]:
         for optimizer in self.optimizers.values():
             for group in optimizer.param_groups:
-                group["lr"] *= factor
+                group.setdefault("base_lr", group["lr"])  # the rate the schedule scales: in the optimizer's state
+                yield group
+
+    def scale_learning_rates(self, factor: float) -> None:
+        """For good (the non-finite recovery's cut): the schedule goes on from the lower rates."""
+        for group in self._groups():
+            group["base_lr"] *= factor
+            group["lr"] *= factor
+
+    def follow_schedule(self, factor: float) -> None:
+        """Every learning rate at `factor` x its base rate (the schedule's factor for the coming step)."""
+        for group in self._groups():
+            group["lr"] = group["base_lr"] * factor
+
+    def rank_state(self) -> dict[str, Any]:
+        """What this rank alone holds across steps (CycleGAN's image pools): every rank's goes into the checkpoint
+        and comes back to the same rank on resume. CPU tensors (it travels between ranks)."""
+        return {}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        pass
 
     @torch.no_grad()
     def rank_divergence(self) -> float:

@@ -1,0 +1,198 @@
+"""Unpaired image-to-image translation between datasets A and B: what CycleGAN and CUT share (the two domains, the
+translators' previews and exports, the DDP-wrapped and compiled views of the nets), and CycleGAN's step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from gan_dist import seeds
+from gan_dist.config import Config
+from gan_dist.data.placement import Dataset
+from gan_dist.data.reader import Batch, load_columns
+from gan_dist.imaging import grid_image, to_model_range, to_uint8
+from gan_dist.models import build_patch_discriminator, build_translator
+from gan_dist.train import speed
+from gan_dist.train.adversary import Adversary
+from gan_dist.train.pool import ImagePool
+from gan_dist.train.task import Task
+
+PREVIEW_IMAGES = 8  # source images per domain in the preview grid: a column each
+
+
+class TranslationTask(Task):
+    """The nets are built by subclasses; this holds what every translation task does with them."""
+
+    datasets = ("a", "b")
+
+    def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int, world_size: int):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.channels = {name: datasets[name].manifest.channels for name in self.datasets}
+        self.preview_inputs = {name: _first_images(datasets[name], PREVIEW_IMAGES, device) for name in self.datasets}
+        torch.manual_seed(seeds.derive(cfg.train.seed, "init"))  # identical initial weights on every rank
+
+    def translator(self, source: str, target: str) -> nn.Module:
+        return build_translator(self.cfg.model, self.channels[source], self.channels[target])
+
+    def discriminator(self, domain: str) -> nn.Module:
+        return build_patch_discriminator(self.cfg.model, self.channels[domain])
+
+    def distributed(self, net: nn.Module, compile: bool = True) -> nn.Module:
+        """DDP's wrapper when there are several ranks (the net itself otherwise), compiled when asked."""
+        if self.world_size > 1:
+            net = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        return speed.compiled(net, self.features) if compile else net
+
+    def translators(self) -> dict[str, nn.Module]:
+        """The trained translators by direction ("a2b", "b2a"): what inference and evaluation use."""
+        raise NotImplementedError
+
+    def reals(self, batches: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+        speed.mark_step_begin(self.features)
+        return tuple(to_model_range(batches[name]["image"].to(self.device, non_blocking=True))
+                     for name in self.datasets)
+
+    @torch.no_grad()
+    def preview(self) -> torch.Tensor:
+        """A row of source images per direction, under it their translations, under those the translations back
+        where there is a way back: input | translation | translated back, a column per image."""
+        nets = self.translators()
+        rows = []
+        for direction, net in nets.items():
+            source = self.preview_inputs[direction[0]]
+            with self.autocast():
+                translated = net(source)
+                rows += [source, translated]
+                back = nets.get(direction[::-1])
+                if back is not None:
+                    rows.append(back(translated))
+        images = [to_uint8(row) for row in rows]
+        if len({len(x) for x in images}) > 1 or len({x.shape[1] for x in images}) > 1:
+            images = [_rgb(_pad(x, PREVIEW_IMAGES)) for x in images]  # domains of other sizes or channel counts
+        return grid_image(torch.cat(images), nrow=len(images[0]))
+
+    def export(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {f"translator_{direction}": net.state_dict() for direction, net in self.translators().items()}
+
+
+def _first_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
+    """The dataset's first n images (prepare shuffled them: a fair sample), in the models' range."""
+    rows = range(min(n, data.manifest.count))
+    return to_model_range(torch.from_numpy(load_columns(data.uri, data.manifest, rows)["image"]).to(device))
+
+
+def _rgb(images: torch.Tensor) -> torch.Tensor:
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def _pad(images: torch.Tensor, n: int) -> torch.Tensor:
+    """n images (black ones after a short row)."""
+    return torch.cat([images, images.new_zeros((n - len(images), *images.shape[1:]))]) if len(images) < n else images
+
+
+class CycleGANTask(TranslationTask):
+    """CycleGAN (Zhu et al. 2017): G_ab and G_ba, D_a and D_b, least-squares GAN losses, cycle consistency and
+    identity L1 terms; one update of both generators, then one of both discriminators on fakes from the image pools
+    (the reference's order). `G_ab`, `G_ba`, `D_a`, `D_b` are the plain modules."""
+
+    METRICS = ("loss_D", "loss_G", "loss_cycle", "loss_identity", "D_real", "D_fake", "grad_norm_D", "grad_norm_G",
+               "lr_G", "lr_D", "augment_p", "penalty_D")
+
+    def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
+                 world_size: int = 1):
+        super().__init__(cfg, datasets, device, rank, world_size)
+        t, task = cfg.train, cfg.task
+        self.G_ab, self.G_ba = self.translator("a", "b").to(device), self.translator("b", "a").to(device)
+        self.D_a, self.D_b = self.discriminator("a").to(device), self.discriminator("b").to(device)
+        Task.__init__(self, device, speed.resolve(t, device, self.D_a))
+        self.G_ab_step, self.G_ba_step = self.distributed(self.G_ab), self.distributed(self.G_ba)
+        # D_b judges translations into B, D_a those into A; each with its own augmentation streams.
+        self.adversary_b = Adversary(t, self.D_b, self.features, device, rank, world_size, index=0)
+        self.adversary_a = Adversary(t, self.D_a, self.features, device, rank, world_size, index=1)
+        fused = self.features.fused_adam
+        generators = [*self.G_ab.parameters(), *self.G_ba.parameters()]
+        discriminators = [*self.D_a.parameters(), *self.D_b.parameters()]
+        self.opt_g = torch.optim.Adam(generators, lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
+        self.opt_d = torch.optim.Adam(discriminators, lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+        self.nets = {"G_ab": self.G_ab, "G_ba": self.G_ba, "D_a": self.D_a, "D_b": self.D_b}
+        self.optimizers = {"G": self.opt_g, "D": self.opt_d}
+        self.pools = {"a": ImagePool(task.pool_size), "b": ImagePool(task.pool_size)}
+        # Identity terms need a translator that can take the other domain's images: the same channel count.
+        self.identity = task.identity_weight > 0 and self.channels["a"] == self.channels["b"]
+
+    def translators(self) -> dict[str, nn.Module]:
+        return {"a2b": self.G_ab, "b2a": self.G_ba}
+
+    def train_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
+        task, (real_a, real_b) = self.cfg.task, self.reals(batches)
+        n = len(real_a)
+        with self.autocast():
+            # Each translator takes what it translates in one batch (instance norm keeps the images independent):
+            # G_ab real A (and real B, for identity), G_ba real B, the fake B (cycle) and real A; G_ab the fake A.
+            fake_b, *idt_b = self.G_ab_step(torch.cat([real_a, real_b][:1 + self.identity])).split(n)
+            fake_a, rec_a, *idt_a = self.G_ba_step(torch.cat([real_b, fake_b, real_a][:2 + self.identity])).split(n)
+            rec_b = self.G_ab_step(fake_a)
+            loss_gan = (self.adversary_b.generator_loss(fake_b, None, step)
+                        + self.adversary_a.generator_loss(fake_a, None, step))
+            loss_cycle = task.cycle_weight * (_l1(rec_a, real_a) + _l1(rec_b, real_b))
+            loss_identity = torch.zeros((), device=self.device)
+            if self.identity:
+                loss_identity = task.cycle_weight * task.identity_weight * (_l1(idt_b[0], real_b)
+                                                                            + _l1(idt_a[0], real_a))
+            loss_g = loss_gan + loss_cycle + loss_identity
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        grad_norm_g, bad_g = self.guarded_update(self.opt_g)
+
+        draws = torch.Generator().manual_seed(seeds.derive(self.cfg.train.seed, "pool", self.rank, step))
+        pooled_b, pooled_a = self.pools["b"].query(fake_b, draws), self.pools["a"].query(fake_a, draws)
+        with self.autocast():
+            loss_db, real_b_logits, fake_b_logits = self.adversary_b.discriminator_loss(real_b, pooled_b, None, None,
+                                                                                        step, 0)
+            loss_da, real_a_logits, fake_a_logits = self.adversary_a.discriminator_loss(real_a, pooled_a, None, None,
+                                                                                        step, 0)
+        self.opt_d.zero_grad(set_to_none=True)
+        (loss_da + loss_db).backward()
+        grad_norm_d, bad_d = self.guarded_update(self.opt_d)
+        self.nonfinite.record(bad_d | bad_g)
+        for adversary in (self.adversary_a, self.adversary_b):
+            adversary.end_step(step)
+        out = {
+            "loss_D": (loss_da + loss_db).detach(),
+            "loss_G": loss_g.detach(),
+            "loss_cycle": loss_cycle.detach(),
+            "loss_identity": loss_identity.detach(),
+            # mean D output (LSGAN's targets: 1 real, 0 fake), over both discriminators
+            "D_real": (real_a_logits.detach().mean() + real_b_logits.detach().mean()) / 2,
+            "D_fake": (fake_a_logits.detach().mean() + fake_b_logits.detach().mean()) / 2,
+            "grad_norm_D": grad_norm_d,
+            "grad_norm_G": grad_norm_g,
+        }
+        if self.adversary_a.transforms:
+            out["augment_p"] = torch.as_tensor(self.adversary_b.p)
+        if self.adversary_a.regularized:
+            out["penalty_D"] = self.adversary_a.last_penalty + self.adversary_b.last_penalty
+        return out
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"adversaries": {"a": self.adversary_a.state_dict(), "b": self.adversary_b.state_dict()}}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        adversaries = state.get("adversaries", {})
+        self.adversary_a.load_state_dict(adversaries.get("a", {}))
+        self.adversary_b.load_state_dict(adversaries.get("b", {}))
+
+    def rank_state(self) -> dict[str, Any]:
+        return {"pools": {name: pool.state_dict() for name, pool in self.pools.items()}}
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        for name, pool in self.pools.items():
+            pool.load_state_dict(state.get("pools", {}).get(name, {}), self.device)
+
+
+def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(x.float(), y.float())
