@@ -19,7 +19,7 @@ from gan_dist.data import placement
 from gan_dist.data.prepare import Progress, embedded_digits
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
-from gan_dist.eval.measure import MEANINGS, check_sizes, compare, feature_network
+from gan_dist.eval.measure import MEANINGS, check_sizes, compare, feature_kind, feature_network
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.eval.translation import DIRECTIONS, judge_all, judges
 from gan_dist.eval.translation import MEANINGS as TRANSLATION_MEANINGS
@@ -84,8 +84,7 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
                         f"{trained_on.get('channels')} images and {data_uri} holds {manifest.resolution}x"
                         f"{manifest.resolution}x{manifest.channels}; pass the run's dataset with --data")
     check_sizes(names, num, manifest, "--num")
-    if features == "auto":
-        features = "domain" if manifest.class_names else "inception"
+    features = feature_kind(features, manifest, unlabeled="inception")
     net = feature_network(features, data_uri, manifest, dev, inception_weights)
     real = real_features(net, data_uri, manifest, num, dev)
 

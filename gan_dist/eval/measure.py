@@ -50,6 +50,15 @@ def check_sizes(names: tuple[str, ...] | list[str], num: int, manifest: Manifest
                         f"{manifest.resolution}x{manifest.resolution}; leave swd out of the metrics")
 
 
+def feature_kind(features: str, manifest: Manifest, unlabeled: str = "off") -> str:
+    """The features asked for ("auto", "domain", "inception", "off") resolved for a dataset: auto is the domain
+    classifier where the dataset has classes, `unlabeled` otherwise (during training none: the Inception network is
+    slow on a CPU; `gan-dist evaluate` takes it)."""
+    if features == "auto":
+        return "domain" if manifest.class_names else unlabeled
+    return features
+
+
 def feature_network(kind: str, data_uri: str, manifest: Manifest, device: torch.device,
                     inception_weights: str | None) -> nn.Module:
     if kind not in FEATURES:

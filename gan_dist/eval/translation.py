@@ -11,9 +11,8 @@ from torch import nn
 from gan_dist.config import Config
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import load_columns
-from gan_dist.data.shards import Manifest
 from gan_dist.eval.features import DomainFeatures
-from gan_dist.eval.measure import EVAL_LOGGED, check_sizes, compare, feature_network
+from gan_dist.eval.measure import EVAL_LOGGED, check_sizes, compare, feature_kind, feature_network
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.imaging import to_model_range, to_uint8
 
@@ -34,15 +33,7 @@ def directions(cfg: Config) -> tuple[str, ...]:
     return ("a2b",) if cfg.task.kind == "cut" else ("a2b", "b2a")
 
 
-def feature_kind(features: str, target: Manifest, unlabeled: str = "off") -> str:
-    """The target domain's features: auto is the domain classifier where the target has classes, `unlabeled`
-    otherwise (during training none: the Inception network is slow on a CPU)."""
-    if features == "auto":
-        return "domain" if target.class_names else unlabeled
-    return features
-
-
-def translation_logged(cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
+def translation_logged(cfg: Config) -> tuple[str, ...]:
     """What evaluation during a translation run logs (keep_best may name any of them)."""
     if cfg.eval.features == "off":
         return ()

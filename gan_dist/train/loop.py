@@ -30,7 +30,7 @@ def logged_metrics(cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ..
     """What this run will log: run.keep_best must name one of them."""
     logged = LOOP_METRICS + TASKS[cfg.task.kind].METRICS
     if "train" not in manifests:
-        return logged + translation_logged(cfg, manifests)
+        return logged + translation_logged(cfg)
     return logged + (EVAL_LOGGED if evaluation_kind(cfg, manifests["train"]) != "off" else ())
 
 

@@ -17,7 +17,7 @@ from gan_dist.data.placement import Positions
 from gan_dist.data.reader import DataPosition, worker_rows
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist.eval.measure import check_sizes, compare, feature_network
+from gan_dist.eval.measure import check_sizes, compare, feature_kind, feature_network
 from gan_dist.eval.features import DomainFeatures
 from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.eval.translation import DirectionJudge, judge_all, judges
@@ -207,9 +207,7 @@ class PreviewGrids:
 
 def evaluation_kind(cfg: Config, manifest: Manifest) -> str:
     """The features evaluation during training uses, or "off". auto: the domain features on a labeled dataset."""
-    if cfg.eval.features == "auto":
-        return "domain" if manifest.class_names else "off"
-    return cfg.eval.features
+    return feature_kind(cfg.eval.features, manifest)
 
 
 class Evaluation:
