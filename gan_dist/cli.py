@@ -32,6 +32,10 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _checkpoint_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="gan-dist", description="Distributed GAN training on Ray.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -92,18 +96,36 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume-from", metavar="URI",
                        help="start this run from another run's checkpoint (a checkpoint or run directory)")
 
-    sample = commands.add_parser("sample", help="write images from a checkpoint",
-                                 description="Write N PNG images from a checkpoint's generator.")
-    sample.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
+    sample = commands.add_parser(
+        "sample", help="write images from a checkpoint: PNGs, or a synthetic dataset",
+        description="Write N images from a checkpoint's generator: PNG files, or (--format parquet) a prepared "
+                    "dataset that `gan-dist train --data` reads, written by this process or by Ray workers.")
+    _checkpoint_argument(sample)
     sample.add_argument("--num", type=_positive_int, default=64, help="number of images (default 64)")
     sample.add_argument("--out", required=True,
-                        help="output folder or s3:// URI (one already holding sample_*.png is refused)")
+                        help="output folder or s3:// URI (png: one already holding sample_*.png is refused; "
+                             "parquet: it must be empty)")
     sample.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     sample.add_argument("--class", dest="classes", action="append", metavar="K",
                         help="conditional generators: a class index or name, repeatable, or 'all' (the default): an "
-                             "equal share of each; labels.csv names each image's class")
+                             "equal share of each; labels.csv (png) or the label column (parquet) names each "
+                             "image's class")
     sample.add_argument("--raw", action="store_true",
                         help="the trained generator instead of its exponential moving average")
+    sample.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                        help="latents scaled by PSI from 0 (each class's average image) to 1 (no truncation, the "
+                             "default): less variety, more fidelity")
+    sample.add_argument("--format", choices=["png", "parquet"], default="png",
+                        help="png: one file per image, written by this process (the default); parquet: Parquet "
+                             "shards + _manifest.json, as `gan-dist prepare` writes them")
+    sample.add_argument("--shard-size", type=_positive_int, default=2048,
+                        help="parquet: images per shard; each shard's latents come from its own seed (default 2048)")
+    sample.add_argument("--backend", choices=["auto", "local", "ray"], default="auto",
+                        help="parquet: local: this process; ray: Ray workers (default: ray when --num-workers > 1 "
+                             "or --address)")
+    sample.add_argument("--num-workers", type=_positive_int, default=1, help="parquet: Ray workers (default 1)")
+    sample.add_argument("--gpu", action="store_true", help="one GPU per worker (or for this process)")
+    sample.add_argument("--address", help="parquet: Ray cluster address to join (default: start a local Ray)")
 
     report = commands.add_parser("report", help="draw a run's loss and metric curves to a PNG",
                                  description="Draw losses, D outputs, gradient norms and throughput from RUN's "
@@ -116,7 +138,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Draw --num images from the checkpoint's (EMA) generator with fixed seeds, embed them and the "
                     "dataset's images with a feature network, and print one table. Real features are cached beside "
                     "the dataset, keyed by its content hash.")
-    evaluate.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
+    _checkpoint_argument(evaluate)
     evaluate.add_argument("--data", help="the real images (default: the dataset the run trained on)")
     evaluate.add_argument("--data-a", help="a translator's: domain A's images, e.g. held out (default: the run's A)")
     evaluate.add_argument("--data-b", help="a translator's: domain B's images, e.g. held out (default: the run's B)")
@@ -131,12 +153,35 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON (local or s3://)")
+    evaluate.add_argument("--mask", choices=["center", "random"], default="center",
+                          help="an inpainting checkpoint's holes: center (default), a centred square over a quarter "
+                               "of each image; random: drawn per image as in training, from --seed")
+    augmentation = evaluate.add_argument_group(
+        "augmentation", "does a class-conditional generator's output help a classifier that has few real labels?")
+    augmentation.add_argument("--augmentation", action="store_true",
+                              help="train the domain classifier on a class-stratified --real-fraction of --data, on "
+                                   "that plus synthetic images (their union), on synthetic images alone (CAS) and on "
+                                   "all of --data, and print each one's accuracy on --held-out, mean ± std over "
+                                   "--repeats seeds (--num, --metrics and --features do not apply)")
+    augmentation.add_argument("--held-out", metavar="URI", default=argparse.SUPPRESS,
+                              help="labeled real images neither the generator nor the classifiers train on (required)")
+    augmentation.add_argument("--real-fraction", metavar="F", type=float, default=argparse.SUPPRESS,
+                              help="share of each class of --data in the real subset, at least one image per class "
+                                   "(default 0.05)")
+    augmentation.add_argument("--synthetic", metavar="N", type=_positive_int, default=argparse.SUPPRESS,
+                              help="generated images, an equal share per class (default 10x the real subset, and at "
+                                   "least as many as --data holds)")
+    augmentation.add_argument("--repeats", metavar="N", type=_positive_int, default=argparse.SUPPRESS,
+                              help="seeds --seed, --seed+1, ...: each draws its own subset, synthetic images, "
+                                   "classifier init and batch order (default 3)")
+    augmentation.add_argument("--steps", metavar="N", type=_positive_int, default=argparse.SUPPRESS,
+                              help="training steps of each classifier (default 500)")
 
     translate = commands.add_parser(
         "translate", help="translate a folder of images with a translation checkpoint (CycleGAN, CUT)",
         description="Translate every image under --input (a folder or s3:// prefix, read recursively) into a PNG of "
                     "the same relative name under --out. Unreadable files are skipped and counted.")
-    translate.add_argument("checkpoint", metavar="CKPT", help="checkpoint directory, or a run directory (its newest)")
+    _checkpoint_argument(translate)
     translate.add_argument("--input", required=True, help="folder or s3:// prefix of images of the source domain")
     translate.add_argument("--out", required=True, help="output folder or s3:// URI (existing outputs are refused)")
     translate.add_argument("--direction", choices=["a2b", "b2a"], default="a2b", help="default a2b")
@@ -146,6 +191,48 @@ def _parser() -> argparse.ArgumentParser:
                                 "(cropped to a multiple of its downsampling)")
     translate.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward (default 64)")
     translate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+
+    explore = commands.add_parser(
+        "explore", help="pictures of what a generator learned: latent paths, truncation, classes",
+        description="Write PNG grids and animated GIFs under --out: interpolations (rows of slerp paths between "
+                    "seeded latents), truncation (the same latents from psi 1 to 0) and, for a class-conditional "
+                    "generator, classes (a row per class, the same latents in every row).")
+    _checkpoint_argument(explore)
+    explore.add_argument("--out", required=True,
+                         help="output folder or s3:// URI (one already holding an exploration is refused)")
+    explore.add_argument("--rows", type=_positive_int, default=6,
+                         help="paths, and truncation rows; a conditional generator's row r keeps class r %% K "
+                              "(default 6)")
+    explore.add_argument("--frames", type=_positive_int, default=10,
+                         help="steps along each path, at least 2 (default 10)")
+    explore.add_argument("--per-class", type=_positive_int, default=10,
+                         help="conditional generators: latents shown in every class's row (default 10)")
+    explore.add_argument("--truncation", metavar="PSI,PSI,...",
+                         help="comma-separated psi values from 1 (as drawn) to 0 (the average image), at least 2 "
+                              "(default 1 to 0 in steps of 0.1)")
+    explore.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    explore.add_argument("--raw", action="store_true",
+                         help="the trained generator instead of its exponential moving average")
+    explore.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    explore.add_argument("--wandb", choices=["disabled", "offline", "online"], default="disabled",
+                         help="also log the pictures to a W&B run 'explore-RUN' in the checkpoint's project "
+                              "(default disabled)")
+
+    complete = commands.add_parser(
+        "complete", help="fill holes in a folder of images with an inpainting checkpoint",
+        description="Complete every image under --input (a folder or s3:// prefix, read recursively; centre-cropped "
+                    "and resized to the net's resolution) with holes from --mask, into a PNG of the same relative "
+                    "name under --out. Unreadable files are skipped and counted.")
+    _checkpoint_argument(complete)
+    complete.add_argument("--input", required=True, help="folder or s3:// prefix of images")
+    complete.add_argument("--out", required=True, help="output folder or s3:// URI (existing outputs are refused)")
+    complete.add_argument("--mask", default="center",
+                          help="center (default): a centred square over a quarter of the image; random: holes drawn "
+                               "per image as in training (boxes, strokes, centre), from --seed; or a mask image "
+                               "(local or s3://) whose white pixels mark the hole, for every input")
+    complete.add_argument("--seed", type=int, default=0, help="seed of --mask random (default 0)")
+    complete.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward (default 64)")
+    complete.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
 
     bench = commands.add_parser(
         "bench", help="time the training step on synthetic on-device data, on real shards, and the reference loop",
@@ -186,6 +273,13 @@ def _config(args: argparse.Namespace, flags: tuple[str, ...] = tuple(_FLAG_KEYS)
     return load_config(args.preset, overrides)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+
+
 def _train(args: argparse.Namespace) -> None:
     from gan_dist.runtime.launch import train
 
@@ -220,8 +314,7 @@ def _bench(args: argparse.Namespace) -> None:
         check_json_target(args.json)  # one line now, not a traceback after the benchmark
 
     cfg = _config(args, flags=("batch_size",))  # its --steps and --data are the benchmark's own
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    _check_device(args.device)
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     options = BenchOptions(device, args.steps, args.warmup, args.repeats, args.data, args.resolution, args.channels,
                            args.reference, args.ray)
@@ -233,41 +326,96 @@ def _bench(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     from gan_dist.sample import write_samples
+    from gan_dist.synthetic import Workers, check_workers, export_dataset
 
-    written = write_samples(args.checkpoint, args.num, args.out, seed=args.seed, classes=args.classes, raw=args.raw)
+    workers = Workers(args.backend, args.num_workers, args.gpu, args.address)
+    if args.format == "parquet":
+        manifest = export_dataset(args.checkpoint, args.out, args.num, seed=args.seed, classes=args.classes,
+                                  raw=args.raw, truncation=args.truncation, shard_size=args.shard_size,
+                                  workers=workers)
+        print(f"wrote {manifest.count} images ({manifest.resolution}x{manifest.resolution}x{manifest.channels}, "
+              f"raw) in {len(manifest.shards)} shards to {args.out}")
+        return
+    if workers.resolved == "ray":
+        raise UserError("--format png is written by this process alone; drop --backend ray, --num-workers and "
+                        "--address, or write a dataset with --format parquet")
+    check_workers(workers)
+    written = write_samples(args.checkpoint, args.num, args.out, seed=args.seed, classes=args.classes, raw=args.raw,
+                            truncation=args.truncation, device="cuda" if args.gpu else "cpu")
     print(f"wrote {len(written)} images to {args.out}")
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    import torch
+_AUGMENTATION_OPTIONS = ("held_out", "real_fraction", "synthetic", "repeats", "steps")  # argparse leaves out unset
 
+
+def _augmentation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The --augmentation options given, refusing those that would be ignored and a missing --held-out."""
+    given = {name: getattr(args, name) for name in _AUGMENTATION_OPTIONS if hasattr(args, name)}
+    if given and not args.augmentation:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"{flags} only apply with --augmentation")
+    if args.augmentation and "held_out" not in given:
+        raise UserError("--augmentation needs --held-out URI: labeled real images neither the generator nor the "
+                        "classifiers train on")
+    if args.augmentation and (args.data_a or args.data_b):
+        raise UserError("--augmentation measures a class-conditional generator; pass its real images with --data, "
+                        "not --data-a/--data-b")
+    return given
+
+
+def _evaluate(args: argparse.Namespace) -> None:
     from gan_dist.eval.evaluate import evaluate, format_table, parse_metrics, write_json
     from gan_dist.storage import check_output_file
 
     names = parse_metrics(args.metrics)
+    augmentation = _augmentation_options(args)
     if args.json:
         if check_output_file(args.json, "--json"):
             raise UserError(f"--json {args.json} already exists; pass a new path")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
-    result = evaluate(args.checkpoint, args.data, args.num, names, args.features, args.seed, args.device,
-                      args.inception_weights, args.data_a, args.data_b)
-    print(format_table(result))
+    _check_device(args.device)
+    if args.augmentation:
+        from gan_dist.eval.augmentation import format_augmentation, measure_augmentation
+
+        result = measure_augmentation(args.checkpoint, data=args.data, seed=args.seed, device=args.device,
+                                      **augmentation)
+        print(format_augmentation(result))
+    else:
+        result = evaluate(args.checkpoint, args.data, args.num, names, args.features, args.seed, args.device,
+                          args.inception_weights, args.data_a, args.data_b, args.mask)
+        print(format_table(result))
     if args.json:
         write_json(result, args.json)
 
 
 def _translate(args: argparse.Namespace) -> None:
-    import torch
-
     from gan_dist.translate import translate_folder
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    _check_device(args.device)
     written, skipped, uri = translate_folder(args.checkpoint, args.input, args.out, args.direction, args.size,
                                              args.device, args.batch_size)
     print(skipped.summary(written + sum(skipped.counts.values())), file=sys.stderr)
     print(f"wrote {written} {args.direction} translations by {uri} to {args.out}")
+
+
+def _explore(args: argparse.Namespace) -> None:
+    from gan_dist.explore import DEFAULT_PSIS, ExploreOptions, explore, parse_psis
+
+    _check_device(args.device)
+    psis = parse_psis(args.truncation) if args.truncation is not None else DEFAULT_PSIS
+    options = ExploreOptions(args.rows, args.frames, args.per_class, psis, args.seed, args.raw, args.device,
+                             args.wandb)
+    uri, written = explore(args.checkpoint, args.out, options)
+    print(f"wrote {len(written)} pictures of {uri} to {args.out}")
+
+
+def _complete(args: argparse.Namespace) -> None:
+    from gan_dist.complete import complete_folder
+
+    _check_device(args.device)
+    written, skipped, uri = complete_folder(args.checkpoint, args.input, args.out, args.mask, args.seed, args.device,
+                                            args.batch_size)
+    print(skipped.summary(written + sum(skipped.counts.values())), file=sys.stderr)
+    print(f"wrote {written} completed images ({args.mask} holes) by {uri} to {args.out}")
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -284,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench,
-         "evaluate": _evaluate, "translate": _translate}[args.command](args)
+         "evaluate": _evaluate, "translate": _translate, "complete": _complete,
+         "explore": _explore}[args.command](args)
     except UserError as err:
         print(f"gan-dist: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

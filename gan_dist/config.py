@@ -143,9 +143,33 @@ class CUTTaskConfig(_Section):
     head_units: int = Field(256, ge=1, description="width of the MLP head on the encoder's features")
 
 
-TASK_SECTIONS = (GenerationTaskConfig, CycleGANTaskConfig, CUTTaskConfig)
+MASK_KINDS = ("center", "boxes", "strokes")  # drawn by gan_dist/masks.py
+
+
+class InpaintTaskConfig(_Section):
+    """Image completion: G fills the holes of masked images (the masked image and its mask in, the image out; what
+    was known is kept), judged by a PatchGAN on the completed image; L1 on the hole and on the rest."""
+
+    kind: Literal["inpaint"] = "inpaint"
+    masks: str = Field("center,boxes,strokes", description=f"kinds of holes drawn per image, comma-separated: "
+                                                           f"{', '.join(MASK_KINDS)}")
+    hole_weight: float = Field(10.0, ge=0, description="L1 on the hole, against the adversarial loss's 1")
+    valid_weight: float = Field(1.0, ge=0, description="L1 on the known pixels of G's raw output")
+    adversarial_weight: float = Field(1.0, ge=0, description="the PatchGAN's verdict on the completed image")
+
+    @field_validator("masks")
+    @classmethod
+    def _mask_kinds(cls, text: str) -> str:
+        return _comma_list(text, MASK_KINDS)
+
+    def mask_kinds(self) -> tuple[str, ...]:
+        return tuple(self.masks.split(","))
+
+
+TASK_SECTIONS = (GenerationTaskConfig, CycleGANTaskConfig, CUTTaskConfig, InpaintTaskConfig)
 TaskConfig = _tagged_union(TASK_SECTIONS, "kind")
 TRANSLATION_TASKS = ("cyclegan", "cut")
+TRANSLATOR_TASKS = (*TRANSLATION_TASKS, "inpaint")  # the tasks whose nets are model.arch=resnet_patchgan
 
 
 AUGMENTATIONS = ("translation", "cutout", "color")
@@ -316,18 +340,18 @@ class Config(_Section):
     @model_validator(mode="after")
     def _task_fits(self) -> "Config":
         translation = self.task.kind in TRANSLATION_TASKS
-        if translation and self.model.arch in GENERATION_ARCHS:
-            raise ValueError(f"task.kind={self.task.kind} trains translators: set model.arch=resnet_patchgan")
-        if not translation and self.model.arch not in GENERATION_ARCHS:
-            raise ValueError(f"model.arch={self.model.arch} is a translator: set task.kind=cyclegan or cut, or "
-                             f"model.arch to one of {', '.join(GENERATION_ARCHS)}")
+        if self.task.kind in TRANSLATOR_TASKS and self.model.arch in GENERATION_ARCHS:
+            raise ValueError(f"task.kind={self.task.kind} trains ResNet/PatchGAN nets: set model.arch=resnet_patchgan")
+        if self.task.kind not in TRANSLATOR_TASKS and self.model.arch not in GENERATION_ARCHS:
+            raise ValueError(f"model.arch={self.model.arch} is a translator: set task.kind=cyclegan, cut or inpaint, "
+                             f"or model.arch to one of {', '.join(GENERATION_ARCHS)}")
         if translation and self.data.path is not None:
             raise ValueError("translation reads data.a and data.b (--data-a, --data-b), not data.path (--data)")
         if not translation and (self.data.a is not None or self.data.b is not None):
             raise ValueError("data.a and data.b (--data-a, --data-b) are for translation tasks; generation reads "
                              "data.path (--data)")
-        if translation and self.train.n_dis != 1:
-            raise ValueError("translation takes one D update per step: leave train.n_dis at 1")
+        if self.task.kind in TRANSLATOR_TASKS and self.train.n_dis != 1:
+            raise ValueError(f"task.kind={self.task.kind} takes one D update per step: leave train.n_dis at 1")
         return self
 
     def dataset_names(self) -> tuple[str, ...]:

@@ -18,12 +18,23 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
 
-def png_bytes(image_chw_u8: torch.Tensor) -> bytes:
+def pil_image(image_chw_u8: torch.Tensor) -> Image.Image:
+    """uint8 C×H×W -> a PIL image: 'L' for one channel, 'RGB' for three."""
     array = image_chw_u8.permute(1, 2, 0).cpu().numpy()
-    if array.shape[2] == 1:
-        array = array[:, :, 0]
+    return Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def png_bytes(image_chw_u8: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    pil_image(image_chw_u8).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def gif_bytes(frames_chw_u8: list[torch.Tensor], frame_ms: int) -> bytes:
+    """An animated GIF of uint8 C×H×W frames of one size, looping forever."""
+    first, *rest = [pil_image(frame) for frame in frames_chw_u8]
+    buffer = io.BytesIO()
+    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=frame_ms, loop=0)
     return buffer.getvalue()
 
 

@@ -28,13 +28,20 @@ class Generator:
     net: torch.nn.Module
     class_names: list[str]  # empty for an unconditional generator
     uri: str
+    resolution: int
+    channels: int
+    step: int | None  # the checkpoint's training step, when its meta.json says
 
 
 def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False) -> Generator:
     """The generator of a checkpoint: generator.safetensors (the EMA one when the run kept one), or with `raw` the
     trained G from state.pt."""
     meta = checkpoint.load_meta(checkpoint_uri)
-    if meta.get("config", {}).get("task", {}).get("kind", "generation") != "generation":
+    kind = meta.get("config", {}).get("task", {}).get("kind", "generation")
+    if kind == "inpaint":
+        raise UserError(f"{checkpoint_uri} is an inpainting checkpoint; fill holes with it: gan-dist complete CKPT "
+                        f"--input DIR --out DIR")
+    if kind != "generation":
         raise UserError(f"{checkpoint_uri} is a translator's checkpoint; translate images with it: gan-dist translate "
                         f"CKPT --input DIR --out DIR")
     try:  # the model section alone: the rest of a run's config (its name, say) has no say in sampling
@@ -48,7 +55,7 @@ def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False)
         G.load_state_dict(checkpoint.load_state(checkpoint_uri)["nets"]["G"])
     else:
         G.load_state_dict(checkpoint.load_export(checkpoint_uri))
-    return Generator(G.to(device).eval(), class_names, checkpoint_uri)
+    return Generator(G.to(device).eval(), class_names, checkpoint_uri, resolution, channels, meta.get("step"))
 
 
 def check_sample_args(checkpoint_uri: str, out: str, seed: int) -> None:
@@ -89,32 +96,54 @@ def resolve_classes(requested: list[str], generator: Generator) -> list[int]:
     return indices
 
 
+def check_truncation(psi: float) -> None:
+    if not 0.0 <= psi <= 1.0:
+        raise UserError(f"--truncation {psi} is out of range; pass a value from 0 (the average image) to 1 (no "
+                        f"truncation)")
+
+
+def truncated(z: torch.Tensor, psi: float) -> torch.Tensor:
+    """The truncation trick in z: each latent moved toward the prior's mean (0) by 1-psi, trading variety for
+    fidelity. psi 1 leaves z as drawn."""
+    return z if psi == 1.0 else z * psi
+
+
 @torch.no_grad()
 def generate(generator: Generator, num: int, seed: int, classes: list[int], batch_size: int = 256,
-             device: str | torch.device = "cpu") -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """`num` images in batches: (uint8 B×C×H×W, the class of each or None), from latents seeded by `seed`; for a
-    conditional generator each of `classes` in turn, an equal share of each."""
+             device: str | torch.device = "cpu",
+             truncation: float = 1.0) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """`num` images in batches: (uint8 B×C×H×W, the class of each or None), from latents seeded by `seed` and
+    truncated by `truncation`; for a conditional generator each of `classes` in turn, an equal share of each."""
+    check_truncation(truncation)
     G = generator.net
     noise = torch.Generator(device=device).manual_seed(seed)
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
-        z = torch.randn(n, G.z_dim, generator=noise, device=device)
-        labels = None
-        if classes:
-            labels = torch.tensor([classes[(start + i) % len(classes)] for i in range(n)], device=device)
+        z = truncated(torch.randn(n, G.z_dim, generator=noise, device=device), truncation)
+        labels = class_labels(classes, range(start, start + n), device)
         yield to_uint8(G(z, labels)), labels
 
 
+def class_labels(classes: list[int], rows: range, device: str | torch.device = "cpu") -> torch.Tensor | None:
+    """The class of each image of `rows` (indices among all images drawn): the asked classes in turn, by index, so
+    the classes do not depend on how the images are split into batches or blocks. None for no classes."""
+    if not classes:
+        return None
+    return torch.tensor([classes[i % len(classes)] for i in rows], device=device)
+
+
 def write_samples(checkpoint_uri: str, num: int, out: str, seed: int = 0, batch_size: int = 256,
-                  device: str = "cpu", classes: list[str] | None = None, raw: bool = False) -> list[str]:
+                  device: str = "cpu", classes: list[str] | None = None, raw: bool = False,
+                  truncation: float = 1.0) -> list[str]:
     """Write `num` PNGs (sample_00000.png, ...) under `out`, local or object storage; for a conditional generator
     an equal share of each asked class, in turn, and labels.csv naming each image's class."""
+    check_truncation(truncation)
     check_sample_args(checkpoint_uri, out, seed)
     _, generator = checkpoint.load_newest(checkpoint_uri, lambda uri: load_generator(uri, torch.device(device), raw),
                                           lambda warning: print(warning, file=sys.stderr))
     asked = resolve_classes(classes or [], generator)
     written, rows = [], ["file,label,class_name"]
-    for images, labels in generate(generator, num, seed, asked, batch_size, device):
+    for images, labels in generate(generator, num, seed, asked, batch_size, device, truncation):
         for image, label in zip(images, labels.tolist() if labels is not None else [None] * len(images)):
             name = f"sample_{len(written):05d}.png"
             storage.write_bytes(storage.join(out, name), png_bytes(image))

@@ -15,6 +15,7 @@ PURPOSES = frozenset({
     "mix",          # (rank, step, update): WGAN-GP's real/fake mixing weights
     "pool",         # (rank, step): CycleGAN's image pool choices
     "patches",      # (rank, step, call): CUT's sampled patch locations
+    "masks",        # (rank, step): inpainting's holes; (index): those of `gan-dist complete --mask random`
     "preview",      # the fixed inputs of the preview grids
     "epoch_order",  # (rank, epoch): the resident reader's permutation of a worker's rows
     "unit_order",   # (epoch): the streaming reader's order of row groups
@@ -22,6 +23,8 @@ PURPOSES = frozenset({
     "ray_files",    # the Ray Data file order
     "ray_shuffle",  # (rank, epoch): the Ray Data local shuffle
     "eval",         # the latents of evaluations during training, the same at every evaluation
+    "sample",       # (block): `gan-dist sample --format parquet`'s latents of one block of images, whoever writes it
+    "explore",      # (figure, index): the latents of `gan-dist explore`'s pictures
 })
 MAX_SEED = 2**63 - 1  # seeds and indexes: any non-negative int up to this
 

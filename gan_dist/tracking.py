@@ -47,7 +47,7 @@ class WandbSink:
     """W&B on rank 0. Any failure warns once and switches it off: an unreachable W&B never stops training."""
 
     def __init__(self, cfg: LogConfig, run_id: str, name: str, config: dict[str, Any], directory: str | None,
-                 console: TextIO):
+                 console: TextIO, job_type: str | None = None):
         self.run, self.console = None, console
         mode = wandb_mode(cfg.wandb)
         if mode == "disabled":
@@ -59,7 +59,7 @@ class WandbSink:
 
             self._image = wandb.Image
             self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, id=run_id, name=name,
-                                  resume="allow", config=config, mode=mode, dir=directory,
+                                  resume="allow", config=config, mode=mode, dir=directory, job_type=job_type,
                                   settings=wandb.Settings(silent=True, console="off", init_timeout=init_timeout))
         except Exception as exc:  # noqa: BLE001 - whatever W&B raises, training goes on
             self._switch_off(exc)

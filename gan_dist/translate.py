@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,10 +30,12 @@ BATCH = 64
 
 @dataclass
 class Translator:
+    """A fully convolutional image-to-image net and the inputs it takes (completion nets too: `direction` "")."""
+
     net: torch.nn.Module
     direction: str
     resolution: int  # what it was trained on
-    in_channels: int
+    in_channels: int  # of the input images
     multiple: int  # input sides must be multiples of this (2 ** downsamplings)
 
 
@@ -45,8 +47,9 @@ def load_translator(checkpoint_uri: str, direction: str, device: torch.device) -
     """The checkpoint's translator for `direction` (a2b or b2a), from translator_<direction>.safetensors."""
     meta = checkpoint.load_meta(checkpoint_uri)
     if not is_translation(meta):
-        raise UserError(f"{checkpoint_uri} is an image generator's checkpoint, not a translator's; use gan-dist "
-                        f"sample for it")
+        inpaint = meta.get("config", {}).get("task", {}).get("kind") == "inpaint"
+        what, use = ("an inpainting", "complete") if inpaint else ("an image generator's", "sample")
+        raise UserError(f"{checkpoint_uri} is {what} checkpoint, not a translator's; use gan-dist {use} for it")
     if f"translator_{direction}.safetensors" not in meta.get("files", {}):
         have = [d for d in DIRECTIONS if f"translator_{d}.safetensors" in meta.get("files", {})]
         raise UserError(f"{checkpoint_uri} has no {direction} translator (it translates {', '.join(have) or 'nothing'}"
@@ -133,12 +136,22 @@ def translate_folder(checkpoint_uri: str, input_uri: str, out: str, direction: s
     dev = torch.device(device)
     uri, translator = checkpoint.load_newest(checkpoint_uri, lambda c: load_translator(c, direction, dev),
                                              lambda warning: print(warning, flush=True))
+    written, skipped = map_folder(input_uri, names, out, translator, size, batch_size, "translate",
+                                  lambda arrays, start: translate_u8(translator.net, arrays, dev))
+    return written, skipped, uri
+
+
+def map_folder(input_uri: str, names: list[str], out: str, model: Translator, size: str, batch_size: int, label: str,
+               convert: Callable[[np.ndarray, int], torch.Tensor]) -> tuple[int, SkipReport]:
+    """Each readable input of `names` (prepared for `model`'s resolution, channels and multiple) through `convert`
+    (uint8 N×H×W×C and the first one's index among the readable inputs -> uint8 N×H×W×C), written as PNG under the
+    same relative name in `out`, with a progress line; (images written, what was skipped)."""
     skipped, written = SkipReport(), 0
-    progress = Progress(len(names), label="translate")
-    for batch_names, arrays in _batches(_inputs(input_uri, names, translator, size, skipped), batch_size):
-        for name, image in zip(batch_names, translate_u8(translator.net, arrays, dev)):
+    progress = Progress(len(names), label=label)
+    for batch_names, arrays in _batches(_inputs(input_uri, names, model, size, skipped), batch_size):
+        for name, image in zip(batch_names, convert(arrays, written)):
             storage.write_bytes(storage.join(out, output_name(name)), png_bytes(image.permute(2, 0, 1)))
             written += 1
         progress.update(written + sum(skipped.counts.values()))
     progress.update(len(names), final=True)
-    return written, skipped, uri
+    return written, skipped

@@ -61,6 +61,16 @@ def row_ids(batch) -> list[int]:
     return (flat[:, 0] + 256 * flat[:, 1]).tolist()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a busy 2-core machine two threads wait on each other (a step ~3x
+    slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> str:
     """256 numbered 16x16 grayscale images in 4 shards, labeled row % 10 (classes "0".."9")."""
@@ -206,6 +216,15 @@ def tiny_translation_config(a: str, b: str, storage: str, kind: str = "cyclegan"
     }
     base.update(overrides)
     return load_config(f"{kind}-digits", base)
+
+
+def tiny_inpaint_config(data: str, storage: str, **overrides):
+    """The inpainting preset at the smallest widths: a step takes milliseconds on CPU."""
+    base = {"data.path": data, "run.storage": storage, "run.name": "tiny", "model.g_channels": 4,
+            "model.d_channels": 4, "model.blocks": 1, "model.d_layers": 1, "train.batch_size": 4, "train.steps": 6,
+            "train.log_every": 2, "train.checkpoint_every": 3, "train.sample_every": 3, "eval.features": "off"}
+    base.update(overrides)
+    return load_config("inpaint-digits", base)
 
 
 def assert_same_state(a: dict, b: dict) -> None:

@@ -24,15 +24,6 @@ STEPS = 300  # ≥ 0.95 held-out on the digits for seeds 0-5 (0.967-1.0); ~7 s o
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One torch thread: on a busy 2-core machine two threads wait on each other (a step ~3x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def digits():
     uri = embedded_digits()
     manifest = read_manifest(uri)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from gan_dist.config import Config, load_config, parse_override
+from gan_dist.config import TRANSLATOR_TASKS, Config, load_config, parse_override
 from gan_dist.errors import UserError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -149,10 +149,10 @@ def needed_overrides(key: str, text: str) -> tuple[dict[str, str], list[Place]]:
 
 
 def translation_companions(overrides: dict[str, str]) -> tuple[dict[str, str], str]:
-    """A translation task needs the translator nets and the other way round: the companion key, and the preset of
-    that task to --set on (a generation preset's model keys are not a translator's)."""
+    """A translation or inpainting task needs the translator nets and the other way round: the companion key, and
+    the preset of that task to --set on (a generation preset's model keys are not a translator's)."""
     kind, arch = overrides.get("task.kind"), overrides.get("model.arch")
-    if kind not in ("cyclegan", "cut") and arch != "resnet_patchgan":
+    if kind not in TRANSLATOR_TASKS and arch != "resnet_patchgan":
         return {}, PRESET
     kind = kind or "cyclegan"
     return {"task.kind": kind, "model.arch": "resnet_patchgan"}, f"{kind}-digits"

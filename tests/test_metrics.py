@@ -151,13 +151,7 @@ def blurred(images: torch.Tensor) -> torch.Tensor:
 SWD_IMAGES = 64  # 8192 descriptors per level: enough for the same-distribution value to sit well below the others
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: torch's CPU sort, most of SWD's time, runs slower on two threads of a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # torch's CPU sort, most of SWD's time
 
 
 @pytest.fixture(scope="module", params=[1, 3], ids=["gray", "rgb"])

@@ -240,10 +240,10 @@ def test_evaluate_a_translator_on_held_out_images(trained, tiny_data, tmp_path, 
 # ---- refusals before any work -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("preset, overrides, message", [
-    ("dcgan-digits", {"task.kind": "cyclegan"}, "task.kind=cyclegan trains translators: set model.arch"),
+    ("dcgan-digits", {"task.kind": "cyclegan"}, "task.kind=cyclegan trains ResNet/PatchGAN nets: set model.arch"),
     ("cyclegan-digits", {"data.path": "x"}, "translation reads data.a and data.b (--data-a, --data-b), not data"),
     ("dcgan-digits", {"data.b": "x"}, "data.a and data.b (--data-a, --data-b) are for translation tasks"),
-    ("cut-digits", {"train.n_dis": 2}, "translation takes one D update per step"),
+    ("cut-digits", {"train.n_dis": 2}, "task.kind=cut takes one D update per step"),
 ])
 def test_configs_that_cannot_translate_are_refused(preset, overrides, message):
     with pytest.raises(UserError) as refused:
@@ -253,7 +253,7 @@ def test_configs_that_cannot_translate_are_refused(preset, overrides, message):
 
 def test_translator_nets_without_a_translation_task_are_refused(tmp_path):
     (tmp_path / "mine.yaml").write_text("model:\n  arch: resnet_patchgan\n")
-    with pytest.raises(UserError, match="model.arch=resnet_patchgan is a translator: set task.kind=cyclegan or cut"):
+    with pytest.raises(UserError, match="resnet_patchgan is a translator: set task.kind=cyclegan, cut or inpaint"):
         load_config(str(tmp_path / "mine.yaml"))
 
 

@@ -96,14 +96,7 @@ class ShardWriter:
     """Collects encoded rows and writes a shard each `shard_size` rows; `finish` writes the manifest."""
 
     def __init__(self, out: str, spec: ImageSpec, fmt: str, shard_size: int):
-        storage.check_output_dir(out, "OUT")
-        if storage.exists(storage.join(out, MANIFEST_NAME)):
-            raise UserError(f"{out} already holds a prepared dataset; choose another OUT or delete it first")
-        # Shards among other files would mix with them (or with a source folder given as OUT by mistake).
-        others = [name for name in storage.list_dir(out) if not _LEFTOVER.fullmatch(name)]
-        if others:
-            raise UserError(f"OUT {out} is not empty ({len(others)} other entries, e.g. {others[0]}); choose "
-                            f"another OUT or empty it first")
+        check_dataset_out(out, "OUT")
         self.out, self.spec, self.fmt, self.shard_size = out, spec, fmt, shard_size
         self.images: list[bytes] = []
         self.labels: list[int | None] = []
@@ -120,14 +113,9 @@ class ShardWriter:
     def _flush(self) -> None:
         if not self.images:
             return
-        table = pa.table([pa.array(self.images, pa.binary()), pa.array(self.labels, pa.int32())], schema=SHARD_SCHEMA)
-        buffer = io.BytesIO()
-        # Uncompressed: raw pixels barely compress and decompression would cost the reader CPU.
-        pq.write_table(table, buffer, compression="none", row_group_size=len(self.images))
-        name = f"shard-{len(self.names):05d}.parquet"
-        storage.write_bytes(storage.join(self.out, name), buffer.getvalue())
+        name = shard_name(len(self.names))
         self.names.append(name)
-        self.digests.append(hashlib.sha256(buffer.getvalue()).hexdigest())
+        self.digests.append(write_shard(storage.join(self.out, name), self.images, self.labels))
         self.count += len(self.images)
         self.images, self.labels = [], []
 
@@ -141,17 +129,45 @@ class ShardWriter:
         manifest = Manifest(resolution=self.spec.resolution, channels=self.spec.channels, count=self.count,
                             shards=self.names, format=self.fmt, class_names=class_names,
                             content_hash=content_hash(self.digests), skipped=dict(report.counts))
-        storage.write_bytes(storage.join(self.out, MANIFEST_NAME), manifest.to_json().encode())
-        self._remove_stale_shards()
+        publish_manifest(self.out, manifest)
         return manifest
 
-    def _remove_stale_shards(self) -> None:
-        """An interrupted earlier prepare into OUT may have written more shards than this one: they are not in the
-        manifest, so delete them (after the manifest is written: a crash here leaves a sound dataset)."""
-        fs, path = storage.resolve(self.out)
-        for name in storage.list_dir(self.out):
-            if _SHARD_FILE.fullmatch(name) and name not in self.names:
-                fs.delete_file(posixpath.join(path, name))
+
+def check_dataset_out(out: str, flag: str) -> None:
+    """Refuse, before any work, an OUT that cannot take a new dataset: unwritable, holding a finished dataset, or
+    holding other files (shards among them would mix with them; a source folder given as OUT by mistake). What
+    an interrupted earlier write left there is allowed: it is replaced."""
+    storage.check_output_dir(out, flag)
+    if storage.exists(storage.join(out, MANIFEST_NAME)):
+        raise UserError(f"{out} already holds a prepared dataset; choose another {flag} or delete it first")
+    others = [name for name in storage.list_dir(out) if not _LEFTOVER.fullmatch(name)]
+    if others:
+        raise UserError(f"{flag} {out} is not empty ({len(others)} other entries, e.g. {others[0]}); choose "
+                        f"another {flag} or empty it first")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.parquet"
+
+
+def write_shard(uri: str, images: list[bytes], labels: list[int | None]) -> str:
+    """One shard file of SHARD_SCHEMA rows; returns the SHA-256 of its bytes (for the manifest's content hash)."""
+    table = pa.table([pa.array(images, pa.binary()), pa.array(labels, pa.int32())], schema=SHARD_SCHEMA)
+    buffer = io.BytesIO()
+    # Uncompressed: raw pixels barely compress and decompression would cost the reader CPU.
+    pq.write_table(table, buffer, compression="none", row_group_size=len(images))
+    storage.write_bytes(uri, buffer.getvalue())
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def publish_manifest(out: str, manifest: Manifest) -> None:
+    """Write the manifest, last of all files: until then OUT is no dataset. Then delete the shards an interrupted
+    earlier write into OUT left beyond this one's (a crash here still leaves a sound dataset)."""
+    storage.write_bytes(storage.join(out, MANIFEST_NAME), manifest.to_json().encode())
+    fs, path = storage.resolve(out)
+    for name in storage.list_dir(out):
+        if _SHARD_FILE.fullmatch(name) and name not in manifest.shards:
+            fs.delete_file(posixpath.join(path, name))
 
 
 class Progress:

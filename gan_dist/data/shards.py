@@ -36,6 +36,7 @@ class Manifest:
     class_names: list[str] = field(default_factory=list)
     content_hash: str = ""
     skipped: dict[str, int] = field(default_factory=dict)  # inputs left out by `prepare`, by reason
+    origin: dict[str, Any] = field(default_factory=dict)  # a synthetic dataset's provenance (`gan-dist sample`)
     version: int = MANIFEST_VERSION
 
     @property
@@ -92,6 +93,7 @@ _FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "class_names": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
     "content_hash": ("a string", lambda v: isinstance(v, str)),
     "skipped": ("an object of counts", lambda v: isinstance(v, dict) and all(_whole(n, 0) for n in v.values())),
+    "origin": ("an object", lambda v: isinstance(v, dict)),
     "version": ("a whole number ≥ 1", lambda v: _whole(v, 1)),
 }
 

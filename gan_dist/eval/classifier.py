@@ -79,8 +79,16 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *
     if len(images) - held < 1:
         raise UserError(f"{len(images)} labeled images are too few to train a classifier; label more images")
     test, train = order[:held], order[held:]
-    x_train, y_train = torch.from_numpy(images[train]), torch.from_numpy(labels[train])
+    model = fit_classifier(images[train], labels[train], num_classes, steps=steps, seed=seed)
+    accuracy = float((predict(model, images[test]) == labels[test]).mean())
+    return model, accuracy
 
+
+def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *, steps: int,
+                   seed: int = 0) -> DomainClassifier:
+    """Train on all of uint8 N×H×W×C `images` (`labels`: int64 class indices) and return the model in eval mode.
+    The seed fixes the init and the batch order: same inputs and seed, same weights."""
+    x_train, y_train = torch.from_numpy(images), torch.from_numpy(labels)
     with torch.random.fork_rng(devices=[]):  # seeds the weights' init without touching the caller's RNG
         torch.manual_seed(seed)
         model = DomainClassifier(images.shape[1], images.shape[3], num_classes)
@@ -90,16 +98,14 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     model.train()
     for _ in range(steps):
-        batch = torch.randint(0, len(train), (min(BATCH_SIZE, len(train)),), generator=generator)
+        batch = torch.randint(0, len(x_train), (min(BATCH_SIZE, len(x_train)),), generator=generator)
         x = _shifted(to_model_range(x_train[batch]), generator)
         loss = F.cross_entropy(model(x), y_train[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-    model.eval()
-    accuracy = float((predict(model, images[test]) == labels[test]).mean())
-    return model, accuracy
+    return model.eval()
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -24,6 +25,9 @@ from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.eval.translation import DIRECTIONS, judge_all, judges
 from gan_dist.eval.translation import MEANINGS as TRANSLATION_MEANINGS
 from gan_dist.sample import generate, load_generator
+from gan_dist.complete import is_completion, load_completer, masks_for
+from gan_dist.eval.completion import BASELINES, CompletionJudge
+from gan_dist.eval.completion import MEANINGS as COMPLETION_MEANINGS
 from gan_dist.translate import is_translation, load_translator
 
 METRICS = EVAL_METRICS  # with domain features also: confident, class_min, coverage, agreement (conditional)
@@ -59,11 +63,17 @@ def _newest_meta(uri: str) -> dict:
 
 def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000, names: tuple[str, ...] = METRICS,
              features: str = "auto", seed: int = 0, device: str = "cpu", inception_weights: str | None = None,
-             data_a: str | None = None, data_b: str | None = None) -> Evaluation:
-    """A generator's checkpoint against `data_uri`; a translator's per direction against `data_a`, `data_b` (by
-    default the datasets each was trained on)."""
+             data_a: str | None = None, data_b: str | None = None, mask: str = "center") -> Evaluation:
+    """A generator's checkpoint against `data_uri`; a translator's per direction against `data_a`, `data_b`; a
+    completion net's on the images of `data_uri` with `mask` holes, beside non-learned fills (by default the
+    datasets each was trained on)."""
     started = time.perf_counter()
     dev = torch.device(device)
+    if is_completion(_newest_meta(checkpoint_uri)):
+        if data_a or data_b:
+            raise UserError(f"{checkpoint_uri} is an inpainting checkpoint: pass the images to complete with --data, "
+                            f"not --data-a/--data-b")
+        return evaluate_completion(checkpoint_uri, data_uri, num, features, dev, mask, seed, started)
     if is_translation(_newest_meta(checkpoint_uri)):
         if data_uri:
             raise UserError(f"{checkpoint_uri} is a translator's: pass its domains with --data-a and --data-b, not "
@@ -103,20 +113,26 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
     return Evaluation(uri, meta.get("step"), features, num, len(real), time.perf_counter() - started, result)
 
 
+# What a metric's name may start with: a translation direction, or the fill a completion is compared with.
+PREFIXES = tuple(f"{name}_" for name in (*DIRECTIONS, *BASELINES))
+
+
 def format_table(result: Evaluation) -> str:
     width = max(11, *(len(name) + 2 for name in result.metrics))
-    lines = [f"{result.checkpoint} (step {result.step}): {result.num} generated vs {result.real} real images, "
+    what = "completed" if result.features == "completion" else "generated"
+    lines = [f"{result.checkpoint} (step {result.step}): {result.num} {what} vs {result.real} real images, "
              f"{result.features} features, {result.seconds:.1f} s",
              f"{'metric':<{width}}{'value':>10}  {'better':<7} meaning"]
     for name, value in result.metrics.items():
-        metric = name.split("_", 1)[1] if name[:4] in ("a2b_", "b2a_") else name  # a translation direction's
-        better, meaning = {**MEANINGS, **TRANSLATION_MEANINGS}.get(
+        metric = name.split("_", 1)[1] if name.startswith(PREFIXES) else name
+        better, meaning = {**MEANINGS, **TRANSLATION_MEANINGS, **COMPLETION_MEANINGS}.get(
             metric, ("lower", "sliced Wasserstein distance at this pyramid level (x1e3)"))
         lines.append(f"{name:<{width}}{value:>10.4g}  {better:<7} {meaning}")
     return "\n".join(lines)
 
 
-def write_json(result: Evaluation, uri: str) -> None:
+def write_json(result: Any, uri: str) -> None:
+    """A result dataclass (an Evaluation, an augmentation table) as JSON, local or object storage."""
     storage.write_bytes(uri, json.dumps(asdict(result), indent=1).encode())
 
 
@@ -153,3 +169,26 @@ def evaluate_translation(checkpoint_uri: str, given: dict[str, str | None], num:
 
 def _dataset(uri: str) -> placement.Dataset:
     return placement.Dataset(uri, read_manifest(uri))
+
+
+def evaluate_completion(checkpoint_uri: str, data_uri: str | None, num: int, features: str, device: torch.device,
+                        mask: str, seed: int, started: float) -> Evaluation:
+    """The completion net on the first `num` images of `data_uri` (e.g. a held-out split; by default the run's
+    dataset) with `mask` holes, beside the non-learned fills on the same holes, judged by the run's own dataset's
+    classifier."""
+    uri, completer = checkpoint.load_newest(checkpoint_uri, lambda c: load_completer(c, device),
+                                            lambda warning: print(warning, file=sys.stderr))
+    meta = checkpoint.load_meta(uri)
+    run = _dataset(placement.dataset_uri("train", config_from_dict(meta["config"]).data.path))
+    source = _dataset(data_uri) if data_uri else run
+    if (completer.resolution, completer.in_channels) != (source.manifest.resolution, source.manifest.channels):
+        raise UserError(f"{uri} completes {completer.resolution}x{completer.resolution}x{completer.in_channels} "
+                        f"images and {source.uri} holds {source.manifest.resolution}x{source.manifest.resolution}x"
+                        f"{source.manifest.channels}; pass a dataset of the run's size with --data")
+    if features == "inception":
+        raise UserError("--features inception does not apply to completion (it is judged on the holes' pixels and "
+                        "by the dataset's classifier); use --features auto or domain")
+    n = min(num, source.manifest.count)
+    judge = CompletionJudge(source, run, n, features, device, masks_for(mask, completer.resolution, seed)(0, n))
+    metrics = judge.with_baselines(completer.net)
+    return Evaluation(uri, meta.get("step"), "completion", n, n, time.perf_counter() - started, metrics)

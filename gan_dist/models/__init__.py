@@ -12,7 +12,7 @@ from gan_dist.models.common import Family
 from gan_dist.models.spectral import update_spectral_norms
 
 __all__ = ["FAMILIES", "build_discriminator", "build_generator", "build_patch_discriminator", "build_translator",
-           "check_resolution", "check_translation_sizes", "update_spectral_norms"]
+           "build_completer", "check_resolution", "check_translation_sizes", "update_spectral_norms"]
 
 # arch (the `model.arch` of config.ModelConfig) -> family. A new family: its module here and its config section.
 FAMILIES: dict[str, Family] = {"dcgan": dcgan.FAMILY, "resnet_sn": resnet_sn.FAMILY}
@@ -44,6 +44,11 @@ def build_translator(model: Any, in_channels: int, out_channels: int) -> nn.Modu
     from gan_dist.models.translation import ResnetGenerator
 
     return ResnetGenerator(in_channels, out_channels, model.g_channels, model.blocks, model.downsamplings)
+
+
+def build_completer(model: Any, channels: int) -> nn.Module:
+    """The completion net: a translator from the masked image and its mask (channels + 1) to the image."""
+    return build_translator(model, channels + 1, channels)
 
 
 def build_patch_discriminator(model: Any, channels: int) -> nn.Module:

@@ -126,11 +126,12 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     for dataset, configured in cfg.dataset_paths().items():
         uri = dataset_uri(dataset, configured)
         datasets[dataset] = Dataset(uri, read_manifest(uri))
-    if "train" in datasets:
+    if cfg.task.kind == "generation":
         check_resolution(datasets["train"].manifest.resolution, cfg.model.arch)
         num_classes(cfg, datasets["train"].manifest, datasets["train"].uri)  # conditional needs a labeled dataset
-    else:
-        check_translation_sizes(cfg.model, datasets["a"].manifest, datasets["b"].manifest)
+    else:  # ResNet/PatchGAN nets: translation's two domains, inpainting's one (as both)
+        a, b = (datasets[name].manifest for name in ("a", "b")) if "a" in datasets else [datasets["train"].manifest] * 2
+        check_translation_sizes(cfg.model, a, b)
     for dataset, given in datasets.items():
         check_batch_fits(cfg, dataset, given.manifest)
     warn_unlogged_best(cfg, datasets)

@@ -169,13 +169,17 @@ def check_storage_visible(probe: str | None) -> None:
 
 
 def check_cluster(cfg: Config) -> None:
+    check_ray(cfg.run.ray_address, cfg.run.num_workers, cfg.run.gpu)
+
+
+def check_ray(address: str | None, num_workers: int, gpu: bool) -> None:
     """Before Ray starts: an unreachable --address fails in one line within seconds (Ray itself would retry for
-    minutes), and so does --gpu for a local Ray on a machine without the GPUs (Ray Train would wait forever)."""
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    minutes), and so does --gpu for a local Ray on a machine without the GPUs (Ray would wait forever)."""
+    address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        if cfg.run.gpu and torch.cuda.device_count() < cfg.run.num_workers:
-            raise UserError(f"--gpu asks for {cfg.run.num_workers} GPU(s) and this machine has "
-                            f"{torch.cuda.device_count()}; drop --gpu to train on CPUs, or --address a cluster "
+        if gpu and torch.cuda.device_count() < num_workers:
+            raise UserError(f"--gpu asks for {num_workers} GPU(s) and this machine has "
+                            f"{torch.cuda.device_count()}; drop --gpu to run on CPUs, or --address a cluster "
                             f"with GPUs")
         return
     if address in ("auto", "local"):
@@ -192,12 +196,16 @@ def check_cluster(cfg: Config) -> None:
 
 
 def ensure_ray(cfg: Config) -> None:
+    start_ray(cfg.run.ray_address, cfg.run.num_workers, cfg.run.gpu, cfg.run.cpus_per_worker)
+
+
+def start_ray(address: str | None, num_workers: int, gpu: bool, cpus_per_worker: float = 1.0) -> None:
     """Join the given cluster, or start a local one with enough logical CPUs for the workers *and* the Ray
     Data read tasks (with exactly one CPU per worker on a 2-core machine, the reads never get scheduled)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")  # set for `ray job submit` entrypoints
+    address = address or os.environ.get("RAY_ADDRESS")  # set for `ray job submit` entrypoints
     runtime_env = _aws_runtime_env()
     if address:
         try:
@@ -205,17 +213,17 @@ def ensure_ray(cfg: Config) -> None:
         except ConnectionError as exc:  # e.g. --address auto with no cluster running on this machine
             raise UserError(f"cannot join the Ray cluster at {address} ({_first_line(exc)}); start it "
                             f"(`ray start --head`) or fix --address") from None
-        warn_missing_gpus(cfg)
+        warn_missing_gpus(gpu, num_workers)
     else:
-        needed = int(cfg.run.num_workers * cfg.run.cpus_per_worker) + 2
+        needed = int(num_workers * cpus_per_worker) + 2
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, runtime_env=runtime_env)
 
 
-def warn_missing_gpus(cfg: Config) -> None:
-    """A joined cluster short of the GPUs asked for may still add them (an autoscaler): Ray Train waits."""
+def warn_missing_gpus(gpu: bool, num_workers: int) -> None:
+    """A joined cluster short of the GPUs asked for may still add them (an autoscaler): Ray waits."""
     have = ray.cluster_resources().get("GPU", 0)
-    if cfg.run.gpu and have < cfg.run.num_workers:
-        print(f"warning: --gpu asks for {cfg.run.num_workers} GPU(s) and the Ray cluster has {have:g}; waiting for "
+    if gpu and have < num_workers:
+        print(f"warning: --gpu asks for {num_workers} GPU(s) and the Ray cluster has {have:g}; waiting for "
               f"the cluster to add them (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
 

@@ -7,15 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from gan_dist.config import Config
+from gan_dist.config import TRANSLATION_TASKS, Config
 from gan_dist.data.placement import Dataset
 from gan_dist.data.shards import Manifest
+from gan_dist.eval.completion import completion_logged
 from gan_dist.eval.measure import EVAL_LOGGED
 from gan_dist.eval.translation import translation_logged
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train.context import WorkerContext
 from gan_dist.train.cut import CUTTask
 from gan_dist.train.generation import GenerationTask
+from gan_dist.train.inpaint import InpaintTask
 from gan_dist.train.parts import (Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids,
                                   TrainState, evaluation_kind, restore_newest)
 from gan_dist.train.task import Task, lr_factor
@@ -23,14 +25,17 @@ from gan_dist.train.translation import CycleGANTask
 
 # What a log step records: the loop's own keys and the task's (and the evaluation's, when it runs).
 LOOP_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch", "gpu_mem_gb")
-TASKS: dict[str, type[Task]] = {"generation": GenerationTask, "cyclegan": CycleGANTask, "cut": CUTTask}
+TASKS: dict[str, type[Task]] = {"generation": GenerationTask, "cyclegan": CycleGANTask, "cut": CUTTask,
+                                "inpaint": InpaintTask}
 
 
 def logged_metrics(cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
     """What this run will log: run.keep_best must name one of them."""
     logged = LOOP_METRICS + TASKS[cfg.task.kind].METRICS
-    if "train" not in manifests:
+    if cfg.task.kind in TRANSLATION_TASKS:
         return logged + translation_logged(cfg)
+    if cfg.task.kind == "inpaint":
+        return logged + completion_logged(cfg, manifests["train"])
     return logged + (EVAL_LOGGED if evaluation_kind(cfg, manifests["train"]) != "off" else ())
 
 
@@ -42,7 +47,7 @@ class LoopResult:
 
 def build_task(cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
                world_size: int = 1) -> Task:
-    """The task a config trains: generation (from the "train" dataset's manifest), or translation (a and b)."""
+    """The task a config trains: generation (from the "train" dataset's manifest), or another from its datasets."""
     if cfg.task.kind == "generation":
         return GenerationTask(cfg, datasets["train"].manifest, device, rank, world_size)
     return TASKS[cfg.task.kind](cfg, datasets, device, rank, world_size)

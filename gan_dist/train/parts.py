@@ -17,6 +17,7 @@ from gan_dist.data.placement import Positions
 from gan_dist.data.reader import DataPosition, worker_rows
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
+from gan_dist.eval.completion import CompletionJudge
 from gan_dist.eval.measure import check_sizes, compare, feature_kind, feature_network
 from gan_dist.eval.features import DomainFeatures
 from gan_dist.eval.stats import embed, real_features, real_images
@@ -219,7 +220,8 @@ class Evaluation:
         self.cfg, self.tracker, self.checkpoints = cfg, tracker, checkpoints
         self.every = cfg.eval.every or cfg.train.checkpoint_every
         self.latest: dict[str, float] = {}  # the newest evaluation's numbers, with the step they are of
-        measure = GenerationMeasure if "train" in ctx.datasets else TranslationMeasure
+        measure = {"generation": GenerationMeasure, "inpaint": CompletionMeasure}.get(cfg.task.kind,
+                                                                                   TranslationMeasure)
         self.measure = measure.build(task, ctx, cfg)
 
     def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
@@ -298,3 +300,21 @@ class TranslationMeasure:
 
     def __call__(self) -> dict[str, float]:
         return judge_all(self.found, self.task.translators())
+
+
+class CompletionMeasure:
+    """Rank 0 completes the first eval.num images of the dataset, holes over their centre quarter, with the current
+    completion net (eval/completion.py); the other ranks go on and wait for it at their next collective."""
+
+    @classmethod
+    def build(cls, task: Task, ctx: WorkerContext, cfg: Config) -> "CompletionMeasure | None":
+        if cfg.eval.features == "off" or ctx.rank != 0:
+            return None
+        data = ctx.datasets["train"]
+        return cls(task, CompletionJudge(data, data, cfg.eval.num, cfg.eval.features, ctx.device))
+
+    def __init__(self, task: Task, judge: CompletionJudge):
+        self.task, self.judge = task, judge
+
+    def __call__(self) -> dict[str, float]:
+        return self.judge(self.task.G)

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import get_total_norm
 
 from gan_dist.data.reader import Batch
-from gan_dist.train import collective
+from gan_dist.train import collective, speed
 from gan_dist.train.speed import StepFeatures
 
 
@@ -25,6 +26,14 @@ def lr_factor(step: int, steps: int, decay_start: float | None) -> float:
         return 1.0
     start = int(decay_start * steps)
     return 1.0 - max(0, step - start + 1) / (steps - start + 1)
+
+
+def replicated(net: nn.Module, device: torch.device, world_size: int, features: StepFeatures,
+               compile: bool = True) -> nn.Module:
+    """DDP's wrapper when there are several ranks (the net itself otherwise), compiled when asked."""
+    if world_size > 1:
+        net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    return speed.compiled(net, features) if compile else net
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from gan_dist import seeds
 from gan_dist.config import Config
@@ -19,7 +18,7 @@ from gan_dist.models import build_patch_discriminator, build_translator
 from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
 from gan_dist.train.pool import ImagePool
-from gan_dist.train.task import Task
+from gan_dist.train.task import Task, replicated
 
 PREVIEW_IMAGES = 8  # source images per domain in the preview grid: a column each
 
@@ -32,7 +31,7 @@ class TranslationTask(Task):
     def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int, world_size: int):
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self.channels = {name: datasets[name].manifest.channels for name in self.datasets}
-        self.preview_inputs = {name: _first_images(datasets[name], PREVIEW_IMAGES, device) for name in self.datasets}
+        self.preview_inputs = {name: first_images(datasets[name], PREVIEW_IMAGES, device) for name in self.datasets}
         torch.manual_seed(seeds.derive(cfg.train.seed, "init"))  # identical initial weights on every rank
 
     def translator(self, source: str, target: str) -> nn.Module:
@@ -42,10 +41,7 @@ class TranslationTask(Task):
         return build_patch_discriminator(self.cfg.model, self.channels[domain])
 
     def distributed(self, net: nn.Module, compile: bool = True) -> nn.Module:
-        """DDP's wrapper when there are several ranks (the net itself otherwise), compiled when asked."""
-        if self.world_size > 1:
-            net = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
-        return speed.compiled(net, self.features) if compile else net
+        return replicated(net, self.device, self.world_size, self.features, compile)
 
     def translators(self) -> dict[str, nn.Module]:
         """The trained translators by direction ("a2b", "b2a"): what inference and evaluation use."""
@@ -79,7 +75,7 @@ class TranslationTask(Task):
         return {f"translator_{direction}": net.state_dict() for direction, net in self.translators().items()}
 
 
-def _first_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
+def first_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
     """The dataset's first n images (prepare shuffled them: a fair sample), in the models' range."""
     rows = range(min(n, data.manifest.count))
     return to_model_range(torch.from_numpy(load_columns(data.uri, data.manifest, rows)["image"]).to(device))

@@ -1,0 +1,110 @@
+"""Image completion (inpainting): G takes an image with holes and the mask of the holes and fills them; a PatchGAN
+judges the completed images (what was known kept, G's output in the holes); L1 pulls the hole toward the truth and
+G's raw output toward the known pixels. Holes are drawn per step and image from the seed function (masks.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from gan_dist import seeds
+from gan_dist.config import Config
+from gan_dist.data.placement import Dataset
+from gan_dist.data.reader import Batch
+from gan_dist.imaging import grid_image, to_model_range, to_uint8
+from gan_dist.masks import complete, draw_masks
+from gan_dist.models import build_completer, build_patch_discriminator
+from gan_dist.train import speed
+from gan_dist.train.adversary import Adversary
+from gan_dist.train.task import Task, replicated
+from gan_dist.train.translation import first_images
+
+PREVIEW_IMAGES = 8
+
+
+def masked_l1(x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean |x - y| over the pixels `weights` (B×1×H×W) selects: a loss per hole pixel, whatever the hole's size."""
+    return ((x.float() - y.float()).abs() * weights).sum() / (weights.sum() * x.shape[1]).clamp_min(1.0)
+
+
+class InpaintTask(Task):
+    """`G` the completion net (ResNet, instance norm), `D` the PatchGAN; D updated first, then G on the same
+    completions (pix2pix's order)."""
+
+    METRICS = ("loss_D", "loss_G", "loss_hole", "loss_valid", "D_real", "D_fake", "grad_norm_D", "grad_norm_G",
+               "lr_G", "lr_D", "augment_p", "penalty_D")
+
+    def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
+                 world_size: int = 1):
+        t, data = cfg.train, datasets["train"]
+        self.cfg, self.rank, self.kinds = cfg, rank, cfg.task.mask_kinds()
+        self.size, channels = data.manifest.resolution, data.manifest.channels
+        torch.manual_seed(seeds.derive(t.seed, "init"))  # identical initial weights on every rank
+        self.G = build_completer(cfg.model, channels).to(device)
+        self.D = build_patch_discriminator(cfg.model, channels).to(device)
+        Task.__init__(self, device, speed.resolve(t, device, self.D))
+        self.G_step = replicated(self.G, device, world_size, self.features)
+        self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
+        fused = self.features.fused_adam
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+        self.nets = {"G": self.G, "D": self.D}
+        self.optimizers = {"G": self.opt_g, "D": self.opt_d}
+        self.preview_images = first_images(data, PREVIEW_IMAGES, device)
+        draws = torch.Generator().manual_seed(seeds.derive(t.seed, "preview"))
+        self.preview_masks = draw_masks(self.kinds, len(self.preview_images), self.size, draws, device)
+
+    def masks(self, n: int, step: int) -> torch.Tensor:
+        draws = torch.Generator().manual_seed(seeds.derive(self.cfg.train.seed, "masks", self.rank, step))
+        return draw_masks(self.kinds, n, self.size, draws, self.device)
+
+    def train_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
+        task = self.cfg.task
+        speed.mark_step_begin(self.features)
+        real = to_model_range(batches["train"]["image"].to(self.device, non_blocking=True))
+        masks = self.masks(len(real), step)
+        with self.autocast():
+            completed, raw = complete(self.G_step, real, masks)
+            loss_d, real_logits, fake_logits = self.adversary.discriminator_loss(real, completed.detach(), None,
+                                                                                 None, step, 0)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        grad_norm_d, bad_d = self.guarded_update(self.opt_d)
+
+        with self.autocast():
+            loss_hole = masked_l1(raw, real, masks)
+            loss_valid = masked_l1(raw, real, 1 - masks)
+            loss_g = (task.adversarial_weight * self.adversary.generator_loss(completed, None, step)
+                      + task.hole_weight * loss_hole + task.valid_weight * loss_valid)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        grad_norm_g, bad_g = self.guarded_update(self.opt_g)
+        self.nonfinite.record(bad_d | bad_g)
+        self.adversary.end_step(step)
+        out = {
+            "loss_D": loss_d.detach(), "loss_G": loss_g.detach(),
+            "loss_hole": loss_hole.detach(), "loss_valid": loss_valid.detach(),
+            "D_real": real_logits.detach().mean(), "D_fake": fake_logits.detach().mean(),
+            "grad_norm_D": grad_norm_d, "grad_norm_G": grad_norm_g,
+        }
+        if self.adversary.transforms:
+            out["augment_p"] = torch.as_tensor(self.adversary.p)
+        if self.adversary.regularized:
+            out["penalty_D"] = self.adversary.last_penalty
+        return out
+
+    @torch.no_grad()
+    def preview(self) -> torch.Tensor:
+        """Fixed images with fixed holes: the input (holes grey) | the completion | the original, a column each."""
+        with self.autocast():
+            completed, _ = complete(self.G, self.preview_images, self.preview_masks)
+        rows = [self.preview_images * (1 - self.preview_masks), completed, self.preview_images]
+        return grid_image(torch.cat([to_uint8(row) for row in rows]), nrow=len(self.preview_images))
+
+    def export(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {"completer": self.G.state_dict()}
+
+    def extra_state(self) -> dict:
+        return {"adversary": self.adversary.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.adversary.load_state_dict(state.get("adversary", {}))
