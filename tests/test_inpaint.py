@@ -84,7 +84,7 @@ def test_hole_errors_count_the_hole_only():
 
 def test_inpainting_learns_to_fill_holes_from_their_surroundings(tmp_path):
     """Images of one random grey level each: the hole is the level around it. 150 steps must bring the hole error
-    below a third of leaving it mid grey (the untrained net is about there)."""
+    below a third of leaving it mid grey (0.245); train seeds 0-2 reach 0.022-0.026."""
     levels = np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)
     images = np.broadcast_to(levels[:, None, None, None], (300, 16, 16, 1)).copy()
     write_shards(images[:200], None, str(tmp_path / "flat"))

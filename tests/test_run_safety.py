@@ -238,7 +238,7 @@ def test_storage_in_a_missing_bucket_or_behind_a_dead_endpoint_is_one_line(s3_se
 def test_gpu_on_a_machine_without_one_is_one_line_not_a_wait(tmp_path, workers):
     # Under Ray (2 workers, a local Ray started for the run) Ray Train would wait for GPUs forever.
     done = run("train", "--gpu", "--num-workers", workers, "--storage", str(tmp_path))
-    one_line_error(done, "drop --gpu to train on")
+    one_line_error(done, "drop --gpu to")
     assert "run '" not in done.stdout  # refused before the run starts
 
 
