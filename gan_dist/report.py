@@ -18,8 +18,10 @@ PANELS = (
     ("discriminator outputs, augmentation p", ("D_real", "D_fake", "augment_p"), False),
     ("gradient norms", ("grad_norm_D", "grad_norm_G"), True),
     ("throughput (img/s)", ("img_per_s",), False),
-    ("evaluation: FID (lower is better)", ("fid",), False),
-    ("evaluation: domain classifier", ("confident", "coverage", "agreement"), False),
+    ("evaluation: FID (lower is better)", ("fid", "a2b_fid", "b2a_fid"), False),
+    # generation's verdicts; translation's and completion's share of images keeping their class
+    ("evaluation: domain classifier", ("confident", "coverage", "agreement", "a2b_labels", "b2a_labels", "labels"),
+     False),
 )
 
 
@@ -35,6 +37,13 @@ def _record(line: str) -> dict | None:
     except ValueError:
         return None
     return row if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
+def panel_curves(metrics: RunMetrics) -> list[tuple[str, dict[str, list[tuple[int, float]]], bool]]:
+    """Per panel: its title, the (step, value) points of each of its keys the run logged, and its log scale."""
+    return [(title, {key: points for key in keys if (points := [(r["step"], r[key]) for r in metrics.rows
+                                                                  if key in r])}, log_scale)
+            for title, keys, log_scale in PANELS]
 
 
 def read_metrics(run_uri: str) -> RunMetrics:
@@ -104,11 +113,9 @@ def draw_curves(run_uri: str, out: str | None = None) -> str:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(3, 2, figsize=(11, 10.5), constrained_layout=True)
-    for axis, (title, keys, log_scale) in zip(axes.flat, PANELS):
-        for key in keys:
-            points = [(r["step"], r[key]) for r in metrics.rows if key in r]
-            if points:
-                axis.plot(*zip(*points), label=key, linewidth=1.2)
+    for axis, (title, curves, log_scale) in zip(axes.flat, panel_curves(metrics)):
+        for key, points in curves.items():
+            axis.plot(*zip(*points), label=key, linewidth=1.2)
         for event in metrics.events:  # restores and skipped updates, where they happened
             axis.axvline(event["step"], color="red", linestyle=":", linewidth=0.8)
         axis.set_title(title)

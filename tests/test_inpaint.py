@@ -142,6 +142,16 @@ def test_evaluation_during_training_logs_the_hole_error_and_the_labels_kept(trai
     assert "hole_psnr" in checkpoint.load_meta(str(trained / "checkpoint_000000006"))["metrics"]
 
 
+def test_the_report_draws_the_labels_kept_beside_the_losses(trained, tmp_path, capsys):
+    from gan_dist.report import panel_curves, read_metrics
+
+    panels = {title: curves for title, curves, _ in panel_curves(read_metrics(str(trained)))}
+    assert [step for step, _ in panels["evaluation: domain classifier"]["labels"]] == [3, 6]
+    assert "loss_D" in panels["losses (penalty_D: D's regularizers)"]
+    assert main(["report", str(trained), "--out", str(tmp_path / "curves.png")]) == 0
+    assert Image.open(tmp_path / "curves.png").size[0] > 0
+
+
 def write_inputs(folder) -> None:
     (folder / "sub").mkdir(parents=True)
     rng = np.random.default_rng(0)
