@@ -212,6 +212,11 @@ def load_meta(checkpoint_uri: str) -> dict[str, Any]:
     return meta
 
 
+def task_kind(meta: dict[str, Any]) -> str:
+    """What a checkpoint's run trained (config.task.kind): generation where meta.json predates tasks."""
+    return meta.get("config", {}).get("task", {}).get("kind", "generation")
+
+
 def load_export(checkpoint_uri: str, name: str = "generator") -> dict[str, torch.Tensor]:
     """An exported net's state dict, from <name>.safetensors (verified): the generator, or a translator."""
     file = f"{name}.safetensors"

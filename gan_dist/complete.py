@@ -26,7 +26,7 @@ MASKS = ("center", "random")  # or a mask image's path
 
 
 def is_completion(meta: dict) -> bool:
-    return meta.get("config", {}).get("task", {}).get("kind") == "inpaint"
+    return checkpoint.task_kind(meta) == "inpaint"
 
 
 def load_completer(checkpoint_uri: str, device: torch.device) -> Translator:
@@ -34,8 +34,8 @@ def load_completer(checkpoint_uri: str, device: torch.device) -> Translator:
     meta = checkpoint.load_meta(checkpoint_uri)
     if not is_completion(meta):
         raise UserError(f"{checkpoint_uri} is not an inpainting checkpoint (its task is "
-                        f"{meta.get('config', {}).get('task', {}).get('kind', 'generation')}); train one with the "
-                        f"inpaint-digits preset or --set task.kind=inpaint")
+                        f"{checkpoint.task_kind(meta)}); train one with the inpaint-digits preset or --set "
+                        f"task.kind=inpaint")
     try:
         model = TypeAdapter(ModelConfig).validate_python(meta["config"]["model"])
         resolution, channels = meta["data"]["resolution"], meta["data"]["channels"]

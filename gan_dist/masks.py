@@ -42,8 +42,10 @@ def draw_masks(kinds: tuple[str, ...], n: int, size: int, generator: torch.Gener
     boxes = _box_params(choice, size, generator)
     strokes, widths = _stroke_params(choice, size, generator)
     centres = torch.arange(size, dtype=torch.float32, device=device) + 0.5  # pixel centres
-    return torch.maximum(_rasterize_boxes(boxes.to(device), centres),
-                         _rasterize_strokes(strokes.to(device), widths.to(device), centres)).unsqueeze(1)
+    masks = _rasterize_boxes(boxes.to(device), centres)  # the centre squares are boxes too
+    if "strokes" in kinds:  # the stroke parameters are drawn either way: the stream is the same for every kind set
+        masks = torch.maximum(masks, _rasterize_strokes(strokes.to(device), widths.to(device), centres))
+    return masks.unsqueeze(1)
 
 
 def _box_params(choice: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

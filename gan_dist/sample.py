@@ -37,7 +37,7 @@ def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False)
     """The generator of a checkpoint: generator.safetensors (the EMA one when the run kept one), or with `raw` the
     trained G from state.pt."""
     meta = checkpoint.load_meta(checkpoint_uri)
-    kind = meta.get("config", {}).get("task", {}).get("kind", "generation")
+    kind = checkpoint.task_kind(meta)
     if kind == "inpaint":
         raise UserError(f"{checkpoint_uri} is an inpainting checkpoint; fill holes with it: gan-dist complete CKPT "
                         f"--input DIR --out DIR")

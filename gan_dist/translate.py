@@ -40,14 +40,14 @@ class Translator:
 
 
 def is_translation(meta: dict) -> bool:
-    return meta.get("config", {}).get("task", {}).get("kind") in TRANSLATION_TASKS
+    return checkpoint.task_kind(meta) in TRANSLATION_TASKS
 
 
 def load_translator(checkpoint_uri: str, direction: str, device: torch.device) -> Translator:
     """The checkpoint's translator for `direction` (a2b or b2a), from translator_<direction>.safetensors."""
     meta = checkpoint.load_meta(checkpoint_uri)
     if not is_translation(meta):
-        inpaint = meta.get("config", {}).get("task", {}).get("kind") == "inpaint"
+        inpaint = checkpoint.task_kind(meta) == "inpaint"
         what, use = ("an inpainting", "complete") if inpaint else ("an image generator's", "sample")
         raise UserError(f"{checkpoint_uri} is {what} checkpoint, not a translator's; use gan-dist {use} for it")
     if f"translator_{direction}.safetensors" not in meta.get("files", {}):

@@ -69,12 +69,13 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
     datasets each was trained on)."""
     started = time.perf_counter()
     dev = torch.device(device)
-    if is_completion(_newest_meta(checkpoint_uri)):
+    newest = _newest_meta(checkpoint_uri)  # which kind of checkpoint: one read of meta.json
+    if is_completion(newest):
         if data_a or data_b:
             raise UserError(f"{checkpoint_uri} is an inpainting checkpoint: pass the images to complete with --data, "
                             f"not --data-a/--data-b")
         return evaluate_completion(checkpoint_uri, data_uri, num, features, dev, mask, seed, started)
-    if is_translation(_newest_meta(checkpoint_uri)):
+    if is_translation(newest):
         if data_uri:
             raise UserError(f"{checkpoint_uri} is a translator's: pass its domains with --data-a and --data-b, not "
                             f"--data")

@@ -129,9 +129,9 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     if cfg.task.kind == "generation":
         check_resolution(datasets["train"].manifest.resolution, cfg.model.arch)
         num_classes(cfg, datasets["train"].manifest, datasets["train"].uri)  # conditional needs a labeled dataset
-    else:  # ResNet/PatchGAN nets: translation's two domains, inpainting's one (as both)
-        a, b = (datasets[name].manifest for name in ("a", "b")) if "a" in datasets else [datasets["train"].manifest] * 2
-        check_translation_sizes(cfg.model, a, b)
+    else:  # ResNet/PatchGAN nets: translation's two domains (a, b), inpainting's one (as both)
+        manifests = [given.manifest for given in datasets.values()]
+        check_translation_sizes(cfg.model, manifests[0], manifests[-1])
     for dataset, given in datasets.items():
         check_batch_fits(cfg, dataset, given.manifest)
     warn_unlogged_best(cfg, datasets)
