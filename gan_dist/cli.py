@@ -51,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
     prepare.add_argument("--resolution", type=_positive_int, default=32, help="square side in pixels (default 32)")
     prepare.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                         help="1 (grayscale) or 3 (RGB); default 1 for digits and typeset-digits, else 3")
+                         help="1 (grayscale) or 3 (RGB); default: 1 when no image has colour (a folder of gray "
+                              "PNGs, the digits), else 3")
     prepare.add_argument("--crop", choices=["center", "none"], default="center",
                          help="center: crop the largest centred square; none: squash to square (default center)")
     prepare.add_argument("--resize-filter", choices=list(FILTERS), default="auto",
@@ -290,18 +291,16 @@ def _train(args: argparse.Namespace) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     from gan_dist.data.images import ImageSpec
     from gan_dist.data.prepare import PrepareOptions, prepare
-    from gan_dist.data.sources import EMBEDDED_SOURCES
     from gan_dist.models import check_resolution
 
     check_resolution(args.resolution)  # before reading a single image
-    channels = args.channels or (1 if args.source in EMBEDDED_SOURCES else 3)  # the built-in sources are grayscale
     min_size = args.resolution // 4 if args.min_size is None else args.min_size
-    spec = ImageSpec(args.resolution, channels, args.crop, args.resize_filter, min_size)
+    spec = ImageSpec(args.resolution, args.channels, args.crop, args.resize_filter, min_size)
     options = PrepareOptions(spec, args.format, args.shard_size, args.workers, args.limit,
                              args.shuffle_seed, args.skip)
     manifest, skipped = prepare(args.source, args.out, options, root=args.root, download=args.download)
     print(skipped.summary(manifest.count + sum(skipped.counts.values())), file=sys.stderr)
-    print(f"wrote {manifest.count} images ({args.resolution}x{args.resolution}x{channels}, {args.format}) "
+    print(f"wrote {manifest.count} images ({args.resolution}x{args.resolution}x{manifest.channels}, {args.format}) "
           f"in {len(manifest.shards)} shards to {args.out}")
 
 

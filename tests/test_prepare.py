@@ -95,6 +95,25 @@ def test_modes_become_the_requested_channels():
     assert to_square_array(Image.new("RGB", (40, 40), (10, 200, 30)), ImageSpec(32, 1)).shape == (32, 32, 1)
 
 
+def test_without_channels_a_folder_with_no_colour_prepares_as_one_channel_and_any_colour_makes_three(tmp_path):
+    folder = tmp_path / "gray"
+    folder.mkdir()
+    for i, mode in enumerate(("L", "LA", "1", "I;16")):
+        Image.new(mode, (16, 16)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")  # skipped later, no say in the channels
+    auto = PrepareOptions(ImageSpec(16, None), shuffle_seed=None)
+    manifest, _ = prepare(str(folder), str(tmp_path / "one"), auto, progress=False)
+    assert manifest.channels == 1 and read_manifest(str(tmp_path / "one")).channels == 1
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(folder / "colour.png")
+    assert prepare(str(folder), str(tmp_path / "three"), auto, progress=False)[0].channels == 3
+    asked = PrepareOptions(ImageSpec(16, 3), shuffle_seed=None)  # asked for: kept, colour or not
+    Image.open(folder / "colour.png").convert("L").save(folder / "colour.png")
+    assert prepare(str(folder), str(tmp_path / "asked"), asked, progress=False)[0].channels == 3
+    assert prepare(str(folder), str(tmp_path / "gray-again"), auto, progress=False)[0].channels == 1
+    gray_array = ArraySource(np.zeros((2, 8, 8), np.uint8), None, [], "a")
+    assert gray_array.grayscale() and not ArraySource(np.zeros((2, 8, 8, 3), np.uint8), None, [], "a").grayscale()
+
+
 def test_center_crop_and_exif_rotation():
     wide = np.zeros((20, 60, 3), np.uint8)
     wide[:, 20:40] = 255  # a white centre square between black sides
@@ -156,9 +175,10 @@ def test_torchvision_dataset_read_from_disk(tmp_path):
     for split in ("train", "t10k"):
         _write_idx(raw / f"{split}-images-idx3-ubyte", digits)
         _write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(12) % 10)
-    manifest, _ = prepare("mnist", str(tmp_path / "out"), PrepareOptions(ImageSpec(32, 1), shuffle_seed=None),
+    manifest, _ = prepare("mnist", str(tmp_path / "out"), PrepareOptions(ImageSpec(32, None), shuffle_seed=None),
                           root=str(tmp_path), progress=False)
     assert manifest.count == 12 and manifest.class_names[0].startswith("0")
+    assert manifest.channels == 1  # MNIST's images are L: one channel without asking
     assert pq.read_table(tmp_path / "out" / manifest.shards[0]).column("label").to_pylist() == list(range(10)) + [0, 1]
 
 

@@ -26,7 +26,7 @@ class Skip(Exception):
 @dataclass(frozen=True)
 class ImageSpec:
     resolution: int
-    channels: int  # 1 or 3
+    channels: int | None  # 1 or 3; None: `prepare` picks 1 for a source without colour, else 3
     crop: str = "center"  # center | none (squash to square)
     resize_filter: str = "auto"  # auto: lanczos when shrinking, bilinear when enlarging (no ringing)
     min_size: int = 0  # images whose short side is smaller are skipped

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ class PrepareOptions:
         # Checked here, not only by the CLI's parser, so every caller gets a one-line error, not numpy's or PIL's.
         if self.fmt not in FORMATS:
             raise UserError(f"unknown --format '{self.fmt}'; use one of {', '.join(FORMATS)}")
-        if self.spec.channels not in (1, 3):
+        if self.spec.channels not in (1, 3, None):
             raise UserError(f"--channels must be 1 or 3, got {self.spec.channels}")
         if self.spec.crop not in ("center", "none"):
             raise UserError(f"unknown --crop '{self.spec.crop}'; use center or none")
@@ -272,8 +272,12 @@ def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progres
 def prepare(source: str, out: str, options: PrepareOptions, root: str | None = None, download: bool = False,
             progress: bool = True) -> tuple[Manifest, SkipReport]:
     with storage.user_errors(out, "write the dataset to"):
-        writer = ShardWriter(out, options.spec, options.fmt, options.shard_size)  # a bad OUT fails before any reading
-        return _write(open_source(source, root, download), writer, options, progress)
+        check_dataset_out(out, "OUT")  # a bad OUT fails before any reading
+        opened = open_source(source, root, download)
+        if options.spec.channels is None:  # auto: one channel where no image has colour
+            options = replace(options, spec=replace(options.spec, channels=1 if opened.grayscale() else 3))
+        writer = ShardWriter(out, options.spec, options.fmt, options.shard_size)
+        return _write(opened, writer, options, progress)
 
 
 def write_shards(images: np.ndarray, labels: np.ndarray | None, out: str, *, shard_size: int = 512,

@@ -19,10 +19,18 @@ from gan_dist.data.images import IMAGE_SUFFIXES, Skip, array_to_image, decode_fi
 from gan_dist.errors import UserError
 
 
+# PIL modes without colour: a folder of only these prepares as one channel unless --channels says otherwise.
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
 class Source(Protocol):
     class_names: list[str]
 
     def __len__(self) -> int: ...
+
+    def grayscale(self) -> bool:
+        """Whether every image is without colour: `prepare` then writes one channel unless asked for three."""
+        ...
 
     def load(self, index: int) -> Image.Image: ...
 
@@ -69,6 +77,17 @@ class ImageFolder:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def grayscale(self) -> bool:
+        """From each image file's header (no decoding); files that do not open are left to `load` to skip."""
+        for path in filter(_is_image_name, self.paths):
+            try:
+                with Image.open(path) as image:
+                    if image.mode not in GRAY_MODES:
+                        return False
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue
+        return True
+
     def _class_of(self, path: Path) -> str | None:
         parts = path.relative_to(self.root).parts
         return parts[0] if len(parts) > 1 else None
@@ -106,6 +125,9 @@ class ArraySource:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def grayscale(self) -> bool:
+        return self.images.ndim == 3 or self.images.shape[3] == 1
 
     def label(self, index: int) -> int | None:
         return None if self.labels is None else int(self.labels[index])
@@ -270,6 +292,9 @@ class TypesetDigits:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def grayscale(self) -> bool:
+        return True  # white glyphs on black
+
     def label(self, index: int) -> int | None:
         return int(self.labels[index])
 
@@ -316,6 +341,10 @@ class TorchvisionSource:
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def grayscale(self) -> bool:
+        """From the first image: a torchvision dataset's images share one mode (MNIST's are L, CIFAR's RGB)."""
+        return len(self.dataset) > 0 and self.load(0).mode in GRAY_MODES
 
     def label(self, index: int) -> int | None:
         targets = getattr(self.dataset, "targets", None)  # avoids decoding the image just for its label
