@@ -152,6 +152,8 @@ def _parser() -> argparse.ArgumentParser:
                                "domain for a labeled dataset, else inception")
     evaluate.add_argument("--inception-weights", metavar="PATH", help="your own copy of the TorchScript FID network")
     evaluate.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
+    evaluate.add_argument("--raw", action="store_true",
+                          help="a generator's: the trained generator instead of its exponential moving average")
     evaluate.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     evaluate.add_argument("--json", metavar="FILE", help="also write the results as JSON (local or s3://)")
     evaluate.add_argument("--mask", choices=["center", "random"], default="center",
@@ -380,7 +382,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(format_augmentation(result))
     else:
         result = evaluate(args.checkpoint, args.data, args.num, names, args.features, args.seed, args.device,
-                          args.inception_weights, args.data_a, args.data_b, args.mask)
+                          args.inception_weights, args.data_a, args.data_b, args.mask, args.raw)
         print(format_table(result))
     if args.json:
         write_json(result, args.json)

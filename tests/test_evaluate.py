@@ -48,6 +48,13 @@ def test_evaluate_prints_one_table_and_writes_json(run, tmp_path, capsys):
     assert saved["metrics"]["fid"] >= 0 and 0 <= saved["metrics"]["precision"] <= 1
 
 
+def test_raw_evaluates_the_trained_generator_instead_of_its_average(run, tmp_path, capsys):
+    for name, raw in (("ema", []), ("raw", ["--raw"])):
+        assert evaluate(capsys, run, "--num", 64, "--metrics", "fid", *raw, "--json", tmp_path / f"{name}.json")[0] == 0
+    ema, trained = (json.loads((tmp_path / f"{n}.json").read_text())["metrics"]["fid"] for n in ("ema", "raw"))
+    assert ema != trained  # two generators, two sets of images
+
+
 def test_same_checkpoint_and_seed_give_the_same_numbers_and_caches_are_keyed_by_content(run, tiny_data, tmp_path,
                                                                                        capsys):
     for name in ("a", "b"):

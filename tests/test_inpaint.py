@@ -249,7 +249,8 @@ def test_evaluate_compares_the_completion_with_non_learned_fills_on_held_out_ima
     expected = hole_errors(complete_u8(net, torch.from_numpy(images), masks, CPU), torch.from_numpy(images), masks)
     assert result["metrics"]["hole_l1"] == pytest.approx(expected["hole_l1"])
     for args, message in ((["--data-a", str(held_out)], "pass the images to complete with --data"),
-                          (["--features", "inception"], "--features inception does not apply to completion")):
+                          (["--features", "inception"], "--features inception does not apply to completion"),
+                          (["--raw"], "holds no image generator (its nets have no average); drop --raw")):
         assert main(["evaluate", str(trained), *args]) == 2
         assert message in capsys.readouterr().err
 

@@ -63,13 +63,17 @@ def _newest_meta(uri: str) -> dict:
 
 def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000, names: tuple[str, ...] = METRICS,
              features: str = "auto", seed: int = 0, device: str = "cpu", inception_weights: str | None = None,
-             data_a: str | None = None, data_b: str | None = None, mask: str = "center") -> Evaluation:
-    """A generator's checkpoint against `data_uri`; a translator's per direction against `data_a`, `data_b`; a
-    completion net's on the images of `data_uri` with `mask` holes, beside non-learned fills (by default the
-    datasets each was trained on)."""
+             data_a: str | None = None, data_b: str | None = None, mask: str = "center",
+             raw: bool = False) -> Evaluation:
+    """A generator's checkpoint against `data_uri` (its EMA generator, or with `raw` the trained one); a
+    translator's per direction against `data_a`, `data_b`; a completion net's on the images of `data_uri` with
+    `mask` holes, beside non-learned fills (by default the datasets each was trained on)."""
     started = time.perf_counter()
     dev = torch.device(device)
     newest = _newest_meta(checkpoint_uri)  # which kind of checkpoint: one read of meta.json
+    if raw and (is_completion(newest) or is_translation(newest)):
+        raise UserError(f"--raw picks a generator's trained weights over their average, and {checkpoint_uri} holds "
+                        f"no image generator (its nets have no average); drop --raw")
     if is_completion(newest):
         if data_a or data_b:
             raise UserError(f"{checkpoint_uri} is an inpainting checkpoint: pass the images to complete with --data, "
@@ -84,7 +88,7 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
     if data_a or data_b:
         raise UserError(f"{checkpoint_uri} is an image generator's: pass its real images with --data, not "
                         f"--data-a/--data-b")
-    uri, generator = checkpoint.load_newest(checkpoint_uri, lambda c: load_generator(c, dev),
+    uri, generator = checkpoint.load_newest(checkpoint_uri, lambda c: load_generator(c, dev, raw),
                                             lambda warning: print(warning, file=sys.stderr))
     meta = checkpoint.load_meta(uri)
     data_uri = data_uri or meta.get("config", {}).get("data", {}).get("path") or embedded_digits()
