@@ -97,8 +97,32 @@ class TranslatorConfig(_Section):
     d_layers: int = Field(3, ge=1, description="stride-2 convs of the PatchGAN (3: 70x70 patches)")
 
 
-MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig, TranslatorConfig)
-GENERATION_ARCHS = ("dcgan", "resnet_sn")
+class R3GANConfig(_ModelSection):
+    """R3GAN's modernised ResNets (Huang et al. 2024): no normalisation, grouped convs, low-pass resampling.
+    Conditional: a class embedding next to z in G, a projection discriminator."""
+
+    arch: Literal["r3gan"] = "r3gan"
+    g_channels: int = Field(768, ge=1, description="width of G's stages up to taper_above (halved per doubling above)")
+    d_channels: int = Field(768, ge=1, description="width of D's stages up to taper_above (halved per doubling above)")
+    taper_above: int = Field(32, ge=4, description="stages of a larger side halve the width per doubling (the "
+                                                  "paper: 32)")
+    blocks: int | list[int] = Field(2, description="residual blocks per stage, or a list: one number per stage from "
+                                                   "4x4 up (e.g. [2, 2, 1, 0] at 32x32)")
+    expansion: int = Field(2, ge=1, description="a block's 1x1 conv widens by this before its grouped 3x3 conv")
+    group_channels: int = Field(16, ge=1, description="channels per group of the grouped 3x3 conv")
+    label_dim: int | None = Field(None, ge=1, description="conditional: size of G's class embedding (null: z_dim)")
+
+    @field_validator("blocks")
+    @classmethod
+    def _some_blocks(cls, blocks: int | list[int]) -> int | list[int]:
+        counts = [blocks] if isinstance(blocks, int) else blocks
+        if any(count < 0 for count in counts) or sum(counts) < 1:
+            raise ValueError("blocks per stage are 0 or more, at least one in all")
+        return blocks
+
+
+MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig, R3GANConfig, TranslatorConfig)
+GENERATION_ARCHS = ("dcgan", "resnet_sn", "r3gan")
 
 
 def _tagged_union(sections: tuple[type[BaseModel], ...], field: str) -> Any:
@@ -200,12 +224,14 @@ class TrainConfig(_Section):
     # 0.5, its 100 constant + 100 decaying epochs); null: constant. A pure function of the step: resumes keep it.
     lr_decay_start: float | None = Field(None, ge=0, lt=1)
     # wgan: the Wasserstein critic loss; pair it with gp_weight (WGAN-GP) and a discriminator without batch norm.
-    # lsgan: least squares (Mao et al. 2017), CycleGAN's and CUT's.
-    loss: Literal["nonsaturating", "hinge", "wgan", "lsgan"] = "nonsaturating"
+    # lsgan: least squares (Mao et al. 2017), CycleGAN's and CUT's. rpgan: the relativistic pairing loss, each real
+    # image against a fake (R3GAN's, with r1_gamma and r2_gamma; Huang et al. 2024).
+    loss: Literal["nonsaturating", "hinge", "wgan", "lsgan", "rpgan"] = "nonsaturating"
     n_dis: int = Field(1, ge=1, description="D updates per G update, each on its own real batch")
     # Regularizers of D, on top of any loss (0 turns each off).
     r1_gamma: float = Field(0.0, ge=0, description="R1: gamma/2 x |grad D(real)|^2 (Mescheder et al. 2018)")
-    r1_every: int = Field(16, ge=1, description="lazy R1: every this many D updates, scaled by it")
+    r2_gamma: float = Field(0.0, ge=0, description="R2: gamma/2 x |grad D(fake)|^2, the same penalty on fakes (R3GAN)")
+    r1_every: int = Field(16, ge=1, description="lazy R1 and R2: every this many D updates, scaled by it")
     gp_weight: float = Field(0.0, ge=0, description="WGAN-GP: lambda x (|grad D(mix)| - 1)^2, 10 in the paper")
     lecam_weight: float = Field(0.0, ge=0, description="LeCam: pulls D(real), D(fake) to the other's running mean")
     lecam_decay: float = Field(0.99, ge=0, lt=1, description="LeCam running means' decay per D update")
@@ -221,7 +247,7 @@ class TrainConfig(_Section):
     # An exponential moving average of G's weights drives the grids, `gan-dist sample` and generator.safetensors
     # (stylegan2-ada's G_ema): half-life in thousands of images, shortened to ema_rampup x the images seen so far.
     ema: bool = True
-    ema_half_life_kimg: float = Field(10.0, gt=0)
+    ema_half_life_kimg: float = Field(10.0, ge=0, description="0: the average is G itself")
     ema_rampup: float | None = Field(0.05, gt=0, description="null: the full half-life from the first step")
     # Speed switches. Each applies on CUDA only and falls back to plain eager fp32 on the CPU.
     bf16: bool = Field(True, description="bf16 autocast")
@@ -255,6 +281,29 @@ class TrainConfig(_Section):
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"a seed is 0 to {MAX_SEED} (2**63 - 1)")
         return seed
+
+
+# train.* keys a cosine schedule may move (R3GAN schedules all of them).
+SCHEDULED = ("lr_g", "lr_d", "beta2", "r1_gamma", "r2_gamma", "ema_half_life_kimg", "augment_p")
+
+
+class ScheduleConfig(_Section):
+    """Cosine schedules (R3GAN's): each key set here moves from its train.* value at the first image to this value
+    after `kimg` thousand images seen, along half a cosine, and stays there. A key left null stays constant. A pure
+    function of the images seen, which the checkpoint holds: a resume continues every schedule exactly."""
+
+    kimg: float | None = Field(None, gt=0, description="thousands of images the cosines take; null: the whole run")
+    lr_g: float | None = Field(None, gt=0, description="G's learning rate at the end")
+    lr_d: float | None = Field(None, gt=0, description="D's learning rate at the end")
+    beta2: float | None = Field(None, ge=0, lt=1, description="Adam's beta2 at the end")
+    r1_gamma: float | None = Field(None, ge=0, description="R1's gamma at the end")
+    r2_gamma: float | None = Field(None, ge=0, description="R2's gamma at the end")
+    ema_half_life_kimg: float | None = Field(None, ge=0, description="the EMA's half-life at the end")
+    augment_p: float | None = Field(None, ge=0, le=1, description="the augmentation probability at the end")
+
+    def targets(self) -> dict[str, float]:
+        """The scheduled keys and their final values."""
+        return {key: getattr(self, key) for key in SCHEDULED if getattr(self, key) is not None}
 
 
 EVAL_METRICS = ("fid", "kid", "pr", "swd", "copies")
@@ -333,6 +382,7 @@ class Config(_Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = DCGANConfig()
     train: TrainConfig = TrainConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
     log: LogConfig = LogConfig()
@@ -352,6 +402,21 @@ class Config(_Section):
                              "data.path (--data)")
         if self.task.kind in TRANSLATOR_TASKS and self.train.n_dis != 1:
             raise ValueError(f"task.kind={self.task.kind} takes one D update per step: leave train.n_dis at 1")
+        return self
+
+    @model_validator(mode="after")
+    def _schedules_have_something_to_move(self) -> "Config":
+        t, targets = self.train, self.schedule.targets()
+        for gamma in ("r1_gamma", "r2_gamma"):
+            if gamma in targets and not getattr(t, gamma):
+                raise ValueError(f"schedule.{gamma} moves a penalty that is off: set train.{gamma} > 0 (its start)")
+        if "augment_p" in targets and (not t.augmentations() or t.ada_target is not None):
+            raise ValueError("schedule.augment_p needs train.augment on and train.ada_target null (ADA sets p itself)")
+        if "ema_half_life_kimg" in targets and not t.ema:
+            raise ValueError("schedule.ema_half_life_kimg needs train.ema=true")
+        if t.lr_decay_start is not None and {"lr_g", "lr_d"} & set(targets):
+            raise ValueError("choose one learning-rate schedule: train.lr_decay_start (linear) or schedule.lr_g / "
+                             "schedule.lr_d (cosine)")
         return self
 
     def dataset_names(self) -> tuple[str, ...]:

@@ -46,7 +46,8 @@ def test_bad_values_name_the_key(overrides, message):
 
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(UserError, match="presets: cifar10-sngan, cut-digits, cyclegan-digits, cyclegan-photo, "
-                                        "dcgan-64, dcgan-digits, digits-cond, inpaint-digits, photo, resnet-sn-32"):
+                                        "dcgan-64, dcgan-digits, digits-cond, inpaint-digits, photo, r3gan-cifar10, "
+                                        "r3gan-digits, r3gan-ffhq64, resnet-sn-32"):
         load_config("no-such-preset")
 
 
@@ -155,10 +156,10 @@ def test_seeds_differ_by_purpose_rank_and_step_and_repeat_exactly():
         ("train:\n", "config section 'train' must be a mapping of its keys, not None"),
         ("train.steps: 5\n", "config key 'train.steps' has a dot in its name; in a YAML file nest it (train: {"),
         ("train:\n  lr.g: 5\n", "config key 'train.lr.g' has a dot in its name"),
-        ("", "is empty; write its sections (task, data, model, train, eval, run, log)"),
+        ("", "is empty; write its sections (task, data, model, train, schedule, eval, run, log)"),
         ("# all commented out\n", "is empty"),
-        ("just words\n", "must hold a mapping of sections (task, data, model, train, eval, run, log), not str"),
-        ("- train\n", "must hold a mapping of sections (task, data, model, train, eval, run, log), not list"),
+        ("just words\n", "must hold a mapping of sections (task, data, model, train, schedule, eval, run, log), not str"),
+        ("- train\n", "must hold a mapping of sections (task, data, model, train, schedule, eval, run, log), not list"),
         ("train: {steps: [1\n", "is not valid YAML"),
         (b"\xff\xfe\x00\x81binary", "is not valid YAML"),
         ("run:\n  backend: local\n  num_workers: 2\n", "bad config section 'run': the local backend runs one process"),

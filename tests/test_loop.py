@@ -80,9 +80,20 @@ STABILIZED = {"data.placement": "resident", **RESNET, "train.loss": "wgan", "tra
               "train.n_dis": 2}
 
 
+# R3GAN's recipe: the relativistic loss with R1 and R2 every update, every cosine schedule straddling the resume at
+# 3 (schedule.kimg spans the 6-step run: a 3-step first half must not shorten it).
+R3GAN = {"data.placement": "resident", "model.arch": "r3gan", "model.g_channels": 16, "model.d_channels": 16,
+         "model.conditional": True, "train.loss": "rpgan", "train.r1_gamma": 1.0, "train.r2_gamma": 1.0,
+         "train.r1_every": 1, "train.beta1": 0.0, "train.beta2": 0.9, "train.augment": "translation,color",
+         "train.augment_p": 0.0, "train.ema_half_life_kimg": 0.0, "train.ema_rampup": None,
+         "schedule.kimg": 0.048, "schedule.lr_g": 5e-5, "schedule.lr_d": 5e-5, "schedule.beta2": 0.99,
+         "schedule.r1_gamma": 0.1, "schedule.r2_gamma": 0.1, "schedule.augment_p": 0.5,
+         "schedule.ema_half_life_kimg": 0.02}
+
+
 @pytest.mark.parametrize("variant", [{"data.placement": "resident"}, {"data.placement": "stream"},
-                                     {"data.placement": "resident", **RESNET}, STABILIZED],
-                         ids=["resident", "stream", "resnet_sn", "stabilizers"])
+                                     {"data.placement": "resident", **RESNET}, STABILIZED, R3GAN],
+                         ids=["resident", "stream", "resnet_sn", "stabilizers", "r3gan"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(variant, tiny_data, tmp_path):
     straight = tiny_config(tiny_data, str(tmp_path), **{"run.name": "straight", **variant})
     train_loop(local_ctx(straight, tmp_path / "straight"), straight)
@@ -100,6 +111,10 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(variant, tiny_da
             assert torch.equal(tensor, b["nets"][name][key]), (name, key)
     for key, tensor in a["ema"]["G"].items():  # the EMA generator resumes bit-exactly too
         assert torch.equal(tensor, b["ema"]["G"][key]), key
+    for name in ("G", "D"):  # Adam's moments, and the schedules' last rates and beta2
+        assert a["optimizers"][name]["param_groups"] == b["optimizers"][name]["param_groups"]
+        for key, tensor in _tensors(a["optimizers"][name]["state"]).items():
+            assert torch.equal(tensor, _tensors(b["optimizers"][name]["state"])[key]), (name, key)
     assert a["train"] == b["train"]
     assert _tensors(a["adversary"]).keys() == _tensors(b["adversary"]).keys()
     for key, tensor in _tensors(a["adversary"]).items():  # what the stabilizers keep

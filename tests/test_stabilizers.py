@@ -17,6 +17,7 @@ from gan_dist.train.loop import build_task
 from gan_dist.train.adversary import Adversary, LeCam
 from gan_dist.train.augment import AdaptiveProbability, augment, cutout, translation
 from gan_dist.train.generation import GenerationTask
+from gan_dist.train.schedule import Schedule
 
 CPU = torch.device("cpu")
 EVERY_SWITCH = {"train.augment": "translation,cutout,color", "train.ada_target": 0.6, "train.ada_interval": 2,
@@ -155,13 +156,22 @@ def test_unknown_augmentation_is_refused_in_one_line():
     assert load_config(None, {"train.augment": "color, translation"}).train.augmentations() == ("color", "translation")
 
 
-def test_a_step_with_every_stabilizer_never_asks_the_host(tiny_data, tmp_path, monkeypatch):
+# R3GAN's: the relativistic loss, R1 and R2 in one double backward every update, the class-paired fakes, a
+# scheduled augmentation probability.
+R3GAN_SWITCHES = {"model.arch": "r3gan", "model.conditional": True, "train.loss": "rpgan", "train.r1_gamma": 0.1,
+                  "train.r2_gamma": 0.1, "train.r1_every": 1, "train.augment": "translation,cutout,color",
+                  "train.augment_p": 0.2, "schedule.augment_p": 0.5, "schedule.r1_gamma": 0.01}
+
+
+@pytest.mark.parametrize("switches", [EVERY_SWITCH, R3GAN_SWITCHES], ids=["every_stabilizer", "r3gan"])
+def test_a_step_with_every_stabilizer_never_asks_the_host(switches, tiny_data, tmp_path, monkeypatch):
     """With fused Adam skipping non-finite updates on the device (as on a GPU), a step reads nothing back: the
     CUDA-graph path can run it without a sync. Any .item(), bool() or float() of a tensor fails the test."""
-    cfg = tiny_config(tiny_data, str(tmp_path), **EVERY_SWITCH)
+    cfg = tiny_config(tiny_data, str(tmp_path), **switches)
     resolve = speed.resolve
     monkeypatch.setattr(speed, "resolve", lambda *a: dataclasses.replace(resolve(*a), fused_adam=True))
     task = GenerationTask(cfg, read_manifest(tiny_data), CPU)
+    schedule = Schedule(cfg, images_per_step=16)
     batch = {"train": {"image": torch.randint(0, 256, (16, 16, 16, 1), dtype=torch.uint8),
                        "label": torch.zeros(16, dtype=torch.int64)}}
 
@@ -171,7 +181,10 @@ def test_a_step_with_every_stabilizer_never_asks_the_host(tiny_data, tmp_path, m
     with monkeypatch.context() as patched:
         for name in ("item", "__bool__", "__float__", "__int__", "tolist", "numpy"):
             patched.setattr(torch.Tensor, name, refuse)
-        outs = [task.train_step(batch, step) for step in range(4)]
+        outs = []
+        for step in range(4):  # the schedules' values reach the device without a read back either
+            task.follow_schedule(schedule.at(step, step * 16))
+            outs.append(task.train_step(batch, step))
     assert all(torch.isfinite(value).all() for out in outs for value in out.values())
     assert outs[-1]["augment_p"] > 0 and outs[-1]["penalty_D"] > 0
 

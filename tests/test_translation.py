@@ -21,7 +21,7 @@ from gan_dist.models import build_translator
 from gan_dist.runtime.launch import train
 from gan_dist.train.loop import build_task
 from gan_dist.train.pool import ImagePool
-from gan_dist.train.task import lr_factor
+from gan_dist.train.schedule import Hyperparameters, lr_factor
 from gan_dist.translate import load_translator
 
 CPU = torch.device("cpu")
@@ -116,10 +116,10 @@ def test_the_schedule_is_constant_then_linear_to_near_zero_and_follows_a_recover
     cfg = tiny_translation_config(tiny_data, tiny_domain_b, str(tmp_path))
     task = build_task(cfg, {"a": Dataset(tiny_data, read_manifest(tiny_data)),
                             "b": Dataset(tiny_domain_b, read_manifest(tiny_domain_b))}, CPU)
-    task.follow_schedule(0.5)
+    task.follow_schedule(Hyperparameters({"G": 0.5, "D": 0.5}, {}))
     assert task.learning_rates() == {"lr_G": cfg.train.lr_g / 2, "lr_D": cfg.train.lr_d / 2}
     task.scale_learning_rates(0.5)  # the non-finite recovery: the base rates drop for good
-    task.follow_schedule(1.0)
+    task.follow_schedule(Hyperparameters({"G": 1.0, "D": 1.0}, {}))
     assert task.learning_rates() == {"lr_G": cfg.train.lr_g / 2, "lr_D": cfg.train.lr_d / 2}
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from gan_dist.errors import UserError
-from gan_dist.models import dcgan, resnet_sn
+from gan_dist.models import dcgan, r3gan, resnet_sn
 from gan_dist.models.common import Family
 from gan_dist.models.spectral import update_spectral_norms
 
@@ -15,7 +15,7 @@ __all__ = ["FAMILIES", "build_discriminator", "build_generator", "build_patch_di
            "build_completer", "check_resolution", "check_translation_sizes", "update_spectral_norms"]
 
 # arch (the `model.arch` of config.ModelConfig) -> family. A new family: its module here and its config section.
-FAMILIES: dict[str, Family] = {"dcgan": dcgan.FAMILY, "resnet_sn": resnet_sn.FAMILY}
+FAMILIES: dict[str, Family] = {"dcgan": dcgan.FAMILY, "resnet_sn": resnet_sn.FAMILY, "r3gan": r3gan.FAMILY}
 
 
 def check_resolution(resolution: int, arch: str | None = None) -> None:

@@ -1,5 +1,5 @@
 """A discriminator and what training one involves, for any task that has one: the loss, augmentation at its single
-call site (the same in the D and the G update), the regularizers (lazy R1, WGAN-GP, LeCam) and the adaptive
+call site (the same in the D and the G update), the regularizers (lazy R1 and R2, WGAN-GP, LeCam) and the adaptive
 augmentation probability. The task keeps the optimizer and runs the updates (`n_dis` D updates per step)."""
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ class LeCam:
         self.means, self.seen = (state[k].to(self.means.device).clone() for k in ("means", "seen"))
 
 
-def squared_input_gradients(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """|d logit / d image|² per image, kept in the graph so a penalty on it trains D (a double backward)."""
-    grad, = torch.autograd.grad(logits.sum(), images, create_graph=True)
-    return grad.flatten(1).square().sum(dim=1)
+def squared_input_gradients(logits: list[torch.Tensor], images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """|d logit / d image|² per image of each batch, kept in the graph so a penalty on it trains D (a double
+    backward). One backward pass for all the batches: the logits of a joined forward share one graph."""
+    grads = torch.autograd.grad(sum(x.sum() for x in logits), images, create_graph=True)
+    return [grad.float().flatten(1).square().sum(dim=1) for grad in grads]  # a bf16 fake's gradient: summed in fp32
 
 
 class Adversary:
@@ -68,19 +69,30 @@ class Adversary:
         self.D_step = speed.compiled(self.D_ddp, features)  # the D update
         self.D_for_g = speed.compiled(D, features)  # the G update: no D gradients to synchronise
         self.d_loss, self.g_loss = losses.LOSSES[t.loss]
+        self.paired = t.loss in losses.PAIRED
+        # R1 and R2's gammas, moved by the schedules: device tensors, so a new value is no new graph
+        self.gammas = torch.tensor([t.r1_gamma, t.r2_gamma], device=device)
         self.transforms = t.augmentations()
         adaptive = bool(self.transforms) and t.ada_target is not None
         start_p = t.augment_p if t.augment_p is not None else (0.0 if adaptive else 1.0)
         self.ada = AdaptiveProbability(start_p, t.ada_target, t.ada_interval, t.ada_kimg, t.batch_size * world_size,
                                        device) if adaptive else None
-        self.fixed_p = start_p
+        self.fixed_p = torch.tensor(start_p, device=device)  # the schedule's to move, when not adaptive
         self.lecam = LeCam(t.lecam_weight, t.lecam_decay, device) if t.lecam_weight else None
         self.draws = torch.Generator(device=device)
         self.last_penalty = torch.zeros((), device=device)
 
     @property
     def regularized(self) -> bool:
-        return bool(self.t.r1_gamma or self.t.gp_weight) or self.lecam is not None
+        return bool(self.t.r1_gamma or self.t.r2_gamma or self.t.gp_weight) or self.lecam is not None
+
+    def follow_schedule(self, values: dict[str, float]) -> None:
+        """The schedules' gammas and augmentation probability for the coming step (the rest is not D's)."""
+        for index, key in enumerate(("r1_gamma", "r2_gamma")):
+            if key in values:
+                self.gammas[index].fill_(values[key])
+        if "augment_p" in values:
+            self.fixed_p.fill_(values["augment_p"])
 
     @property
     def p(self) -> torch.Tensor | float:
@@ -107,21 +119,28 @@ class Adversary:
         backward, which compiled graphs lack: those updates call D eagerly."""
         t = self.t
         update_spectral_norms(self.D)  # the power iteration, outside any compiled region: forwards stay pure
-        r1_due = t.r1_gamma > 0 and (step * t.n_dis + update) % t.r1_every == 0
-        images, labels = [real.detach().requires_grad_(r1_due), fake.detach()], [real_labels, fake_labels]
+        # lazy: every r1_every-th update, scaled by r1_every (Karras et al. 2020); R1 and R2 together
+        due = (step * t.n_dis + update) % t.r1_every == 0
+        r1_due, r2_due = due and t.r1_gamma > 0, due and t.r2_gamma > 0
+        images = [real.detach().requires_grad_(r1_due), fake.detach().requires_grad_(r2_due)]
+        labels = [real_labels, fake_labels]
         if t.gp_weight:
             images.append(self._mix(images[0], images[1], step, update))
             labels.append(real_labels)
-        net = self.D_ddp if r1_due or t.gp_weight else self.D_step
+        net = self.D_ddp if r1_due or r2_due or t.gp_weight else self.D_step
         seed = seeds.derive(t.seed, "augment", self.rank, step, update, *self.index)
         logits = self.logits(net, images, labels, seed)
         real_logits, fake_logits = logits[0], logits[1]
         loss = self.d_loss(real_logits, fake_logits)
         penalties = []
-        if r1_due:  # lazy: every r1_every-th update, scaled by r1_every (Karras et al. 2020)
-            penalties.append(t.r1_gamma / 2 * t.r1_every * squared_input_gradients(real_logits, images[0]).mean())
+        if r1_due or r2_due:  # R1 on the reals, R2 on the fakes: one double backward for both
+            which = [i for i, on in enumerate((r1_due, r2_due)) if on]
+            squared = squared_input_gradients([logits[i] for i in which], [images[i] for i in which])
+            for i, grads in zip(which, squared):
+                penalties.append(self.gammas[i] / 2 * t.r1_every * grads.mean())
         if t.gp_weight:
-            penalties.append(t.gp_weight * (squared_input_gradients(logits[2], images[2]).sqrt() - 1).square().mean())
+            norm = squared_input_gradients([logits[2]], [images[2]])[0].sqrt()
+            penalties.append(t.gp_weight * (norm - 1).square().mean())
         if self.lecam is not None:
             penalties.append(self.lecam(real_logits, fake_logits))
         if self.ada is not None:
@@ -136,11 +155,15 @@ class Adversary:
         weight = torch.rand(len(real), 1, 1, 1, device=real.device, generator=self.draws)
         return torch.lerp(fake.to(real.dtype), real, weight).requires_grad_(True)
 
-    def generator_loss(self, fake: torch.Tensor, labels: Labels, step: int) -> torch.Tensor:
-        """G's loss on D's verdict, D frozen, its augmentation drawn after the step's D updates'."""
+    def generator_loss(self, fake: torch.Tensor, real: torch.Tensor, labels: Labels, step: int) -> torch.Tensor:
+        """G's loss on D's verdict, D frozen, its augmentation drawn after the step's D updates'. A paired loss also
+        asks D about `real`, the real images the fakes (of the same classes, `labels`) are paired with."""
         with frozen(self.D):
             seed = seeds.derive(self.t.seed, "augment", self.rank, step, self.t.n_dis, *self.index)
-            return self.g_loss(self.logits(self.D_for_g, [fake], [labels], seed)[0])
+            if not self.paired:
+                return self.g_loss(self.logits(self.D_for_g, [fake], [labels], seed)[0])
+            fake_logits, real_logits = self.logits(self.D_for_g, [fake, real.detach()], [labels, labels], seed)
+            return self.g_loss(fake_logits, real_logits)
 
     def end_step(self, step: int) -> None:
         if self.ada is not None:

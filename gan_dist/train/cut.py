@@ -46,6 +46,7 @@ class CUTTask(TranslationTask):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
         self.nets = {"G": self.G, "D": self.D, "head": self.head}
         self.optimizers = {"G": self.opt_g, "D": self.opt_d}
+        self.adversaries = [self.adversary]
         # The identity term translates real B: only where G can take B's images.
         self.identity = task.nce_identity and self.channels["a"] == self.channels["b"]
         self.draws = torch.Generator(device=device)
@@ -64,7 +65,7 @@ class CUTTask(TranslationTask):
         grad_norm_d, bad_d = self.guarded_update(self.opt_d)
 
         with self.autocast():
-            loss_gan = self.adversary.generator_loss(fake_b, None, step)
+            loss_gan = self.adversary.generator_loss(fake_b, real_b, None, step)
             loss_nce = self.patch_nce(real_a, fake_b, step, 0)
             if self.identity:  # the reference averages the two NCE terms
                 loss_nce = (loss_nce + self.patch_nce(real_b, idt_b[0], step, 1)) / 2

@@ -57,6 +57,7 @@ class GenerationTask(Task):
         if world_size > 1:
             self.G_ddp = DistributedDataParallel(self.G, device_ids=[device] if device.type == "cuda" else None)
         self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
+        self.adversaries = [self.adversary]
         fused = self.features.fused_adam
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
@@ -96,7 +97,9 @@ class GenerationTask(Task):
         real_labels = batch["label"].to(self.device, non_blocking=True).chunk(n_dis) if self.num_classes else None
         bad_d = torch.zeros((), dtype=torch.bool, device=self.device)  # any D update of the step skipped
         for update in range(n_dis):
-            fake, fake_labels = self._fakes(len(reals[update]), step, update)
+            # a paired loss compares each real image with a fake of its class
+            same_classes = real_labels[update] if self.adversary.paired and real_labels is not None else None
+            fake, fake_labels = self._fakes(len(reals[update]), step, update, same_classes)
             with self.autocast():
                 loss_d, real_logits, fake_logits = self.adversary.discriminator_loss(
                     reals[update], fake, None if real_labels is None else real_labels[update], fake_labels, step,
@@ -107,7 +110,7 @@ class GenerationTask(Task):
             bad_d = bad_d | bad
 
         with self.autocast():
-            loss_g = self.adversary.generator_loss(fake, fake_labels, step)
+            loss_g = self.adversary.generator_loss(fake, reals[-1], fake_labels, step)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         grad_norm_g, bad_g = self.guarded_update(self.opt_g)
@@ -129,10 +132,14 @@ class GenerationTask(Task):
             out["penalty_D"] = self.adversary.last_penalty
         return out
 
-    def _fakes(self, n: int, step: int, update: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """G's images (with the graph to G) for one D update, and their classes when conditional."""
+    def _fakes(self, n: int, step: int, update: int,
+               classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """G's images (with the graph to G) for one D update, and their classes when conditional: drawn, or
+        `classes` where given."""
         indexes = (self.rank, step) if update == 0 else (self.rank, step, update)
         z, labels = self.latents(n, seeds.derive(self.cfg.train.seed, "latents", *indexes))
+        if classes is not None:
+            labels = classes
         with self.autocast():
             return self.G_step(z, labels), labels
 

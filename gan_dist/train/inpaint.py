@@ -49,6 +49,7 @@ class InpaintTask(Task):
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
         self.nets = {"G": self.G, "D": self.D}
         self.optimizers = {"G": self.opt_g, "D": self.opt_d}
+        self.adversaries = [self.adversary]
         self.preview_images = first_images(data, PREVIEW_IMAGES, device)
         draws = torch.Generator().manual_seed(seeds.derive(t.seed, "preview"))
         self.preview_masks = draw_masks(self.kinds, len(self.preview_images), self.size, draws, device)
@@ -73,7 +74,7 @@ class InpaintTask(Task):
         with self.autocast():
             loss_hole = masked_l1(raw, real, masks)
             loss_valid = masked_l1(raw, real, 1 - masks)
-            loss_g = (task.adversarial_weight * self.adversary.generator_loss(completed, None, step)
+            loss_g = (task.adversarial_weight * self.adversary.generator_loss(completed, real, None, step)
                       + task.hole_weight * loss_hole + task.valid_weight * loss_valid)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

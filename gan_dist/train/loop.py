@@ -20,7 +20,8 @@ from gan_dist.train.generation import GenerationTask
 from gan_dist.train.inpaint import InpaintTask
 from gan_dist.train.parts import (Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids,
                                   TrainState, evaluation_kind, restore_newest)
-from gan_dist.train.task import Task, lr_factor
+from gan_dist.train.schedule import Schedule
+from gan_dist.train.task import Task
 from gan_dist.train.translation import CycleGANTask
 
 # What a log step records: the loop's own keys and the task's (and the evaluation's, when it runs).
@@ -91,10 +92,11 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     parts: list[Part] = [evaluation, MetricWindow(task, ctx, cfg, tracker, checkpoints, evaluation),
                          NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker), checkpoints]
     images_per_step = t.real_per_step * ctx.world_size
+    schedule = Schedule(cfg, images_per_step)
     batches = ctx.batches(task.datasets, state.positions)
     while state.step < t.steps:
         data, positions = next(batches)
-        task.follow_schedule(lr_factor(state.step, t.steps, t.lr_decay_start))
+        task.follow_schedule(schedule.at(state.step, state.images_seen))
         out = task.train_step(data, state.step)
         state = TrainState(state.step + 1, state.images_seen + images_per_step, positions)
         for part in parts:

@@ -44,6 +44,21 @@ def g_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:
     return (fake_logits - 1).square().mean()
 
 
+def d_relativistic(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """softplus(-(D(x) - D(G(z)))), each real image paired with a fake: the relativistic pairing GAN (RpGAN,
+    Jolicoeur-Martineau 2019), R3GAN's loss with its R1 and R2 penalties (Huang et al. 2024). D judges whether a
+    real image is more real than a fake, so a constant added to D's outputs changes nothing."""
+    return F.softplus(fake_logits - real_logits).mean()
+
+
+def g_relativistic(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    """softplus(-(D(G(z)) - D(x))): the D loss with real and fake swapped."""
+    return d_relativistic(fake_logits, real_logits)
+
+
 # name -> (discriminator loss, generator loss)
 LOSSES = {"nonsaturating": (d_nonsaturating, g_nonsaturating), "hinge": (d_hinge, g_hinge),
-          "wgan": (d_wasserstein, g_wasserstein), "lsgan": (d_least_squares, g_least_squares)}
+          "wgan": (d_wasserstein, g_wasserstein), "lsgan": (d_least_squares, g_least_squares),
+          "rpgan": (d_relativistic, g_relativistic)}
+# The losses whose G side also reads D(real): the G update pairs each fake with a real image.
+PAIRED = ("rpgan",)

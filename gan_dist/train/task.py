@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -15,17 +15,12 @@ from torch.nn.utils import get_total_norm
 
 from gan_dist.data.reader import Batch
 from gan_dist.train import collective, speed
+from gan_dist.train.ema import EMA
+from gan_dist.train.schedule import Hyperparameters
 from gan_dist.train.speed import StepFeatures
 
-
-def lr_factor(step: int, steps: int, decay_start: float | None) -> float:
-    """The learning-rate schedule: constant, then from step `decay_start` x steps linear toward 0, as CycleGAN's
-    linear policy decays per epoch (its D decaying epochs train at D/(D+1), ..., 1/(D+1) of the rate). A pure
-    function of the step, so a resume continues it exactly."""
-    if decay_start is None:
-        return 1.0
-    start = int(decay_start * steps)
-    return 1.0 - max(0, step - start + 1) / (steps - start + 1)
+if TYPE_CHECKING:  # the adversary imports `frozen` from here
+    from gan_dist.train.adversary import Adversary
 
 
 def replicated(net: nn.Module, device: torch.device, world_size: int, features: StepFeatures,
@@ -73,7 +68,10 @@ class Task:
     def __init__(self, device: torch.device, features: StepFeatures):
         self.device, self.features = device, features
         self.nets: dict[str, nn.Module] = {}  # the trained nets, by name (their state dicts, the replica check)
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}  # "G" and "D": train.lr_g and lr_d set their rates
+        self.adversaries: list[Adversary] = []  # one per discriminator: the schedules set their gamma and p
+        self.ema: EMA | None = None  # the generator's average, where the task keeps one
+        self.scheduled: dict[str, float] = {}  # the scheduled values of the current step, logged beside the rates
         self.nonfinite = NonFiniteCounter(device)
 
     def train_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
@@ -121,24 +119,36 @@ class Task:
         return grad_norm.detach(), bad
 
     def learning_rates(self) -> dict[str, float]:
-        return {f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()}
+        """lr_<optimizer> and the other scheduled values of the current step: what a log step records."""
+        return {**{f"lr_{name}": opt.param_groups[0]["lr"] for name, opt in self.optimizers.items()},
+                **self.scheduled}
 
-    def _groups(self) -> Iterator[dict[str, Any]]:
-        for optimizer in self.optimizers.values():
-            for group in optimizer.param_groups:
-                group.setdefault("base_lr", group["lr"])  # the rate the schedule scales: in the optimizer's state
-                yield group
+    def _groups(self, optimizer: torch.optim.Optimizer) -> Iterator[dict[str, Any]]:
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])  # the rate the schedule scales: in the optimizer's state
+            yield group
 
     def scale_learning_rates(self, factor: float) -> None:
         """For good (the non-finite recovery's cut): the schedule goes on from the lower rates."""
-        for group in self._groups():
-            group["base_lr"] *= factor
-            group["lr"] *= factor
+        for optimizer in self.optimizers.values():
+            for group in self._groups(optimizer):
+                group["base_lr"] *= factor
+                group["lr"] *= factor
 
-    def follow_schedule(self, factor: float) -> None:
-        """Every learning rate at `factor` x its base rate (the schedule's factor for the coming step)."""
-        for group in self._groups():
-            group["lr"] = group["base_lr"] * factor
+    def follow_schedule(self, hyper: Hyperparameters) -> None:
+        """The schedules' values for the coming step: each optimizer's rate at its factor x its base rate, Adam's
+        beta2, each adversary's penalties and augmentation probability, the EMA's half-life."""
+        beta2 = hyper.values.get("beta2")
+        for name, optimizer in self.optimizers.items():
+            for group in self._groups(optimizer):
+                group["lr"] = group["base_lr"] * hyper.lr_factors[name]
+                if beta2 is not None:
+                    group["betas"] = (group["betas"][0], beta2)
+        for adversary in self.adversaries:
+            adversary.follow_schedule(hyper.values)
+        if self.ema is not None and "ema_half_life_kimg" in hyper.values:
+            self.ema.half_life_kimg = hyper.values["ema_half_life_kimg"]
+        self.scheduled = hyper.values
 
     def rank_state(self) -> dict[str, Any]:
         """What this rank alone holds across steps (CycleGAN's image pools): every rank's goes into the checkpoint

@@ -116,6 +116,7 @@ class CycleGANTask(TranslationTask):
         self.opt_d = torch.optim.Adam(discriminators, lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
         self.nets = {"G_ab": self.G_ab, "G_ba": self.G_ba, "D_a": self.D_a, "D_b": self.D_b}
         self.optimizers = {"G": self.opt_g, "D": self.opt_d}
+        self.adversaries = [self.adversary_a, self.adversary_b]
         self.pools = {"a": ImagePool(task.pool_size), "b": ImagePool(task.pool_size)}
         # Identity terms need a translator that can take the other domain's images: the same channel count.
         self.identity = task.identity_weight > 0 and self.channels["a"] == self.channels["b"]
@@ -132,8 +133,8 @@ class CycleGANTask(TranslationTask):
             fake_b, *idt_b = self.G_ab_step(torch.cat([real_a, real_b][:1 + self.identity])).split(n)
             fake_a, rec_a, *idt_a = self.G_ba_step(torch.cat([real_b, fake_b, real_a][:2 + self.identity])).split(n)
             rec_b = self.G_ab_step(fake_a)
-            loss_gan = (self.adversary_b.generator_loss(fake_b, None, step)
-                        + self.adversary_a.generator_loss(fake_a, None, step))
+            loss_gan = (self.adversary_b.generator_loss(fake_b, real_b, None, step)
+                        + self.adversary_a.generator_loss(fake_a, real_a, None, step))
             loss_cycle = task.cycle_weight * (_l1(rec_a, real_a) + _l1(rec_b, real_b))
             loss_identity = torch.zeros((), device=self.device)
             if self.identity:
