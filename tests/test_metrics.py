@@ -68,7 +68,15 @@ def test_kid_on_the_whole_sets_matches_numpy():
     real, fake = gaussian(300, dtype=torch.float64), gaussian(300, seed=1, shift=0.3, dtype=torch.float64)
     mean, std = kid(real, fake, subsets=1, subset_size=300)  # one subset of everything: no randomness left
     assert mean == pytest.approx(numpy_kid(real.numpy(), fake.numpy()), rel=1e-9)
-    assert std == 0
+    assert std is None  # no spread to report
+    assert kid(real, fake, subsets=100, subset_size=1000) == (mean, None)  # 100 subsets of everything: the same
+
+
+def test_kid_has_a_spread_only_where_subsets_differ():
+    real, fake = gaussian(400, seed=0), gaussian(300, seed=1, shift=0.3)
+    _, spread = kid(real, fake, subsets=10, subset_size=300)  # the real subsets differ
+    assert spread is not None and spread > 0
+    assert kid(real[:300], fake, subsets=10, subset_size=300)[1] is None
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_a_shifted_one():

@@ -107,7 +107,9 @@ def compare(names: tuple[str, ...] | list[str], net: nn.Module, real: torch.Tens
     if "fid" in names:
         out["fid"] = m.fid(real, fake)
     if "kid" in names:
-        out["kid"], out["kid_std"] = m.kid(real, fake, seed=seed)
+        out["kid"], spread = m.kid(real, fake, seed=seed)
+        if spread is not None:
+            out["kid_std"] = spread
     if "pr" in names:  # k-NN radii shrink as a set grows: both sides at the same size, as Kynkäänniemi et al. do
         n = min(len(real), len(fake))
         out["precision"], out["recall"] = m.precision_recall(real[:n], fake[:n])

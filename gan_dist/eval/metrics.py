@@ -54,15 +54,19 @@ def fid(real: Tensor, fake: Tensor) -> float:
     return float(metric.compute())
 
 
-def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
+        seed: int = 0) -> tuple[float, float | None]:
     """Kernel distance (Bińkowski et al. 2018): the unbiased MMD² with the cubic polynomial kernel
     (x·y / D + 1)³, averaged over `subsets` random subsets; returns (mean, std over subsets). Unbiased, so about 0
     (possibly slightly negative) for two samples of one distribution; lower is better. `subset_size` is clamped to
-    the smaller of the two sample counts. The subset draws depend only on `seed`. Computed in the features' dtype."""
+    the smaller of the two sample counts. The subset draws depend only on `seed`. Computed in the features' dtype.
+    Where both sets are no larger than a subset, every subset is both whole sets: one is computed, std is None."""
     from torchmetrics.image.kid import KernelInceptionDistance  # seconds to import: only where KID is computed
 
     _check_features(real, fake, min_samples=2)
     size = min(subset_size, real.shape[0], fake.shape[0])
+    whole = size == real.shape[0] == fake.shape[0]  # then a spread over subsets would only be rounding noise
+    subsets = 1 if whole else subsets
     with warnings.catch_warnings():  # it warns that it keeps all features: they are already in memory here
         warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer")
         metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size,
@@ -73,7 +77,7 @@ def kid(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000,
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
         mean, std = metric.compute()
-    return float(mean), float(std)
+    return float(mean), None if whole else float(std)
 
 
 def precision_recall(real: Tensor, fake: Tensor, k: int = 3, block_size: int = PR_BLOCK_SIZE) -> tuple[float, float]:
