@@ -1,4 +1,4 @@
-"""Golden numbers: the losses of the first steps of the dcgan-digits and resnet-sn-32 steps on CPU, pinned in
+"""Golden numbers: the losses of the first steps of the dcgan-digits, resnet-sn-32 and r3gan-digits steps on CPU, pinned in
 tests/data/golden_losses.json. A refactor must leave them as they are; a deliberate change to the numerics
 rewrites the file in the same commit (GAN_DIST_UPDATE_GOLDEN=1) and says why.
 
@@ -22,6 +22,7 @@ STEPS = 20
 PRESETS = {
     "dcgan-digits": {},
     "resnet-sn-32": {"model.g_channels": 32, "model.d_channels": 32, "train.batch_size": 16},
+    "r3gan-digits": {"train.batch_size": 16},
 }
 KEYS = ("loss_D", "loss_G")
 # Different CPUs (and thread counts) sum in different orders; the last bits then differ and grow over the steps.
