@@ -3,6 +3,7 @@ n_dis, and that the step with all of them on never asks the host a question."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -192,12 +193,18 @@ def test_a_step_with_every_stabilizer_never_asks_the_host(switches, tiny_data, t
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_data, tmp_path):
     """At the preset's widths and switches (a batch of 4 on the tiny labeled data, 16x16; translation presets on
-    32x32 images as both domains, the smallest side a 70x70 PatchGAN takes)."""
-    names = load_config(preset).dataset_names()
+    32x32 images as both domains, the smallest side a 70x70 PatchGAN takes; a preset listing R3GAN blocks per stage
+    at the side its list names)."""
+    preset_cfg = load_config(preset)
+    names = preset_cfg.dataset_names()
     side, data = 16, tiny_data
     if names != ("train",):
         side, data = 32, str(tmp_path / "domain")
         write_shards(numbered_images(8, resolution=32), None, data)
+    elif isinstance(getattr(preset_cfg.model, "blocks", None), list):
+        side, data = 4 * 2 ** (len(preset_cfg.model.blocks) - 1), str(tmp_path / "staged")
+        write_shards(numbered_images(8, resolution=side), np.arange(8, dtype=np.int32) % 10, data,
+                     class_names=[str(k) for k in range(10)])
     cfg = load_config(preset, {**{f"data.{'path' if name == 'train' else name}": data for name in names},
                                "train.batch_size": 4})
     task = build_task(cfg, {name: Dataset(data, read_manifest(data)) for name in names}, CPU)
