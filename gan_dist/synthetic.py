@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from gan_dist import checkpoint, seeds, storage
-from gan_dist.data.prepare import Progress, check_dataset_out, publish_manifest, shard_name, write_shard
+from gan_dist.data.prepare import Progress
+from gan_dist.data.writer import check_dataset_out, publish_manifest, shard_name, write_shard
 from gan_dist.data.shards import Manifest, content_hash
 from gan_dist.errors import UserError
 from gan_dist.imaging import to_uint8

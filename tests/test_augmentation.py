@@ -10,15 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import numbered_images, s3_client, tiny_config, tiny_translation_config
 from gan_dist.cli import main
-from gan_dist.data.prepare import embedded_digits, write_shards
+from gan_dist.data.embedded import embedded_digits
+from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.eval.augmentation import SETTINGS, held_out_accuracy, stratified_subset, synthesize
 from gan_dist.eval.classifier import fit_classifier, train_classifier
 from gan_dist.imaging import to_model_range
 from gan_dist.runtime.launch import train
 from gan_dist.sample import Generator
+from helpers import numbered_images, s3_client, tiny_config, tiny_translation_config
 
 CLASSES = [str(k) for k in range(10)]
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from gan_dist.data.prepare import embedded_digits, write_shards
+from gan_dist.data.embedded import embedded_digits
+from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.eval.agreement import main as agreement_main
 from gan_dist.eval.agreement import measure, read_samples

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _free_port, wait_for_port
 from gan_dist.data.reader import read_manifest
-from gan_dist.data.prepare import embedded_digits
-from test_cli import GAN_DIST
+from gan_dist.data.embedded import embedded_digits
+from helpers import GAN_DIST, free_port, wait_for_port
 
 pytestmark = [pytest.mark.ray,
               pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) for a private mount")]
@@ -26,7 +25,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 @pytest.fixture(scope="module")
 def outside_head(tmp_path_factory):
     """A Ray head (its own processes, session folder and port) whose workers see the real filesystem."""
-    port = _free_port()
+    port = free_port()
     node_cache = tmp_path_factory.mktemp("node-cache")
     env = dict(os.environ, GAN_DIST_CACHE=str(node_cache), RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     session = tempfile.mkdtemp(prefix="rsim", dir="/tmp")  # Ray's socket paths must stay short

@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import interrupted_prepare, numbered_images
-from gan_dist.data import prepare as prepare_module
+from gan_dist.data import embedded as embedded_module
 from gan_dist.data.images import ImageSpec
-from gan_dist.data.prepare import PrepareOptions, embedded_digits, write_dataset, write_shards
+from gan_dist.data.embedded import embedded_digits
+from gan_dist.data.prepare import PrepareOptions, write_dataset, write_shards
 from gan_dist.data.reader import DataPosition, load_columns, read_manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.data.stream import StreamReader
 from gan_dist.errors import UserError
-from test_cli import run
+from helpers import interrupted_prepare, numbered_images, run
 
 FIX = "re-run `gan-dist prepare`"
 
@@ -216,7 +216,7 @@ def test_a_sound_copy_installed_by_another_process_meanwhile_is_kept(cache, soun
     re-check before replacing and keep that copy (a reader may already be using it)."""
     digits = cache / "digits-32"
     _garbage_shard(digits)
-    real_write = prepare_module.write_dataset
+    real_write = embedded_module.write_dataset
 
     def write_then_rival_installs(*args, **kwargs):
         result = real_write(*args, **kwargs)
@@ -225,7 +225,7 @@ def test_a_sound_copy_installed_by_another_process_meanwhile_is_kept(cache, soun
         (digits / ".rival").write_text("theirs")
         return result
 
-    monkeypatch.setattr(prepare_module, "write_dataset", write_then_rival_installs)
+    monkeypatch.setattr(embedded_module, "write_dataset", write_then_rival_installs)
     assert embedded_digits() == str(digits)
     assert (digits / ".rival").read_text() == "theirs"
     assert [p.name for p in cache.iterdir()] == ["digits-32"]

@@ -10,15 +10,16 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from conftest import numbered_images, s3_client, tiny_config
 from gan_dist import checkpoint
 from gan_dist.cli import main
-from gan_dist.data.prepare import embedded_digits, write_shards
+from gan_dist.data.embedded import embedded_digits
+from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.eval import metrics
 from gan_dist.eval.features import EVAL_DIR, domain_features
 from gan_dist.eval.stats import embed
 from gan_dist.runtime.launch import train
+from helpers import numbered_images, s3_client, tiny_config
 
 EVAL_ON = {"eval.features": "domain", "eval.num": 64, "eval.metrics": "fid,kid,pr,swd"}
 
@@ -144,13 +145,13 @@ def _evaluate_on_ranks(rank, world_size, port, cfg_dict, data, out):
 
 
 def test_the_same_generator_gets_the_same_numbers_from_one_or_two_workers(tiny_data, tmp_path):
-    from conftest import _free_port
+    from helpers import free_port
 
     cfg = tiny_config(tiny_data, str(tmp_path), **{**EVAL_ON, "model.conditional": True, "eval.num": 50})
     results = []
     for world_size in (1, 2):
         out = str(tmp_path / f"eval-{world_size}.pt")
-        mp.spawn(_evaluate_on_ranks, args=(world_size, _free_port(), cfg.model_dump(), tiny_data, out),
+        mp.spawn(_evaluate_on_ranks, args=(world_size, free_port(), cfg.model_dump(), tiny_data, out),
                  nprocs=world_size)
         results.append(torch.load(out, weights_only=True))
     one, two = results

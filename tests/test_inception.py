@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from gan_dist.data.prepare import embedded_digits
+from gan_dist.data.embedded import embedded_digits
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.errors import UserError
 from gan_dist.eval import inception as inception_module

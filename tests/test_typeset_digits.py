@@ -8,11 +8,12 @@ from PIL import Image
 
 from gan_dist.data import sources
 from gan_dist.data.images import ImageSpec
-from gan_dist.data.prepare import PrepareOptions, embedded_typeset_digits, prepare
+from gan_dist.data.embedded import embedded_typeset_digits
+from gan_dist.data.prepare import PrepareOptions, prepare
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.data.sources import TypesetDigits, digits_source
 from gan_dist.errors import UserError
-from test_cli import run
+from helpers import run
 
 
 def _pixels(source, indices) -> np.ndarray:

@@ -33,7 +33,7 @@ class Dataset:
 def dataset_uri(name: str, configured: str | None) -> str:
     """The dataset's URI: the configured one, or the embedded default for its role (translation's B domain: the
     typeset digits; everything else: the handwritten digits), prepared once into the cache."""
-    from gan_dist.data.prepare import embedded_digits, embedded_typeset_digits
+    from gan_dist.data.embedded import embedded_digits, embedded_typeset_digits
 
     if configured is not None:
         return configured

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gan_dist import storage
-from gan_dist.data.prepare import embedded_digits
+from gan_dist.data.embedded import embedded_digits
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError

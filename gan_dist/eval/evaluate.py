@@ -17,7 +17,8 @@ from pydantic import ValidationError
 from gan_dist import checkpoint, storage
 from gan_dist.config import EVAL_METRICS, EvalConfig, config_from_dict
 from gan_dist.data import placement
-from gan_dist.data.prepare import Progress, embedded_digits
+from gan_dist.data.embedded import embedded_digits
+from gan_dist.data.prepare import Progress
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.eval.measure import MEANINGS, check_sizes, compare, feature_kind, feature_network
