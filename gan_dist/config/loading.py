@@ -30,17 +30,17 @@ _Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False
 _NULLS = ("~", "null", "Null", "NULL")
 
 
-def _sections(annotation: Any) -> list[type[BaseModel]]:
+def section_classes(annotation: Any) -> list[type[BaseModel]]:
     """The section classes an annotation stands for: one, the members of a union (the model families), or none."""
     if get_origin(annotation) is Annotated:
-        return _sections(get_args(annotation)[0])
+        return section_classes(get_args(annotation)[0])
     if get_origin(annotation) in (Union, types.UnionType):
-        return [section for arg in get_args(annotation) for section in _sections(arg)]
+        return [section for arg in get_args(annotation) for section in section_classes(arg)]
     return [annotation] if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
 
 
 def _is_section(annotation: Any) -> bool:
-    return bool(_sections(annotation))
+    return bool(section_classes(annotation))
 
 
 def _field_type(key: str) -> Any:
@@ -48,14 +48,14 @@ def _field_type(key: str) -> Any:
     None for an unknown key."""
     node: Any = Config
     for part in key.split("."):
-        fields = [section.model_fields[part] for section in _sections(node) if part in section.model_fields]
+        fields = [section.model_fields[part] for section in section_classes(node) if part in section.model_fields]
         if not fields:
             return None
         node = fields[0].annotation
     return node
 
 
-def _tag_field(families: list[type[BaseModel]]) -> str:
+def tag_field(families: list[type[BaseModel]]) -> str:
     """The field a union of sections is told apart by (model: arch, task: kind)."""
     return next(name for name, field in families[0].model_fields.items() if get_origin(field.annotation) is Literal)
 
@@ -64,8 +64,8 @@ def _error_key(loc: tuple) -> str:
     """A validation error's location as the user's dotted key: without the family tag pydantic puts in it."""
     parts: list[str] = []
     for part in map(str, loc):
-        families = _sections(_field_type(".".join(parts))) if parts else []
-        if len(families) > 1 and part in {family.model_fields[_tag_field(families)].default for family in families}:
+        families = section_classes(_field_type(".".join(parts))) if parts else []
+        if len(families) > 1 and part in {family.model_fields[tag_field(families)].default for family in families}:
             continue  # the tag of the union member that was tried
         parts.append(part)
     return ".".join(parts)
@@ -99,7 +99,7 @@ def _describe(err: ValidationError, typed: Mapping[str, str]) -> str:
     if first["type"] in ("model_type", "union_tag_not_found"):
         return _not_a_mapping(key, value)
     if first["type"] == "union_tag_invalid":  # an unknown model family or task
-        tag_key = f"{key}.{_tag_field(_sections(_field_type(key)))}"
+        tag_key = f"{key}.{tag_field(section_classes(_field_type(key)))}"
         tag, expected = typed.get(tag_key, first["ctx"]["tag"]), first["ctx"]["expected_tags"]
         return f"bad config value {tag_key}={tag!r}: expected {expected}"
     msg = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]

@@ -31,46 +31,57 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    # A prepared shard directory (local or s3://); None trains on the embedded digits, prepared once into the cache.
-    path: str | None = None
-    # Translation tasks read two unpaired datasets instead of `path`: domain A and domain B (any sizes). None: the
-    # embedded digits for A, the embedded typeset digits for B.
-    a: str | None = None
-    b: str | None = None
-    shuffle: bool = True
-    # resident: each worker reads its share of the rows once and keeps them on its device as uint8, sampling
-    # batches there. stream: fixed-shape uint8 batches built outside the training process, pinned, copied ahead.
-    # auto: resident when a worker's share fits in resident_max_share of its device memory (host RAM on CPU).
-    placement: Literal["auto", "resident", "stream"] = "auto"
-    resident_max_share: float = Field(0.25, gt=0, le=1)
+    """Where the images come from and how a worker reads them."""
+
+    path: str | None = Field(None, description="a prepared shard folder or s3:// URI (`--data`); null: the embedded "
+                             "digits, prepared once into ~/.cache/gan-dist (or $GAN_DIST_CACHE; a damaged copy there is "
+                             "checked by its content hash and prepared again)")
+    a: str | None = Field(None, description="translation's dataset A (`--data-a`), read instead of `path`; any size; "
+                          "null: the embedded handwritten digits")
+    b: str | None = Field(None, description="translation's dataset B (`--data-b`), at A's resolution; null: the "
+                          "embedded typeset digits")
+    shuffle: bool = Field(True, description="reshuffle every epoch (seeded)")
+    placement: Literal["auto", "resident", "stream"] = Field(
+        "auto", description="resident: each worker reads its share of the rows once and keeps them on its device as "
+        "uint8, sampling batches there; stream: fixed-shape uint8 batches built outside the training process, pinned, "
+        "copied ahead; auto: resident when a worker's share fits in `resident_max_share` of its device memory (host "
+        "RAM on the CPU), else stream (docs/performance.md)")
+    resident_max_share: float = Field(0.25, gt=0, le=1, description="the share of a device's memory a worker's rows "
+                                      "may take to stay resident under `placement: auto`")
     stream_workers: int = Field(2, ge=1, description="reader processes per worker for streamed data (local backend)")
 
 
 class _ModelSection(_Section):
     """What every model family has; each family's section adds its own keys (see models/)."""
 
-    z_dim: int = Field(64, ge=1)
+    z_dim: int = Field(64, ge=1, description="size of the latent vector z the generator starts from")
     g_channels: int = Field(32, ge=1, description="width of the generator's last hidden stage")
     d_channels: int = Field(32, ge=1, description="width of the discriminator's first stage")
-    # auto: conditional when the dataset has classes (the default preset: the digits are labeled, a folder may not be)
-    conditional: bool | Literal["auto"] = Field(False, description="class-conditional G and D; classes from the data")
+    conditional: bool | Literal["auto"] = Field(False, description="class-conditional G and D, classes from the "
+                                                "dataset; auto: conditional when the dataset has classes (an unlabeled "
+                                                "folder trains unconditionally)")
 
 
 class DCGANConfig(_ModelSection):
-    arch: Literal["dcgan"] = "dcgan"
+    """DCGAN (Radford et al. 2016). Conditional: a label embedding next to z in G, a projection discriminator."""
+
+    arch: Literal["dcgan"] = Field("dcgan", description="the model family: DCGAN (Radford et al. 2016), conditional "
+                                   "by a label embedding in G and a projection D")
     label_dim: int = Field(16, ge=1, description="conditional: size of the label embedding G takes next to z")
 
 
 class ResNetSNConfig(_ModelSection):
     """Conditional: conditional batch norm in G, a projection discriminator (Miyato & Koyama 2018)."""
 
-    arch: Literal["resnet_sn"] = "resnet_sn"
+    arch: Literal["resnet_sn"] = Field("resnet_sn", description="the model family: ResNets with spectral norm in D "
+                                       "(Miyato et al. 2018)")
 
 
 class TranslatorConfig(_Section):
     """The nets of unpaired translation (CycleGAN and CUT): ResNet generators and PatchGAN discriminators."""
 
-    arch: Literal["resnet_patchgan"] = "resnet_patchgan"
+    arch: Literal["resnet_patchgan"] = Field("resnet_patchgan", description="the translator nets: ResNet generators "
+                                             "and PatchGAN discriminators, instance norm (CycleGAN, CUT, inpainting)")
     g_channels: int = Field(64, ge=1, description="width of the generator's first stage (ngf)")
     d_channels: int = Field(64, ge=1, description="width of the discriminator's first stage (ndf)")
     blocks: int = Field(9, ge=1, description="residual blocks at the generator's lowest resolution")
@@ -82,7 +93,8 @@ class R3GANConfig(_ModelSection):
     """R3GAN's modernised ResNets (Huang et al. 2024): no normalisation, grouped convs, low-pass resampling.
     Conditional: a class embedding next to z in G, a projection discriminator."""
 
-    arch: Literal["r3gan"] = "r3gan"
+    arch: Literal["r3gan"] = Field("r3gan", description="the model family: R3GAN's modernised ResNets (Huang et al. "
+                                   "2024)")
     g_channels: int = Field(768, ge=1, description="width of G's stages up to taper_above (halved per doubling above)")
     d_channels: int = Field(768, ge=1, description="width of D's stages up to taper_above (halved per doubling above)")
     taper_above: int = Field(32, ge=4, description="stages of a larger side halve the width per doubling (the "
@@ -125,13 +137,13 @@ ModelConfig = _tagged_union(MODEL_SECTIONS, "arch")
 class GenerationTaskConfig(_Section):
     """Images from noise, unconditional or class-conditional (model.conditional): one dataset, `data.path`."""
 
-    kind: Literal["generation"] = "generation"
+    kind: Literal["generation"] = Field("generation", description="the task: images from noise")
 
 
 class CycleGANTaskConfig(_Section):
     """Unpaired translation A <-> B (Zhu et al. 2017): two generators, two discriminators, cycle consistency."""
 
-    kind: Literal["cyclegan"] = "cyclegan"
+    kind: Literal["cyclegan"] = Field("cyclegan", description="the task: unpaired translation A <-> B by CycleGAN")
     cycle_weight: float = Field(10.0, ge=0, description="|G_ba(G_ab(a)) - a| and back, the paper's lambda")
     identity_weight: float = Field(0.5, ge=0, description="|G_ab(b) - b| and back, x cycle_weight (0 turns it off)")
     pool_size: int = Field(50, ge=0, description="earlier fakes each D also sees, per worker (0: none)")
@@ -140,10 +152,10 @@ class CycleGANTaskConfig(_Section):
 class CUTTaskConfig(_Section):
     """Unpaired translation A -> B by contrastive learning (Park et al. 2020): one generator, PatchNCE, no cycle."""
 
-    kind: Literal["cut"] = "cut"
+    kind: Literal["cut"] = Field("cut", description="the task: unpaired translation A -> B by CUT")
     nce_weight: float = Field(1.0, gt=0, description="PatchNCE(a, G(a)), the paper's lambda_NCE")
     nce_identity: bool = Field(True, description="also PatchNCE(b, G(b)) (CUT; false: FastCUT's setting)")
-    nce_temperature: float = Field(0.07, gt=0)
+    nce_temperature: float = Field(0.07, gt=0, description="temperature of PatchNCE's softmax")
     num_patches: int = Field(256, ge=1, description="locations sampled per layer and image")
     head_units: int = Field(256, ge=1, description="width of the MLP head on the encoder's features")
 
@@ -155,7 +167,7 @@ class InpaintTaskConfig(_Section):
     """Image completion: G fills the holes of masked images (the masked image and its mask in, the image out; what
     was known is kept), judged by a PatchGAN on the completed image; L1 on the hole and on the rest."""
 
-    kind: Literal["inpaint"] = "inpaint"
+    kind: Literal["inpaint"] = Field("inpaint", description="the task: image completion")
     masks: str = Field("center,boxes,strokes", description=f"kinds of holes drawn per image, comma-separated: "
                                                            f"{', '.join(MASK_KINDS)}")
     hole_weight: float = Field(10.0, ge=0, description="L1 on the hole, against the adversarial loss's 1")
@@ -191,57 +203,71 @@ def _comma_list(text: str, allowed: tuple[str, ...], alone: str | None = None) -
 
 
 class TrainConfig(_Section):
-    steps: int = Field(1500, ge=1)
-    batch_size: int = Field(64, ge=1, description="per worker")
-    lr_g: float = Field(2e-4, gt=0)
-    lr_d: float = Field(2e-4, gt=0)
-    beta1: float = Field(0.5, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    seed: int = Field(0, description=f"0 to {MAX_SEED}")
-    log_every: int = Field(50, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
+    """The optimisation: steps, Adam, the loss, D's regularizers and augmentation, the EMA, speed switches and the
+    non-finite guard (docs/stable-training.md)."""
+
+    steps: int = Field(1500, ge=1, description="total steps")
+    batch_size: int = Field(64, ge=1, description="images per worker per step")
+    lr_g: float = Field(2e-4, gt=0, description="the generator's Adam learning rate")
+    lr_d: float = Field(2e-4, gt=0, description="the discriminator's Adam learning rate")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam's beta1")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam's beta2")
+    seed: int = Field(0, description=f"initial weights, data order and latents, through one seed function (0 to "
+                      f"{MAX_SEED}, 2**63 - 1)")
+    log_every: int = Field(50, ge=1, description="steps between metric lines (metrics.jsonl, W&B, console)")
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     sample_every: int = Field(250, ge=1, description="steps between sample grids from the fixed latents")
-    # After this fraction of train.steps both learning rates fall linearly, reaching 0 at the last step (CycleGAN:
-    # 0.5, its 100 constant + 100 decaying epochs); null: constant. A pure function of the step: resumes keep it.
-    lr_decay_start: float | None = Field(None, ge=0, lt=1)
-    # wgan: the Wasserstein critic loss; pair it with gp_weight (WGAN-GP) and a discriminator without batch norm.
-    # lsgan: least squares (Mao et al. 2017), CycleGAN's and CUT's. rpgan: the relativistic pairing loss, each real
-    # image against a fake (R3GAN's, with r1_gamma and r2_gamma; Huang et al. 2024).
-    loss: Literal["nonsaturating", "hinge", "wgan", "lsgan", "rpgan"] = "nonsaturating"
-    n_dis: int = Field(1, ge=1, description="D updates per G update, each on its own real batch")
-    # Regularizers of D, on top of any loss (0 turns each off).
-    r1_gamma: float = Field(0.0, ge=0, description="R1: gamma/2 x |grad D(real)|^2 (Mescheder et al. 2018)")
-    r2_gamma: float = Field(0.0, ge=0, description="R2: gamma/2 x |grad D(fake)|^2, the same penalty on fakes (R3GAN)")
+    lr_decay_start: float | None = Field(None, ge=0, lt=1, description="after this fraction of `train.steps` both "
+                                         "learning rates fall linearly, reaching 0 at the last step (CycleGAN: 0.5, "
+                                         "its 100 constant + 100 decaying epochs); null: constant. A pure function of "
+                                         "the step, so a resume keeps it (a resume with a larger --steps stretches it)")
+    loss: Literal["nonsaturating", "hinge", "wgan", "lsgan", "rpgan"] = Field(
+        "nonsaturating", description="the D and G losses on D's raw logits: nonsaturating; hinge (the resnet-sn-32 "
+        "preset); wgan, the Wasserstein critic loss (pair it with `gp_weight` and a discriminator without batch norm); "
+        "lsgan, least squares (Mao et al. 2017; D's loss halved), CycleGAN's and CUT's; rpgan, the relativistic "
+        "pairing loss, each real image against a fake (R3GAN's, with `r1_gamma` and `r2_gamma`; Huang et al. 2024)")
+    n_dis: int = Field(1, ge=1, description="D updates per G update, each on its own batch of real images")
+    r1_gamma: float = Field(0.0, ge=0, description="R1: gamma/2 x |grad D(real)|^2 (Mescheder et al. 2018); 0: off")
+    r2_gamma: float = Field(0.0, ge=0, description="R2: gamma/2 x |grad D(fake)|^2, the same penalty on generated "
+                            "images (R3GAN; one double backward for both); 0: off")
     r1_every: int = Field(16, ge=1, description="lazy R1 and R2: every this many D updates, scaled by it")
-    gp_weight: float = Field(0.0, ge=0, description="WGAN-GP: lambda x (|grad D(mix)| - 1)^2, 10 in the paper")
-    lecam_weight: float = Field(0.0, ge=0, description="LeCam: pulls D(real), D(fake) to the other's running mean")
+    gp_weight: float = Field(0.0, ge=0, description="WGAN-GP: lambda x (|grad D(mix)| - 1)^2 at random real/fake "
+                             "mixes (Gulrajani et al. 2017; 10 in the paper); 0: off")
+    lecam_weight: float = Field(0.0, ge=0, description="LeCam (Tseng et al. 2021): pulls D(real) and D(fake) toward "
+                                "the other's running mean; 0: off")
     lecam_decay: float = Field(0.99, ge=0, lt=1, description="LeCam running means' decay per D update")
-    # Differentiable augmentation of every image D sees, real and fake, in the D and the G update (DiffAugment,
-    # Zhao et al. 2020): comma-separated from translation, cutout, color; off for none.
-    augment: str = "off"
+    augment: str = Field("off", description="differentiable augmentation of every image D sees, real and fake, in the "
+                         "D and the G update (DiffAugment, Zhao et al. 2020): comma-separated from translation, cutout, "
+                         "color; off for none")
     augment_p: float | None = Field(None, ge=0, le=1, description="chance each transform applies to an image; "
                                     "null: 1 (DiffAugment), or 0 at the start when adaptive")
-    # ADA (Karras et al. 2020): p rises while D(real) is positive more often than ada_target, falls otherwise.
-    ada_target: float | None = Field(None, gt=0, lt=1, description="adaptive p toward this E[sign D(real)] (0.6)")
+    ada_target: float | None = Field(None, gt=0, lt=1, description="ADA (Karras et al. 2020): p rises while D(real) "
+                                     "is positive more often than this, falls otherwise (0.6 in the paper); null: a "
+                                     "fixed p")
     ada_interval: int = Field(4, ge=1, description="steps between adjustments of the adaptive p")
     ada_kimg: float = Field(100.0, gt=0, description="thousands of real images for p to move by 1")
-    # An exponential moving average of G's weights drives the grids, `gan-dist sample` and generator.safetensors
-    # (stylegan2-ada's G_ema): half-life in thousands of images, shortened to ema_rampup x the images seen so far.
-    ema: bool = True
-    ema_half_life_kimg: float = Field(10.0, ge=0, description="0: the average is G itself")
-    ema_rampup: float | None = Field(0.05, gt=0, description="null: the full half-life from the first step")
-    # Speed switches. Each applies on CUDA only and falls back to plain eager fp32 on the CPU.
-    bf16: bool = Field(True, description="bf16 autocast")
-    fused_adam: bool = Field(True, description="Adam's fused CUDA kernel; also skips non-finite updates on the device")
-    # auto: reduce-overhead (CUDA graphs; these GANs are launch-bound at per-GPU batches of 64-256) on CUDA, off on CPU.
-    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
-    compile_backend: str = Field("inductor", description="torch.compile backend; aot_eager checks graph safety cheaply")
-    # One D forward on cat(real, fake) when D has no batch norm (batch statistics would mix the two).
-    concat_d_forward: bool = True
-    # A NaN/Inf gradient skips that update; this many skipped steps in a row (seen at a log step) restore the
-    # newest checkpoint and multiply both learning rates by nonfinite_lr_factor.
-    nonfinite_patience: int = Field(3, ge=1)
-    nonfinite_lr_factor: float = Field(0.5, gt=0, le=1)
+    ema: bool = Field(True, description="an exponential moving average of G's weights drives the grids, `gan-dist "
+                      "sample`, `gan-dist evaluate` and generator.safetensors (stylegan2-ada's G_ema)")
+    ema_half_life_kimg: float = Field(10.0, ge=0, description="the EMA's half-life in thousands of images; 0: the "
+                                      "average is G itself")
+    ema_rampup: float | None = Field(0.05, gt=0, description="early on the half-life is shortened to this x the "
+                                     "images seen so far; null: the full half-life from the first step")
+    bf16: bool = Field(True, description="bf16 autocast (CUDA only, as every speed switch; the CPU runs eager fp32)")
+    fused_adam: bool = Field(True, description="Adam's fused CUDA kernel; also skips non-finite updates on the device, "
+                             "without a host sync")
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = Field(
+        "auto", description="torch.compile mode; auto: reduce-overhead (CUDA graphs: these GANs are launch-bound at "
+        "per-GPU batches of 64-256) on CUDA, where a graph that fails to compile runs eagerly, and off on the CPU; an "
+        "explicit mode fails loudly")
+    compile_backend: str = Field("inductor", description="torch.compile backend; `compile_backend: aot_eager` checks "
+                                 "graph capture cheaply, without a compiler")
+    concat_d_forward: bool = Field(True, description="one D forward on cat(real, fake) when D has no batch norm "
+                                   "(batch statistics would mix the two)")
+    nonfinite_patience: int = Field(3, ge=1, description="a NaN/Inf gradient skips that update; this many skipped "
+                                    "steps in a row (seen at a log step) restore the newest checkpoint and multiply "
+                                    "both learning rates by `nonfinite_lr_factor`")
+    nonfinite_lr_factor: float = Field(0.5, gt=0, le=1, description="what a non-finite restore multiplies both "
+                                       "learning rates by")
 
     @field_validator("augment")
     @classmethod
@@ -293,9 +319,10 @@ EVAL_METRICS = ("fid", "kid", "pr", "swd", "copies")
 class EvalConfig(_Section):
     """Evaluation during training (`gan-dist evaluate` runs the same metrics on a checkpoint)."""
 
-    # auto: domain features on a labeled dataset, none otherwise (the Inception network costs ~0.3 s per image on a
-    # CPU: ask for it on GPUs). off: no evaluation during training.
-    features: Literal["auto", "domain", "inception", "off"] = "auto"
+    features: Literal["auto", "domain", "inception", "off"] = Field(
+        "auto", description="the feature network: domain (a small classifier trained on the dataset's labels) or "
+        "inception (the standard FID network: ~0.3 s per image on a CPU, ask for it on GPUs); auto: domain features on "
+        "a labeled dataset, no evaluation otherwise; off: no evaluation during training")
     every: int = Field(0, ge=0, description="steps between evaluations; 0: at each checkpoint")
     num: int = Field(1000, ge=4, description="generated images per evaluation, over all workers")
     metrics: str = Field("fid", description="comma-separated: " + ", ".join(EVAL_METRICS))
@@ -310,19 +337,27 @@ class EvalConfig(_Section):
 
 
 class RunConfig(_Section):
-    name: str | None = Field(None, description="run name; default: preset name + timestamp")
+    """Where a run lives and runs: its directory, the backend and workers, resume and checkpoint retention."""
+
+    name: str | None = Field(None, description="the run directory is storage/name: letters, digits, `.`, `_`, `-` "
+                             "(no leading `.`); null: the preset name + a timestamp")
     storage: str = Field("runs", description="where runs live: a local path or s3://bucket/prefix")
-    backend: Literal["auto", "local", "ray"] = "auto"
-    num_workers: int = Field(1, ge=1)
-    gpu: bool = False
-    ray_address: str | None = None
-    cpus_per_worker: float = Field(1.0, ge=0.0001, description="Ray refuses finer fractions")
-    resume: bool = False
+    backend: Literal["auto", "local", "ray"] = Field("auto", description="where the loop runs: local (this process, no "
+                                                     "Ray) or ray (Ray Train); auto: ray when `num_workers` > 1 or "
+                                                     "`ray_address` is set, else local")
+    num_workers: int = Field(1, ge=1, description="training workers (DDP ranks)")
+    gpu: bool = Field(False, description="one GPU per worker")
+    ray_address: str | None = Field(None, description="join this Ray cluster (`auto`: the running one); null: start a "
+                                    "local Ray when the Ray backend needs one")
+    cpus_per_worker: float = Field(1.0, ge=0.0001, description="CPUs each Ray worker reserves (Ray refuses finer "
+                                   "fractions)")
+    resume: bool = Field(False, description="continue this run from its newest checkpoint that loads (a run with any "
+                         "output is refused without it)")
     keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept")
     keep_best: str | None = Field(None, description="also keep the best checkpoint by this logged metric")
-    keep_best_mode: Literal["min", "max"] = "min"
+    keep_best_mode: Literal["min", "max"] = Field("min", description="which way `keep_best`'s metric is better")
     resume_from: str | None = Field(None, description="start from this checkpoint (or run) when the run has none")
-    max_failures: int = Field(0, ge=0)
+    max_failures: int = Field(0, ge=0, description="Ray worker-group restarts before the run gives up")
 
     @field_validator("name")
     @classmethod
@@ -345,10 +380,13 @@ class RunConfig(_Section):
 
 
 class LogConfig(_Section):
-    # auto: WANDB_MODE if set, else online when WANDB_API_KEY is set, else disabled. off: disabled.
-    wandb: Literal["auto", "online", "offline", "disabled", "off"] = "auto"
-    wandb_project: str = "gan-dist"
-    wandb_entity: str | None = None
+    """W&B (rank 0 only) and the console."""
+
+    wandb: Literal["auto", "online", "offline", "disabled", "off"] = Field(
+        "auto", description="the W&B mode; auto: WANDB_MODE if set, else online when WANDB_API_KEY is set, else "
+        "disabled; off: disabled")
+    wandb_project: str = Field("gan-dist", description="the W&B project")
+    wandb_entity: str | None = Field(None, description="the W&B entity (team or user); null: W&B's default")
     console_every_s: float = Field(10.0, gt=0, description="seconds between console lines (Ray, or no terminal)")
 
     @field_validator("wandb")
@@ -358,7 +396,10 @@ class LogConfig(_Section):
 
 
 class Config(_Section):
-    preset: str = DEFAULT_PRESET
+    """A run's whole configuration: a preset or YAML file, then `--set` overrides, then the flags."""
+
+    preset: str = Field(DEFAULT_PRESET, description="the preset the config came from (a YAML file's name when not "
+                        "given)")
     task: TaskConfig = GenerationTaskConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = DCGANConfig()
