@@ -1,7 +1,7 @@
 """Guards that every config value the project documents loads as written, from `--set key=value` and from a YAML
 file: each value of every enumerated key (Literal and bool fields, found by walking the Config model, discriminated
-unions included) and every value README.md shows (`--set` examples, backticked `key=value` / `key: value`, the
-defaults column of the configuration table)."""
+unions included) and every value README.md and the docs/ pages show (`--set` examples, backticked `key=value` /
+`key: value`, the defaults column of the configuration reference's tables)."""
 
 import functools
 import re
@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from gan_dist.config import TRANSLATOR_TASKS, Config, load_config, parse_override
 from gan_dist.errors import UserError
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 PRESET = "dcgan-digits"
 
 # Values a field validator normalises (LogConfig._off_is_disabled: W&B has no "off" mode).
@@ -25,9 +26,9 @@ ALIASES = {("log.wandb", "off"): "disabled"}
 # None today: the preset runs one worker, so run.backend=local passes RunConfig._local_is_one_process; a member of
 # a union section gets its discriminator from the walk below, not from here.
 COMPANIONS: dict[tuple[str, str], dict[str, str]] = {}
-# `--set` keys in README.md that stand for any key (the synopsis and the Configuration section's intro).
+# `--set` keys in the docs that stand for any key (the README's synopsis, the configuration reference's intro).
 PLACEHOLDER_KEYS = {"key", "section.key"}
-PLACEHOLDER_VALUE = re.compile(r"[A-Z][A-Z0-9_-]*")  # N, RUN, PRESET-TIMESTAMP: the README's metavariables
+PLACEHOLDER_VALUE = re.compile(r"[A-Z][A-Z0-9_-]*")  # N, RUN, PRESET-TIMESTAMP: the docs' metavariables
 
 
 # ---- the model tree ----------------------------------------------------------------------------------------------
@@ -128,8 +129,8 @@ ENUMERATED = enumerated_cases()
 def accepts(annotation, text: str) -> bool:
     """Whether `text` can be a value of the field at all (only enumerated fields and None are told apart)."""
     args = [_unwrap(arg) for arg in _union_args(_unwrap(annotation))] or [_unwrap(annotation)]
-    if text in ("null", "~") and type(None) in args:
-        return True
+    if text in ("null", "~"):
+        return type(None) in args
     if any(arg not in (bool, type(None)) and get_origin(arg) is not Literal for arg in args):
         return True  # a number or free text: the config itself judges it
     return text in {documented for documented, _ in enumerated(annotation)}
@@ -225,7 +226,7 @@ def test_the_walk_finds_the_enumerated_keys():
     assert ("train.compile", "off") in ENUMERATED and ("run.gpu", "true") in ENUMERATED
 
 
-# ---- 2. every value README.md documents --------------------------------------------------------------------------
+# ---- 2. every value the docs show --------------------------------------------------------------------------------
 
 def _leaf_key(word: str) -> str | None:
     """A dotted key as written, or the dotted key of a leaf name that only one key ends with (`compile`)."""
@@ -235,12 +236,12 @@ def _leaf_key(word: str) -> str | None:
     return matches.pop() if len(matches) == 1 else None
 
 
-def readme_values(text: str) -> list[tuple[str, str, str]]:
-    """(key, value, where) for every config value README.md shows."""
+def documented_values(text: str, doc: str) -> list[tuple[str, str, str]]:
+    """(key, value, where) for every config value the document `doc` shows."""
     found = []
     for key, value in re.findall(r"--set\s+([^\s=`]+)=([^\s`]+)", text):  # prose and code blocks alike
         if key not in PLACEHOLDER_KEYS:
-            found.append((key, value, f"README `--set {key}={value}`"))
+            found.append((key, value, f"{doc} `--set {key}={value}`"))
     prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)
     for span in re.findall(r"`([^`\n]+)`", prose):
         match = re.fullmatch(r"([A-Za-z_][\w.]*)(?:=|: )(\S+)", span)
@@ -249,31 +250,34 @@ def readme_values(text: str) -> list[tuple[str, str, str]]:
         word, value = match.groups()
         key = _leaf_key(word)
         if key is not None:
-            found.append((key, value, f"README `{span}`"))
+            found.append((key, value, f"{doc} `{span}`"))
         elif "." in word and word.split(".")[0] in SECTIONS:
-            found.append((word, value, f"README `{span}`"))  # a misspelled key: fails below as unknown
-    for line in prose.splitlines():  # the Configuration table: | `sec.a`, `b` | default-a, default-b | meaning |
+            found.append((word, value, f"{doc} `{span}`"))  # a misspelled key: fails below as unknown
+    for line in prose.splitlines():  # a key table: | `sec.a`, `b` | default-a, default-b | ... |
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) < 2 or not re.fullmatch(r"`\w+\.\w+`(, `[\w.]+`)*", cells[0]):
             continue
         names = re.findall(r"`([\w.]+)`", cells[0])
-        defaults = [value.strip().strip("`") for value in cells[1].split(",")]
-        assert len(names) == len(defaults), f"README table row {cells[0]} lists {len(defaults)} defaults"
+        # one key's default is the whole cell (`center,boxes,strokes` is one value); several keys' are comma-separated
+        defaults = [cells[1]] if len(names) == 1 else cells[1].split(",")
+        defaults = [value.strip().strip("`") for value in defaults]
+        assert len(names) == len(defaults), f"{doc} table row {cells[0]} lists {len(defaults)} defaults"
         section = names[0].split(".")[0]
         for name, value in zip(names, defaults):
             key = name if "." in name else f"{section}.{name}"
-            found.append((key, value, f"README table row {cells[0]}"))
+            found.append((key, value, f"{doc} table row {cells[0]}"))
     return found
 
 
-README_VALUES = readme_values(README.read_text())
-README_CASES = {(key, value): where for key, value, where in reversed(README_VALUES)}  # first mention names it
+DOCUMENTED_VALUES = [found for path in DOCUMENTS
+                     for found in documented_values(path.read_text(), str(path.relative_to(ROOT)))]
+DOCUMENTED_CASES = {(key, value): where for key, value, where in reversed(DOCUMENTED_VALUES)}  # first mention names it
 
 
 def expected_value(key: str, text: str) -> Any:
     """What `text` must read back as, by the key's type (numbers as numbers, null as None, text as typed)."""
-    annotation = _unwrap(PLACES[key][0].annotation)
-    args = [_unwrap(arg) for arg in _union_args(annotation)] or [annotation]
+    annotations = [_unwrap(place.annotation) for place in PLACES[key]]  # a family's key may differ in type
+    args = [_unwrap(arg) for annotation in annotations for arg in _union_args(annotation) or [annotation]]
     if text in ("null", "~") and type(None) in args:
         return None
     if (key, text) in ENUMERATED:
@@ -284,20 +288,20 @@ def expected_value(key: str, text: str) -> Any:
     return text
 
 
-@pytest.mark.parametrize("key, text", sorted(README_CASES), ids=lambda item: item)
-def test_every_readme_value_loads_from_set_and_a_file(key, text, tmp_path):
-    where = README_CASES[key, text]
+@pytest.mark.parametrize("key, text", sorted(DOCUMENTED_CASES), ids=lambda item: item)
+def test_every_documented_value_loads_from_set_and_a_file(key, text, tmp_path):
+    where = DOCUMENTED_CASES[key, text]
     assert key in PLACES, f"{where}: '{key}' is not a config key"
     if PLACEHOLDER_VALUE.fullmatch(text):
         return  # a metavariable (N, RUN): the key is real, the value is the reader's
     check_loads(key, text, expected_value(key, text), tmp_path, where)
 
 
-def test_the_readme_extraction_finds_the_documented_values():
-    # an extraction that matched nothing (a changed README layout) would leave the parametrization above empty
+def test_the_extraction_finds_the_documented_values():
+    # an extraction that matched nothing (a changed docs layout) would leave the parametrization above empty
     for case in [("train.compile", "off"), ("run.name", "2024"), ("train.lr_d", "1e-4"), ("model.g_channels", "64"),
                  ("train.compile_backend", "aot_eager"), ("data.placement", "auto"), ("log.wandb", "auto")]:
-        assert case in README_CASES, f"the README extraction missed {case}"
+        assert case in DOCUMENTED_CASES, f"the docs extraction missed {case}"
 
 
 # ---- 3. the issue's example ----------------------------------------------------------------------------------------
