@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("source", metavar="SOURCE",
                          help="an image folder (class subfolders become labels), an .npz file (images, optional "
                               "labels), 'digits' (embedded handwritten), 'typeset-digits' (2,000 digits rendered in "
-                              "matplotlib's fonts), or a torchvision dataset name with --root")
+                              "matplotlib's fonts), 'digit-edges' (pairs: each digit's outline -> the digit), or a "
+                              "torchvision dataset name with --root")
     prepare.add_argument("out", metavar="OUT", help="output folder or s3://bucket/prefix")
     prepare.add_argument("--resolution", type=_positive_int, default=32, help="square side in pixels (default 32)")
     prepare.add_argument("--channels", type=int, choices=[1, 3], default=None,
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="seed of the order images are written in; -1 keeps the source order (default 0)")
     prepare.add_argument("--root", help="torchvision datasets: the folder the dataset lives in")
     prepare.add_argument("--download", action="store_true", help="torchvision datasets: download if missing")
+    prepare.add_argument("--inputs", help="a paired dataset (pix2pix): the folder of input images, each paired by "
+                                          "relative name (extension aside) with its target in the SOURCE folder")
 
     train = commands.add_parser("train", help="train a GAN (default: DCGAN on the embedded digits, locally)",
                                 description="Train from a preset or YAML file; flags override its values.")
@@ -300,7 +303,8 @@ def _prepare(args: argparse.Namespace) -> None:
     spec = ImageSpec(args.resolution, args.channels, args.crop, args.resize_filter, min_size)
     options = PrepareOptions(spec, args.format, args.shard_size, args.workers, args.limit,
                              args.shuffle_seed, args.skip)
-    manifest, skipped = prepare(args.source, args.out, options, root=args.root, download=args.download)
+    manifest, skipped = prepare(args.source, args.out, options, root=args.root, download=args.download,
+                                inputs=args.inputs)
     print(skipped.summary(manifest.count + sum(skipped.counts.values())), file=sys.stderr)
     print(f"wrote {manifest.count} images ({args.resolution}x{args.resolution}x{manifest.channels}, {args.format}) "
           f"in {len(manifest.shards)} shards to {args.out}")

@@ -62,7 +62,7 @@ def device_memory_bytes(device: torch.device) -> int:
 def choose(data: DataConfig, manifest: Manifest, world_size: int, device: torch.device, name: str = "train",
            shared_by: int = 1) -> Placement:
     """Resident when a worker's share fits; `shared_by` datasets of a run split the allowance between them."""
-    share_bytes = -(-manifest.count // world_size) * manifest.image_bytes  # the largest worker share
+    share_bytes = -(-manifest.count // world_size) * manifest.row_bytes  # the largest worker share
     size = f"{_gb(share_bytes)} per worker"
     what = "data" if name == "train" else f"data {name}"
     if data.placement != "auto":

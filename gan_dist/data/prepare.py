@@ -17,7 +17,7 @@ import numpy as np
 from gan_dist import storage
 from gan_dist.data.images import FILTERS, ImageSpec, Skip, encode, to_square_array
 from gan_dist.data.shards import FORMATS, Manifest
-from gan_dist.data.sources import ArraySource, Source, open_source
+from gan_dist.data.sources import ArraySource, PairedSource, Source, open_source
 from gan_dist.data.writer import ShardWriter, check_dataset_out
 from gan_dist.errors import UserError
 
@@ -102,12 +102,18 @@ class Progress:
 # unpickling a possibly large source per task.
 _SOURCE: Source | None = None
 _OPTIONS: PrepareOptions | None = None
+_INPUT_SPEC: ImageSpec | None = None  # a paired source's inputs' (the targets' resolution, their own channels)
+
+Encoded = tuple[bytes, bytes | None]  # a row's image, and its input where the source is paired
 
 
-def _encode_one(index: int) -> tuple[int, bytes | None, str | None]:
+def _encode_one(index: int) -> tuple[int, Encoded | None, str | None]:
     try:
         array = to_square_array(_SOURCE.load(index), _OPTIONS.spec)
-        return index, encode(array, _OPTIONS.fmt), None
+        paired = None
+        if _INPUT_SPEC is not None:
+            paired = encode(to_square_array(_SOURCE.load_input(index, array), _INPUT_SPEC), _OPTIONS.fmt)
+        return index, (encode(array, _OPTIONS.fmt), paired), None
     except Skip as skip:
         return index, None, str(skip)
 
@@ -116,8 +122,8 @@ ENCODE_SLICE = 512  # inputs handed to the workers at a time
 
 
 def _encoded(pool: multiprocessing.pool.Pool | None,
-             order: list[int]) -> Iterator[tuple[int, bytes | None, str | None]]:
-    """(index, encoded image or None, skip reason) in `order`, a slice at a time. Each slice's results are all
+             order: list[int]) -> Iterator[tuple[int, Encoded | None, str | None]]:
+    """(index, encoded row or None, skip reason) in `order`, a slice at a time. Each slice's results are all
     collected before the caller sees them, so when --limit stops early no task is left in flight: tearing a pool
     down mid-imap (Pool.terminate) deadlocked now and then, on a worker killed while it held the task queue's lock.
     A --limit costs at most one slice of extra encoding."""
@@ -126,31 +132,36 @@ def _encoded(pool: multiprocessing.pool.Pool | None,
         yield from pool.map(_encode_one, part, chunksize=16) if pool else map(_encode_one, part)
 
 
+def input_spec(source: Source, spec: ImageSpec) -> ImageSpec | None:
+    """How a paired source's inputs are prepared: as the targets, in one channel where no input has colour."""
+    if not isinstance(source, PairedSource):
+        return None
+    return replace(spec, channels=1 if source.input_grayscale() else 3)
+
+
 def write_dataset(source: Source, out: str, options: PrepareOptions, progress: bool = True) -> tuple[Manifest, SkipReport]:
-    return _write(source, ShardWriter(out, options.spec, options.fmt, options.shard_size), options, progress)
-
-
-def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progress: bool) -> tuple[Manifest, SkipReport]:
-    global _SOURCE, _OPTIONS
+    global _SOURCE, _OPTIONS, _INPUT_SPEC
+    inputs = input_spec(source, options.spec)
+    writer = ShardWriter(out, options.spec, options.fmt, options.shard_size, inputs.channels if inputs else 0)
     order = np.arange(len(source))
     if options.shuffle_seed is not None:  # mix classes across shards, so any prefix of the shards is a fair sample
         order = np.random.default_rng(options.shuffle_seed).permutation(order)
     report, bar = SkipReport(), Progress(len(order)) if progress else None
-    _SOURCE, _OPTIONS = source, options
+    _SOURCE, _OPTIONS, _INPUT_SPEC = source, options, inputs
     pool = multiprocessing.get_context("fork").Pool(options.workers) if options.workers > 1 else None
     done = good = 0  # inputs read; images among them, --skip's included
     limited = False
     try:
-        for index, data, reason in _encoded(pool, order.tolist()):
+        for index, row, reason in _encoded(pool, order.tolist()):
             done += 1
-            if data is None:
+            if row is None:
                 # A bad input among those --skip leaves out is the other split's: the reports add up to the whole's.
                 if good >= options.skip:
                     report.add(source.describe(index), reason)
             else:
                 good += 1
                 if good > options.skip:
-                    writer.add(data, source.label(index))
+                    writer.add(row[0], source.label(index), row[1])
                     if options.limit and good - options.skip >= options.limit:
                         limited = True
                         break
@@ -161,7 +172,7 @@ def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progres
             pool.terminate()
         raise
     finally:
-        _SOURCE = _OPTIONS = None
+        _SOURCE = _OPTIONS = _INPUT_SPEC = None
     if pool:
         pool.close()
         pool.join()
@@ -177,14 +188,14 @@ def _write(source: Source, writer: ShardWriter, options: PrepareOptions, progres
 
 
 def prepare(source: str, out: str, options: PrepareOptions, root: str | None = None, download: bool = False,
-            progress: bool = True) -> tuple[Manifest, SkipReport]:
+            progress: bool = True, inputs: str | None = None) -> tuple[Manifest, SkipReport]:
+    """SOURCE -> a dataset in OUT; with `inputs`, a paired one (SOURCE the targets' folder, `inputs` the inputs')."""
     with storage.user_errors(out, "write the dataset to"):
         check_dataset_out(out, "OUT")  # a bad OUT fails before any reading
-        opened = open_source(source, root, download)
+        opened = open_source(source, root, download, inputs)
         if options.spec.channels is None:  # auto: one channel where no image has colour
             options = replace(options, spec=replace(options.spec, channels=1 if opened.grayscale() else 3))
-        writer = ShardWriter(out, options.spec, options.fmt, options.shard_size)
-        return _write(opened, writer, options, progress)
+        return write_dataset(opened, out, options, progress)
 
 
 def write_shards(images: np.ndarray, labels: np.ndarray | None, out: str, *, shard_size: int = 512,

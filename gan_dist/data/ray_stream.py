@@ -15,8 +15,8 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from gan_dist import seeds, storage
 from gan_dist.config import Config
 from gan_dist.data.prefetch import to_device_ahead
-from gan_dist.data.reader import Batch, DataPosition, label_array, shard_uris
-from gan_dist.data.shards import COLUMNS, Manifest, decode_images
+from gan_dist.data.reader import Batch, DataPosition, shard_uris
+from gan_dist.data.shards import Manifest, decode_rows
 
 # Rows buffered per worker for the local shuffle; the file order is also shuffled per epoch.
 SHUFFLE_BUFFER_ROWS = 4096
@@ -27,13 +27,13 @@ STREAM_CHUNK_ROWS = 1024
 
 def decode_block(batch: pa.Table, manifest: Manifest) -> dict[str, np.ndarray]:
     """Runs in Ray Data tasks, outside the training process: shard rows -> fixed-shape uint8 N×H×W×C + labels."""
-    return {"image": decode_images(batch.column("image"), manifest), "label": label_array(batch.column("label"))}
+    return decode_rows(batch, manifest)
 
 
 class _BatchCollate(NumpyBatchCollateFn):
     def __call__(self, batch: dict[str, np.ndarray]) -> Batch:
         # Already decoded: no per-row work here. Ray may hand over read-only arrays (the labels); torch wants its own.
-        return {name: torch.from_numpy(np.require(batch[name], requirements="W")) for name in COLUMNS}
+        return {name: torch.from_numpy(np.require(column, requirements="W")) for name, column in batch.items()}
 
 
 def shard_dataset(cfg: Config, manifest: Manifest, data_uri: str) -> ray.data.Dataset:
@@ -42,7 +42,7 @@ def shard_dataset(cfg: Config, manifest: Manifest, data_uri: str) -> ray.data.Da
         shard_uris(storage.absolute_uri(data_uri), manifest),
         # File order seeded, and reseeded on every execution (epoch) of the pipeline.
         shuffle=ray.data.FileShuffleConfig(seed=_ray_seed(cfg.train.seed, "ray_files")) if cfg.data.shuffle else None,
-    ).select_columns(list(COLUMNS)).map_batches(decode_block, fn_kwargs={"manifest": manifest},
+    ).select_columns(list(manifest.columns)).map_batches(decode_block, fn_kwargs={"manifest": manifest},
                                                 batch_format="pyarrow", batch_size=STREAM_CHUNK_ROWS)
 
 

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import torch
 
 from gan_dist import seeds, storage
-from gan_dist.data.shards import COLUMNS, MANIFEST_NAME, NO_LABEL, PREPARE_AGAIN, Manifest, decode_images
+from gan_dist.data.shards import MANIFEST_NAME, PREPARE_AGAIN, Manifest, decode_rows, empty_rows
 from gan_dist.errors import UserError
 
 
-# What every reader yields: one tensor per column, "image" uint8 B×H×W×C and "label" int64 B.
+# What every reader yields: one tensor per column, "image" uint8 B×H×W×C and "label" int64 B (and a paired
+# dataset's "input" uint8 B×H×W×C').
 Batch = dict[str, torch.Tensor]
 
 
@@ -60,16 +61,11 @@ def worker_rows(count: int, rank: int, world_size: int) -> range:
     return range(count * rank // world_size, count * (rank + 1) // world_size)
 
 
-def label_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """The shards' nullable int32 labels -> int64 class indices, NO_LABEL where a row has none."""
-    return column.fill_null(NO_LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def load_columns(data_uri: str, manifest: Manifest, rows: range | None = None) -> dict[str, np.ndarray]:
     """The dataset's rows (or just `rows` of them, reading only the shards that hold them) as a batch of arrays:
-    "image" uint8 N×H×W×C and "label" int64 N (NO_LABEL for unlabeled rows)."""
+    "image" uint8 N×H×W×C and "label" int64 N (NO_LABEL for unlabeled rows), and a paired dataset's "input"."""
     rows = range(manifest.count) if rows is None else rows
-    images, labels, first = [], [], 0
+    parts, first = [], 0
     for uri in shard_uris(data_uri, manifest):
         fs, path = storage.resolve(uri)
         try:
@@ -77,18 +73,15 @@ def load_columns(data_uri: str, manifest: Manifest, rows: range | None = None) -
             stop = first + shard.metadata.num_rows
             if first < rows.stop and rows.start < stop:
                 lo, hi = max(rows.start, first) - first, min(rows.stop, stop) - first
-                table = shard.read(columns=list(COLUMNS)).slice(lo, hi - lo)
-                images.append(decode_images(table.column("image"), manifest))
-                labels.append(label_array(table.column("label")))
+                parts.append(decode_rows(shard.read(columns=list(manifest.columns)).slice(lo, hi - lo), manifest))
         except (OSError, pa.ArrowException, UserError) as exc:
             raise shard_error(uri, exc) from None
         first = stop
     if first != manifest.count:
         raise count_error(data_uri, first, manifest)
-    if not images:
-        return {"image": np.empty((0, manifest.resolution, manifest.resolution, manifest.channels), np.uint8),
-                "label": np.empty(0, np.int64)}
-    return {"image": np.concatenate(images), "label": np.concatenate(labels)}
+    if not parts:
+        return empty_rows(manifest, 0)
+    return {name: np.concatenate([part[name] for part in parts]) for name in manifest.columns}
 
 
 @dataclass

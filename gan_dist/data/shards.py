@@ -1,4 +1,5 @@
-"""The shard contract: Parquet files (`image` binary, `label` int32) + `_manifest.json`, and the one decode function.
+"""The shard contract: Parquet files (`image` binary, `label` int32; a paired dataset's rows also hold `input`, the
+image a paired translator takes, `image` being what it should make) + `_manifest.json`, and the one decode function.
 
 Images are stored as raw uint8 H×W×C bytes: at GPU speeds a per-image PNG decode would starve the step.
 """
@@ -22,7 +23,9 @@ MANIFEST_NAME = "_manifest.json"
 MANIFEST_VERSION = 1
 PREPARE_AGAIN = "re-run `gan-dist prepare`"  # the fix for a dataset whose manifest and shards disagree
 SHARD_SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32())])
-COLUMNS = ("image", "label")  # what every reader hands the task, by these names
+INPUT = "input"  # a paired dataset's second image column: same resolution and format, its own channel count
+PAIRED_SCHEMA = SHARD_SCHEMA.append(pa.field(INPUT, pa.binary()))
+COLUMNS = ("image", "label")  # what every reader hands the task, by these names (and INPUT where paired)
 NO_LABEL = -1  # a batch's label where the dataset has none
 
 
@@ -37,11 +40,29 @@ class Manifest:
     content_hash: str = ""
     skipped: dict[str, int] = field(default_factory=dict)  # inputs left out by `prepare`, by reason
     origin: dict[str, Any] = field(default_factory=dict)  # a synthetic dataset's provenance (`gan-dist sample`)
+    input_channels: int = 0  # a paired dataset's INPUT column's channels; 0: no such column
     version: int = MANIFEST_VERSION
 
     @property
     def image_bytes(self) -> int:
         return self.resolution * self.resolution * self.channels
+
+    @property
+    def paired(self) -> bool:
+        return self.input_channels > 0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The shard columns every reader reads and hands over, by these names."""
+        return COLUMNS + ((INPUT,) if self.paired else ())
+
+    def channels_of(self, column: str) -> int:
+        return self.input_channels if column == INPUT else self.channels
+
+    @property
+    def row_bytes(self) -> int:
+        """A decoded row's pixels, every image column's: what a resident copy of a row costs."""
+        return self.resolution * self.resolution * (self.channels + self.input_channels)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -94,6 +115,7 @@ _FIELD_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "content_hash": ("a string", lambda v: isinstance(v, str)),
     "skipped": ("an object of counts", lambda v: isinstance(v, dict) and all(_whole(n, 0) for n in v.values())),
     "origin": ("an object", lambda v: isinstance(v, dict)),
+    "input_channels": ("0, 1 or 3", lambda v: _whole(v, 0) and v in (0, 1, 3)),
     "version": ("a whole number ≥ 1", lambda v: _whole(v, 1)),
 }
 
@@ -107,14 +129,14 @@ def content_hash(shard_digests: list[str]) -> str:
     return hashlib.sha256("".join(shard_digests).encode()).hexdigest()
 
 
-def _decode_encoded(rows: list[bytes], manifest: Manifest) -> np.ndarray:
+def _decode_encoded(rows: list[bytes], manifest: Manifest, channels: int) -> np.ndarray:
     """PNG/JPEG rows -> uint8 N×H×W×C through torchvision's decoders (several times faster than PIL)."""
     import torch
     from torchvision.io import ImageReadMode, decode_image
 
-    mode = ImageReadMode.GRAY if manifest.channels == 1 else ImageReadMode.RGB
-    shape = (manifest.channels, manifest.resolution, manifest.resolution)
-    out = np.empty((len(rows), manifest.resolution, manifest.resolution, manifest.channels), np.uint8)
+    mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
+    shape = (channels, manifest.resolution, manifest.resolution)
+    out = np.empty((len(rows), manifest.resolution, manifest.resolution, channels), np.uint8)
     with warnings.catch_warnings():  # deprecated in favour of torchcodec; still the fastest decoder installed
         warnings.simplefilter("ignore", DeprecationWarning)
         for i, row in enumerate(rows):
@@ -126,14 +148,17 @@ def _decode_encoded(rows: list[bytes], manifest: Manifest) -> np.ndarray:
     return out
 
 
-def decode_images(column: pa.Array | pa.ChunkedArray | np.ndarray, manifest: Manifest) -> np.ndarray:
-    """A column of image bytes -> uint8 array N×H×W×C. Raw rows take no per-row Python work for Arrow input."""
+def decode_images(column: pa.Array | pa.ChunkedArray | np.ndarray, manifest: Manifest,
+                  name: str = "image") -> np.ndarray:
+    """A column of image bytes (`name`: "image" or INPUT) -> uint8 array N×H×W×C. Raw rows take no per-row Python
+    work for Arrow input."""
     if manifest.format not in FORMATS:
         raise UserError(f"unknown image format '{manifest.format}' in the manifest; {PREPARE_AGAIN}")
+    channels = manifest.channels_of(name)
     if manifest.format != "raw":
         rows = column.tolist() if isinstance(column, np.ndarray) else column.to_pylist()
-        return _decode_encoded(rows, manifest)
-    size = manifest.image_bytes
+        return _decode_encoded(rows, manifest, channels)
+    size = manifest.resolution * manifest.resolution * channels
     if isinstance(column, np.ndarray):  # Ray Data hands numpy object arrays of bytes
         flat = np.frombuffer(b"".join(column.tolist()), dtype=np.uint8)
         n = len(column)
@@ -147,4 +172,23 @@ def decode_images(column: pa.Array | pa.ChunkedArray | np.ndarray, manifest: Man
         flat = np.frombuffer(column.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     if flat.size != n * size:
         raise _not_raw(size)
-    return flat.reshape(n, manifest.resolution, manifest.resolution, manifest.channels)
+    return flat.reshape(n, manifest.resolution, manifest.resolution, channels)
+
+
+def label_array(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """The shards' nullable int32 labels -> int64 class indices, NO_LABEL where a row has none."""
+    return column.fill_null(NO_LABEL).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def decode_rows(table: pa.Table, manifest: Manifest) -> dict[str, np.ndarray]:
+    """Shard rows (the manifest's columns) -> the batch every reader hands over: each image column uint8 N×H×W×C,
+    "label" int64 N."""
+    return {name: label_array(table.column(name)) if name == "label" else
+            decode_images(table.column(name), manifest, name) for name in manifest.columns}
+
+
+def empty_rows(manifest: Manifest, n: int) -> dict[str, np.ndarray]:
+    """Room for n decoded rows, shaped as `decode_rows` hands them over."""
+    side = manifest.resolution
+    return {name: np.empty(n, np.int64) if name == "label" else
+            np.empty((n, side, side, manifest.channels_of(name)), np.uint8) for name in manifest.columns}

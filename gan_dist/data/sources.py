@@ -10,7 +10,7 @@ import zipfile
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -37,6 +37,16 @@ class Source(Protocol):
     def label(self, index: int) -> int | None: ...
 
     def describe(self, index: int) -> str: ...
+
+
+@runtime_checkable
+class PairedSource(Source, Protocol):
+    """A source whose items are pairs: `load` gives the target (the shards' "image"), `load_input` the image a paired
+    translator takes (their "input"), given the target as prepared (uint8 H×W×C), at the same resolution."""
+
+    def input_grayscale(self) -> bool: ...
+
+    def load_input(self, index: int, target: np.ndarray) -> Image.Image: ...
 
 
 def _is_image_name(path: Path) -> bool:
@@ -110,6 +120,96 @@ class ImageFolder:
         except OSError as exc:
             raise Skip(f"unreadable ({exc.strerror or type(exc).__name__})") from None
         return decode_file(data)
+
+
+PAIR_EXAMPLES = 3  # names a pairing error lists
+
+
+class PairedFolders:
+    """Two folders whose image files pair by relative name without the extension (`cat/1.png` with `cat/1.jpg`):
+    `targets`, what a paired translator should make (their classes are the labels), and `inputs`, what it takes.
+    Every pair is checked before any encoding: an unpaired name, or a pair of different sizes, is a wrong pairing
+    rather than a bad input, so it stops `prepare` with the first few named."""
+
+    def __init__(self, inputs: str, targets: str):
+        self.targets, inputs_folder = ImageFolder(targets), ImageFolder(inputs)
+        self.class_names = self.targets.class_names
+        target_keys, input_keys = _pairing_keys(self.targets), _pairing_keys(inputs_folder)
+        _check_paired(target_keys, input_keys, targets, inputs)
+        self.input_paths = {index: inputs_folder.paths[input_keys[key]] for key, index in target_keys.items()}
+        mismatched = []
+        for index, input_path in self.input_paths.items():
+            sizes = (_header(self.targets.paths[index]).size, _header(input_path).size)
+            if None not in sizes and sizes[0] != sizes[1]:
+                mismatched.append(f"{self.targets.paths[index].name} {sizes[0][0]}x{sizes[0][1]} vs "
+                                  f"{sizes[1][0]}x{sizes[1][1]}")
+        if mismatched:
+            raise UserError(f"{len(mismatched)} input/target pairs differ in size (e.g. "
+                            f"{'; '.join(mismatched[:PAIR_EXAMPLES])}); each input must have its target's size")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def grayscale(self) -> bool:
+        return self.targets.grayscale()
+
+    def input_grayscale(self) -> bool:
+        modes = (_header(path).mode for path in self.input_paths.values())
+        return all(mode in GRAY_MODES for mode in modes if mode is not None)
+
+    def label(self, index: int) -> int | None:
+        return self.targets.label(index)
+
+    def describe(self, index: int) -> str:
+        return self.targets.describe(index)
+
+    def load(self, index: int) -> Image.Image:
+        return self.targets.load(index)
+
+    def load_input(self, index: int, target: np.ndarray) -> Image.Image:
+        try:
+            data = self.input_paths[index].read_bytes()
+        except OSError as exc:
+            raise Skip(f"input unreadable ({exc.strerror or type(exc).__name__})") from None
+        return decode_file(data)
+
+
+def _pairing_keys(folder: ImageFolder) -> dict[str, int]:
+    """Relative name without extension -> index of the image file, for every image file of `folder`."""
+    keys: dict[str, int] = {}
+    for index, path in enumerate(folder.paths):
+        if _is_image_name(path):
+            key = path.relative_to(folder.root).with_suffix("").as_posix()
+            if key in keys:
+                raise UserError(f"{folder.paths[keys[key]]} and {path} would both pair with '{key}'; give the images "
+                                f"of a folder distinct names without their extensions")
+            keys[key] = index
+    return keys
+
+
+def _check_paired(target_keys: dict[str, int], input_keys: dict[str, int], targets: str, inputs: str) -> None:
+    only = [(sorted(set(a) - set(b)), where) for a, b, where in ((target_keys, input_keys, f"SOURCE {targets}"),
+                                                                  (input_keys, target_keys, f"--inputs {inputs}"))]
+    unpaired = [f"{len(names)} only in {where} (e.g. {', '.join(names[:PAIR_EXAMPLES])})" for names, where in only
+                if names]
+    if unpaired:
+        raise UserError(f"the folders' image names do not match: {'; '.join(unpaired)}; each target needs an input "
+                        f"of the same relative name")
+
+
+class Header(NamedTuple):
+    size: tuple[int, int] | None
+    mode: str | None
+
+
+def _header(path: Path) -> Header:
+    """An image file's size and mode from its header, without decoding; unknown (None) where it does not open:
+    `load` skips such a file."""
+    try:
+        with Image.open(path) as image:
+            return Header(image.size, image.mode)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return Header(None, None)
 
 
 class ArraySource:
@@ -206,6 +306,44 @@ def digits_source() -> ArraySource:
     digits = load_digits()
     raw = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)  # 0..16 ink -> 0..255
     return ArraySource(raw, digits.target.astype(np.int64), [str(d) for d in range(10)], "digits")
+
+
+class DigitEdges:
+    """The embedded paired demo: scikit-learn's digits as targets, each one's outline as its input (the morphological
+    gradient, 3×3 dilation minus erosion, of the digit as prepared, so the outline is as sharp at any resolution)."""
+
+    def __init__(self):
+        self.digits = digits_source()
+        self.class_names = self.digits.class_names
+
+    def __len__(self) -> int:
+        return len(self.digits)
+
+    def grayscale(self) -> bool:
+        return True
+
+    def input_grayscale(self) -> bool:
+        return True
+
+    def label(self, index: int) -> int | None:
+        return self.digits.label(index)
+
+    def describe(self, index: int) -> str:
+        return f"digit-edges[{index}]"
+
+    def load(self, index: int) -> Image.Image:
+        return self.digits.load(index)
+
+    def load_input(self, index: int, target: np.ndarray) -> Image.Image:
+        return array_to_image(outline(target))
+
+
+def outline(image: np.ndarray) -> np.ndarray:
+    """uint8 H×W×C -> its morphological gradient (the 3×3 neighbourhood's max minus its min), uint8 H×W×C."""
+    height, width = image.shape[:2]
+    padded = np.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    windows = np.stack([padded[dy:dy + height, dx:dx + width] for dy in range(3) for dx in range(3)])
+    return windows.max(axis=0) - windows.min(axis=0)
 
 
 # matplotlib's bundled TrueType fonts whose 0-9 are plain lining figures. Left out: cmex10 and cmsy10 (symbols at
@@ -307,7 +445,8 @@ class TypesetDigits:
 
 
 # The built-in sources, by their SOURCE name; all grayscale.
-EMBEDDED_SOURCES: dict[str, Callable[[], Source]] = {"digits": digits_source, "typeset-digits": TypesetDigits}
+EMBEDDED_SOURCES: dict[str, Callable[[], Source]] = {"digits": digits_source, "typeset-digits": TypesetDigits,
+                                                     "digit-edges": DigitEdges}
 
 
 class TorchvisionSource:
@@ -366,9 +505,13 @@ class TorchvisionSource:
         return image
 
 
-def open_source(spec: str, root: str | None = None, download: bool = False) -> Source:
-    """SOURCE as given on the command line: 'digits', 'typeset-digits', an .npz file, an image folder, or a
-    torchvision name."""
+def open_source(spec: str, root: str | None = None, download: bool = False, inputs: str | None = None) -> Source:
+    """SOURCE as given on the command line: 'digits', 'typeset-digits', 'digit-edges', an .npz file, an image folder,
+    or a torchvision name; with `inputs` (a folder), SOURCE is a folder of targets paired with it by name."""
+    if inputs is not None:
+        if not os.path.isdir(spec):
+            raise UserError(f"with --inputs, SOURCE must be the folder of target images, and {spec} is not a folder")
+        return PairedFolders(inputs, spec)
     if spec in EMBEDDED_SOURCES:
         return EMBEDDED_SOURCES[spec]()
     if spec.lower().endswith(".npz"):

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from gan_dist import seeds, storage
 from gan_dist.data.prefetch import to_device_ahead
-from gan_dist.data.reader import Batch, DataPosition, count_error, label_array, shard_error, shard_uris
-from gan_dist.data.shards import COLUMNS, Manifest, decode_images
+from gan_dist.data.reader import Batch, DataPosition, count_error, shard_error, shard_uris
+from gan_dist.data.shards import Manifest, decode_rows, empty_rows
 from gan_dist.errors import UserError
 
 FOOTER_THREADS = 16  # shard footers are read once, at construction; on s3:// each is a round trip
@@ -83,12 +83,12 @@ def read_units(data_uri: str, manifest: Manifest) -> list[Unit]:
 
 
 def read_unit(unit: Unit, manifest: Manifest) -> dict[str, np.ndarray]:
-    """One row group -> "image" uint8 N×H×W×C (through the project's one decode function) and "label" int64 N."""
+    """One row group -> the manifest's columns (through the project's one decode function)."""
     fs, path = storage.resolve(unit.uri)
     try:
         with fs.open_input_file(path) as file:
-            table = pq.ParquetFile(file).read_row_group(unit.group, columns=list(COLUMNS))
-        return {"image": decode_images(table.column("image"), manifest), "label": label_array(table.column("label"))}
+            table = pq.ParquetFile(file).read_row_group(unit.group, columns=list(manifest.columns))
+        return decode_rows(table, manifest)
     except (OSError, pa.ArrowException, UserError) as exc:
         raise shard_error(unit.uri, exc) from None
 
@@ -167,9 +167,7 @@ class EpochDataset(IterableDataset):
                     batch, filled = self._empty_batch(), 0
 
     def _empty_batch(self) -> dict[str, np.ndarray]:
-        m = self.manifest
-        return {"image": np.empty((self.batch_size, m.resolution, m.resolution, m.channels), np.uint8),
-                "label": np.empty(self.batch_size, np.int64)}
+        return empty_rows(self.manifest, self.batch_size)
 
 
 class StreamReader:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from gan_dist import storage
 from gan_dist.data.images import ImageSpec
-from gan_dist.data.shards import MANIFEST_NAME, SHARD_SCHEMA, Manifest, content_hash
+from gan_dist.data.shards import MANIFEST_NAME, PAIRED_SCHEMA, SHARD_SCHEMA, Manifest, content_hash
 from gan_dist.errors import UserError
 
 # What an interrupted write leaves in OUT: shards, temporaries of storage.write_bytes, hidden probe files.
@@ -26,13 +26,16 @@ _LEFTOVER = re.compile(rf"{_SHARD_FILE.pattern}|_manifest\.json\.tmp|\..*")
 
 
 class ShardWriter:
-    """Collects encoded rows and writes a shard each `shard_size` rows; `finish` writes the manifest."""
+    """Collects encoded rows and writes a shard each `shard_size` rows; `finish` writes the manifest. With
+    `input_channels` the dataset is paired: every row also holds its input image."""
 
-    def __init__(self, out: str, spec: ImageSpec, fmt: str, shard_size: int):
+    def __init__(self, out: str, spec: ImageSpec, fmt: str, shard_size: int, input_channels: int = 0):
         check_dataset_out(out, "OUT")
         self.out, self.spec, self.fmt, self.shard_size = out, spec, fmt, shard_size
+        self.input_channels = input_channels
         self.images: list[bytes] = []
         self.labels: list[int | None] = []
+        self.inputs: list[bytes] = []
         self.names: list[str] = []
         self.digests: list[str] = []
         self.count = 0
@@ -42,9 +45,13 @@ class ShardWriter:
         """Rows added so far, written or still pending."""
         return self.count + len(self.images)
 
-    def add(self, data: bytes, label: int | None) -> None:
+    def add(self, data: bytes, label: int | None, input: bytes | None = None) -> None:
+        if (input is not None) != (self.input_channels > 0):
+            raise ValueError("a paired dataset's rows each need an input image, and only a paired dataset's")
         self.images.append(data)
         self.labels.append(label)
+        if input is not None:
+            self.inputs.append(input)
         if len(self.images) == self.shard_size:
             self._flush()
 
@@ -53,9 +60,10 @@ class ShardWriter:
             return
         name = shard_name(len(self.names))
         self.names.append(name)
-        self.digests.append(write_shard(storage.join(self.out, name), self.images, self.labels))
+        self.digests.append(write_shard(storage.join(self.out, name), self.images, self.labels,
+                                        self.inputs if self.input_channels else None))
         self.count += len(self.images)
-        self.images, self.labels = [], []
+        self.images, self.labels, self.inputs = [], [], []
 
     def finish(self, class_names: list[str], skipped: dict[str, int]) -> Manifest:
         """Write what is pending, then the manifest; `skipped`: inputs left out, by reason."""
@@ -64,7 +72,8 @@ class ShardWriter:
             raise UserError("the source holds no images; nothing was written")
         manifest = Manifest(resolution=self.spec.resolution, channels=self.spec.channels, count=self.count,
                             shards=self.names, format=self.fmt, class_names=class_names,
-                            content_hash=content_hash(self.digests), skipped=skipped)
+                            content_hash=content_hash(self.digests), skipped=skipped,
+                            input_channels=self.input_channels)
         publish_manifest(self.out, manifest)
         return manifest
 
@@ -86,9 +95,14 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.parquet"
 
 
-def write_shard(uri: str, images: list[bytes], labels: list[int | None]) -> str:
-    """One shard file of SHARD_SCHEMA rows; returns the SHA-256 of its bytes (for the manifest's content hash)."""
-    table = pa.table([pa.array(images, pa.binary()), pa.array(labels, pa.int32())], schema=SHARD_SCHEMA)
+def write_shard(uri: str, images: list[bytes], labels: list[int | None], inputs: list[bytes] | None = None) -> str:
+    """One shard file of SHARD_SCHEMA rows (PAIRED_SCHEMA's with `inputs`); returns the SHA-256 of its bytes (for the
+    manifest's content hash)."""
+    columns = [pa.array(images, pa.binary()), pa.array(labels, pa.int32())]
+    if inputs is None:
+        table = pa.table(columns, schema=SHARD_SCHEMA)
+    else:
+        table = pa.table([*columns, pa.array(inputs, pa.binary())], schema=PAIRED_SCHEMA)
     buffer = io.BytesIO()
     # Uncompressed: raw pixels barely compress and decompression would cost the reader CPU.
     pq.write_table(table, buffer, compression="none", row_group_size=len(images))
