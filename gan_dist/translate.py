@@ -16,7 +16,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from gan_dist import checkpoint, storage
-from gan_dist.config import TRANSLATION_TASKS, ModelConfig
+from gan_dist.config import TASK_SECTIONS, ModelConfig
 from gan_dist.data.images import IMAGE_SUFFIXES, ImageSpec, Skip, decode_file, to_square_array
 from gan_dist.data.prepare import Progress, SkipReport
 from gan_dist.errors import UserError
@@ -40,7 +40,8 @@ class Translator:
 
 
 def is_translation(meta: dict) -> bool:
-    return checkpoint.task_kind(meta) in TRANSLATION_TASKS
+    return any(hasattr(section, "DIRECTIONS") for section in TASK_SECTIONS  # until expect(meta, use) lands
+               if section.kind_name() == checkpoint.task_kind(meta))
 
 
 def load_translator(checkpoint_uri: str, direction: str, device: torch.device) -> Translator:

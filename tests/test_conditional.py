@@ -17,7 +17,7 @@ from gan_dist.data.prepare import write_shards
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.sample import load_generator
-from gan_dist.train.generation import num_classes
+from gan_dist.train.tasks.generation import num_classes
 
 CLASSES = ["cat", "dog", "owl"]
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from gan_dist.config import TRANSLATOR_TASKS, Config, load_config, parse_override
+from gan_dist.config import TASK_SECTIONS, Config, load_config, parse_override
 from gan_dist.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,8 @@ def translation_companions(overrides: dict[str, str]) -> tuple[dict[str, str], s
     """A translation or inpainting task needs the translator nets and the other way round: the companion key, and
     the preset of that task to --set on (a generation preset's model keys are not a translator's)."""
     kind, arch = overrides.get("task.kind"), overrides.get("model.arch")
-    if kind not in TRANSLATOR_TASKS and arch != "resnet_patchgan":
+    translator_tasks = [section.kind_name() for section in TASK_SECTIONS if "resnet_patchgan" in section.ARCHS]
+    if kind not in translator_tasks and arch != "resnet_patchgan":
         return {}, PRESET
     kind = kind or "cyclegan"
     return {"task.kind": kind, "model.arch": "resnet_patchgan"}, f"{kind}-digits"

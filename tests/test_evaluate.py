@@ -128,7 +128,7 @@ def _evaluate_on_ranks(rank, world_size, port, cfg_dict, data, out):
 
     from gan_dist.config import config_from_dict
     from gan_dist.data.placement import Dataset
-    from gan_dist.train.generation import GenerationTask
+    from gan_dist.train.tasks.generation import GenerationTask
     from gan_dist.train.parts import Checkpoints, Evaluation, TrainState
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -136,7 +136,7 @@ def _evaluate_on_ranks(rank, world_size, port, cfg_dict, data, out):
     cfg, manifest = config_from_dict(cfg_dict), read_manifest(data)
     ctx = type("Ctx", (), {"rank": rank, "world_size": world_size, "device": torch.device("cpu"),
                            "datasets": {"train": Dataset(data, manifest)}, "run_uri": ""})()
-    task = GenerationTask(cfg, manifest, ctx.device, rank, world_size)
+    task = GenerationTask(cfg, ctx.datasets, ctx.device, rank, world_size)
     evaluation = Evaluation(task, ctx, cfg, None, Checkpoints(task, ctx, cfg, {}))
     evaluation(TrainState(step=cfg.train.steps), {})
     if rank == 0:

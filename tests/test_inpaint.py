@@ -20,7 +20,7 @@ from gan_dist.errors import UserError
 from gan_dist.eval.completion import complete_u8, harmonic_fill, hole_errors, mean_fill
 from gan_dist.masks import MASK_KINDS, center_masks, complete, draw_masks
 from gan_dist.runtime.launch import train
-from gan_dist.train.loop import build_task
+from gan_dist.train.tasks import build_task
 
 CPU = torch.device("cpu")
 
@@ -257,7 +257,7 @@ def test_evaluate_compares_the_completion_with_non_learned_fills_on_held_out_ima
 
 @pytest.mark.parametrize("preset, overrides, message", [
     ("inpaint-digits", {"task.masks": "center,disc"}, "task.masks"),
-    ("dcgan-digits", {"task.kind": "inpaint"}, "task.kind=inpaint trains ResNet/PatchGAN nets"),
+    ("dcgan-digits", {"task.kind": "inpaint"}, "model.arch=dcgan does not fit task.kind=inpaint, which trains model.arch resnet_patchgan"),
     ("inpaint-digits", {"train.n_dis": 2}, "task.kind=inpaint takes one D update per step"),
 ])
 def test_configs_that_cannot_inpaint_are_refused(preset, overrides, message):

@@ -8,11 +8,12 @@ import torch
 from conftest import tiny_config
 from gan_dist import checkpoint
 from gan_dist.data.placement import Dataset
+from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.runtime.local import LocalContext
 from gan_dist.train.loop import train_loop
-from gan_dist.train.generation import GenerationTask
+from gan_dist.train.tasks.generation import GenerationTask
 
 
 def local_ctx(cfg, run_dir):
@@ -22,7 +23,7 @@ def local_ctx(cfg, run_dir):
 def test_training_steps_are_finite_and_move_both_nets(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path))
     ctx = local_ctx(cfg, tmp_path / "run")
-    task = GenerationTask(cfg, ctx.datasets["train"].manifest, ctx.device)
+    task = GenerationTask(cfg, ctx.datasets, ctx.device)
     before = {k: v.clone() for k, v in _weights(task).items()}
     batches = ctx.batches(task.datasets, {})
     for step in range(3):
@@ -45,7 +46,7 @@ def test_checkpoint_roundtrip_restores_every_tensor_exactly(tiny_data, tmp_path)
     assert latest.endswith("checkpoint_000000006")
     saved = checkpoint.load_state(latest)
 
-    fresh = GenerationTask(cfg, read_manifest(tiny_data), torch.device("cpu"))
+    fresh = GenerationTask(cfg, {"train": Dataset(tiny_data, read_manifest(tiny_data))}, torch.device("cpu"))
     fresh.load_state_dict(saved)
     restored = fresh.state_dict()
     for part in ("nets", "optimizers"):
@@ -166,7 +167,7 @@ class PoisonedBatches:
 def test_nonfinite_gradient_skips_the_update(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path))
     ctx = PoisonedBatches(local_ctx(cfg, tmp_path / "run"), poisoned={2})
-    task = GenerationTask(cfg, ctx.datasets["train"].manifest, ctx.device)
+    task = GenerationTask(cfg, ctx.datasets, ctx.device)
     batches = ctx.batches(task.datasets, {})
     task.train_step(next(batches)[0], 0)
     before = {k: v.clone() for k, v in task.D.state_dict().items()}

@@ -227,13 +227,14 @@ def test_each_schedule_starts_at_the_train_value_is_halfway_at_the_middle_and_en
 
 
 def test_a_task_follows_the_schedule_in_its_optimizers_adversary_and_ema(tiny_data):
+    from gan_dist.data.placement import Dataset
     from gan_dist.data.reader import read_manifest
-    from gan_dist.train.generation import GenerationTask
+    from gan_dist.train.tasks.generation import GenerationTask
     from gan_dist.train.schedule import Hyperparameters
 
     cfg = load_config(None, {**SMALL, "data.path": tiny_data, "model.conditional": False, "train.loss": "rpgan",
                              "train.r1_gamma": 1.0, "train.r2_gamma": 1.0, "train.augment": "translation"})
-    task = GenerationTask(cfg, read_manifest(tiny_data), CPU)
+    task = GenerationTask(cfg, {"train": Dataset(tiny_data, read_manifest(tiny_data))}, CPU)
     task.follow_schedule(Hyperparameters({"G": 0.5, "D": 0.25}, {"beta2": 0.95, "r1_gamma": 0.3, "r2_gamma": 0.2,
                                                                   "augment_p": 0.4, "ema_half_life_kimg": 7.0}))
     assert task.opt_g.param_groups[0]["lr"] == cfg.train.lr_g / 2 and task.opt_d.param_groups[0]["lr"] == cfg.train.lr_d / 4

@@ -7,10 +7,11 @@ import torch
 from conftest import tiny_config
 from gan_dist.config import load_config
 from gan_dist.data import placement
+from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.train import losses, speed
-from gan_dist.train.generation import GenerationTask
+from gan_dist.train.tasks.generation import GenerationTask
 from test_stabilizers import EVERY_SWITCH
 
 CPU = torch.device("cpu")
@@ -32,8 +33,9 @@ def test_every_speed_switch_falls_back_on_the_cpu():
 
 
 def test_one_d_forward_over_real_and_fake_only_without_batch_norm(tiny_data, tmp_path):
-    dcgan = GenerationTask(tiny_config(tiny_data, str(tmp_path)), read_manifest(tiny_data), CPU)
-    resnet = GenerationTask(resnet_config(tiny_data, tmp_path), read_manifest(tiny_data), CPU)
+    data = {"train": Dataset(tiny_data, read_manifest(tiny_data))}
+    dcgan = GenerationTask(tiny_config(tiny_data, str(tmp_path)), data, CPU)
+    resnet = GenerationTask(resnet_config(tiny_data, tmp_path), data, CPU)
     assert not dcgan.features.concat_d_forward and resnet.features.concat_d_forward
     real, fake = torch.rand(4, 1, 16, 16) * 2 - 1, torch.rand(4, 1, 16, 16) * 2 - 1
     joint = resnet.adversary.logits(resnet.D, [real, fake], [None, None], seed=0)
@@ -61,7 +63,7 @@ def test_compiled_step_trains_like_the_eager_step(variant, tiny_data, tmp_path):
     for compile_mode in ("off", "default"):
         cfg = tiny_config(tiny_data, str(tmp_path), **overrides, **{"train.compile": compile_mode,
                                                                    "train.compile_backend": "aot_eager"})
-        tasks.append(GenerationTask(cfg, read_manifest(tiny_data), CPU))
+        tasks.append(GenerationTask(cfg, {"train": Dataset(tiny_data, read_manifest(tiny_data))}, CPU))
     assert tasks[1].features.compile_mode == "default" and tasks[1].G_step is not tasks[1].G
     batch = {"train": {"image": torch.randint(0, 256, (8, 16, 16, 1), dtype=torch.uint8),
                        "label": torch.zeros(8, dtype=torch.int64)}}

@@ -14,10 +14,10 @@ from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.train import losses, speed
-from gan_dist.train.loop import build_task
+from gan_dist.train.tasks import build_task
 from gan_dist.train.adversary import Adversary, LeCam
 from gan_dist.train.augment import AdaptiveProbability, augment, cutout, translation
-from gan_dist.train.generation import GenerationTask
+from gan_dist.train.tasks.generation import GenerationTask
 from gan_dist.train.schedule import Schedule
 
 CPU = torch.device("cpu")
@@ -171,7 +171,7 @@ def test_a_step_with_every_stabilizer_never_asks_the_host(switches, tiny_data, t
     cfg = tiny_config(tiny_data, str(tmp_path), **switches)
     resolve = speed.resolve
     monkeypatch.setattr(speed, "resolve", lambda *a: dataclasses.replace(resolve(*a), fused_adam=True))
-    task = GenerationTask(cfg, read_manifest(tiny_data), CPU)
+    task = GenerationTask(cfg, {"train": Dataset(tiny_data, read_manifest(tiny_data))}, CPU)
     schedule = Schedule(cfg, images_per_step=16)
     batch = {"train": {"image": torch.randint(0, 256, (16, 16, 16, 1), dtype=torch.uint8),
                        "label": torch.zeros(16, dtype=torch.int64)}}

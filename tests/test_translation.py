@@ -19,7 +19,7 @@ from gan_dist.errors import UserError
 from gan_dist.eval.translation import translate_u8
 from gan_dist.models import build_translator
 from gan_dist.runtime.launch import train
-from gan_dist.train.loop import build_task
+from gan_dist.train.tasks import build_task
 from gan_dist.train.pool import ImagePool
 from gan_dist.train.schedule import Hyperparameters, lr_factor
 from gan_dist.translate import load_translator
@@ -240,9 +240,12 @@ def test_evaluate_a_translator_on_held_out_images(trained, tiny_data, tmp_path, 
 # ---- refusals before any work -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("preset, overrides, message", [
-    ("dcgan-digits", {"task.kind": "cyclegan"}, "task.kind=cyclegan trains ResNet/PatchGAN nets: set model.arch"),
-    ("cyclegan-digits", {"data.path": "x"}, "translation reads data.a and data.b (--data-a, --data-b), not data"),
-    ("dcgan-digits", {"data.b": "x"}, "data.a and data.b (--data-a, --data-b) are for translation tasks"),
+    ("dcgan-digits", {"task.kind": "cyclegan"},
+     "model.arch=dcgan does not fit task.kind=cyclegan, which trains model.arch resnet_patchgan: set model.arch="
+     "resnet_patchgan"),
+    ("cyclegan-digits", {"data.path": "x"},
+     "task.kind=cyclegan reads data.a (--data-a) and data.b (--data-b), not data.path (--data)"),
+    ("dcgan-digits", {"data.b": "x"}, "task.kind=generation reads data.path (--data), not data.b (--data-b)"),
     ("cut-digits", {"train.n_dis": 2}, "task.kind=cut takes one D update per step"),
 ])
 def test_configs_that_cannot_translate_are_refused(preset, overrides, message):
@@ -253,7 +256,9 @@ def test_configs_that_cannot_translate_are_refused(preset, overrides, message):
 
 def test_translator_nets_without_a_translation_task_are_refused(tmp_path):
     (tmp_path / "mine.yaml").write_text("model:\n  arch: resnet_patchgan\n")
-    with pytest.raises(UserError, match="resnet_patchgan is a translator: set task.kind=cyclegan, cut or inpaint"):
+    with pytest.raises(UserError, match="model.arch=resnet_patchgan does not fit task.kind=generation, which trains "
+                       "model.arch dcgan or resnet_sn or r3gan: set model.arch=dcgan, or task.kind to cyclegan or cut "
+                       "or inpaint"):
         load_config(str(tmp_path / "mine.yaml"))
 
 

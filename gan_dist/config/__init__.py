@@ -5,7 +5,6 @@ from gan_dist.config.schema import (
     AUGMENTATIONS,
     DEFAULT_PRESET,
     EVAL_METRICS,
-    GENERATION_ARCHS,
     MASK_KINDS,
     MAX_SEED,
     MODEL_SECTIONS,
@@ -13,8 +12,6 @@ from gan_dist.config.schema import (
     RUN_NAME,
     SCHEDULED,
     TASK_SECTIONS,
-    TRANSLATION_TASKS,
-    TRANSLATOR_TASKS,
     Config,
     CUTTaskConfig,
     CycleGANTaskConfig,
@@ -35,8 +32,8 @@ from gan_dist.config.schema import (
 )
 
 __all__ = [
-    "AUGMENTATIONS", "DEFAULT_PRESET", "EVAL_METRICS", "GENERATION_ARCHS", "MASK_KINDS", "MAX_SEED", "MODEL_SECTIONS",
-    "PRESET_DIR", "RUN_NAME", "SCHEDULED", "TASK_SECTIONS", "TRANSLATION_TASKS", "TRANSLATOR_TASKS", "Config",
+    "AUGMENTATIONS", "DEFAULT_PRESET", "EVAL_METRICS", "MASK_KINDS", "MAX_SEED", "MODEL_SECTIONS",
+    "PRESET_DIR", "RUN_NAME", "SCHEDULED", "TASK_SECTIONS", "Config",
     "CUTTaskConfig", "CycleGANTaskConfig", "DataConfig", "DCGANConfig", "EvalConfig", "GenerationTaskConfig",
     "InpaintTaskConfig", "LogConfig", "ModelConfig", "Override", "R3GANConfig", "ResNetSNConfig", "RunConfig",
     "ScheduleConfig", "TaskConfig", "TrainConfig", "TranslatorConfig", "config_from_dict", "load_config",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
@@ -32,6 +32,10 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     """Where the images come from and how a worker reads them."""
+
+    # The key that configures each dataset a task reads (by the dataset's name), and its command-line flag.
+    KEYS: ClassVar[dict[str, str]] = {"train": "path", "a": "a", "b": "b"}
+    FLAGS: ClassVar[dict[str, str]] = {"path": "--data", "a": "--data-a", "b": "--data-b"}
 
     path: str | None = Field(None, description="a prepared shard folder or s3:// URI (`--data`); null: the embedded "
                              "digits, prepared once into ~/.cache/gan-dist (or $GAN_DIST_CACHE; a damaged copy there is "
@@ -115,7 +119,6 @@ class R3GANConfig(_ModelSection):
 
 
 MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig, R3GANConfig, TranslatorConfig)
-GENERATION_ARCHS = ("dcgan", "resnet_sn", "r3gan")
 
 
 def _tagged_union(sections: tuple[type[BaseModel], ...], field: str) -> Any:
@@ -134,14 +137,34 @@ def _tagged_union(sections: tuple[type[BaseModel], ...], field: str) -> Any:
 ModelConfig = _tagged_union(MODEL_SECTIONS, "arch")
 
 
-class GenerationTaskConfig(_Section):
+class _TaskSection(_Section):
+    """What every task's section says of its kind, as class-level facts the rules across sections read: the datasets
+    one step reads (by name; DataConfig.KEYS says which key configures each), the model families it trains, and
+    whether it takes train.n_dis D updates per step."""
+
+    DATASETS: ClassVar[tuple[str, ...]] = ("train",)
+    ARCHS: ClassVar[tuple[str, ...]] = ()
+    MULTIPLE_D_UPDATES: ClassVar[bool] = False
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return cls.model_fields["kind"].default
+
+
+class GenerationTaskConfig(_TaskSection):
     """Images from noise, unconditional or class-conditional (model.conditional): one dataset, `data.path`."""
 
+    ARCHS = ("dcgan", "resnet_sn", "r3gan")
+    MULTIPLE_D_UPDATES = True
     kind: Literal["generation"] = Field("generation", description="the task: images from noise")
 
 
-class CycleGANTaskConfig(_Section):
+class CycleGANTaskConfig(_TaskSection):
     """Unpaired translation A <-> B (Zhu et al. 2017): two generators, two discriminators, cycle consistency."""
+
+    DATASETS = ("a", "b")
+    ARCHS = ("resnet_patchgan",)
+    DIRECTIONS: ClassVar[tuple[str, ...]] = ("a2b", "b2a")  # what it translates: evaluation judges each
 
     kind: Literal["cyclegan"] = Field("cyclegan", description="the task: unpaired translation A <-> B by CycleGAN")
     cycle_weight: float = Field(10.0, ge=0, description="|G_ba(G_ab(a)) - a| and back, the paper's lambda")
@@ -149,8 +172,12 @@ class CycleGANTaskConfig(_Section):
     pool_size: int = Field(50, ge=0, description="earlier fakes each D also sees, per worker (0: none)")
 
 
-class CUTTaskConfig(_Section):
+class CUTTaskConfig(_TaskSection):
     """Unpaired translation A -> B by contrastive learning (Park et al. 2020): one generator, PatchNCE, no cycle."""
+
+    DATASETS = ("a", "b")
+    ARCHS = ("resnet_patchgan",)
+    DIRECTIONS: ClassVar[tuple[str, ...]] = ("a2b",)
 
     kind: Literal["cut"] = Field("cut", description="the task: unpaired translation A -> B by CUT")
     nce_weight: float = Field(1.0, gt=0, description="PatchNCE(a, G(a)), the paper's lambda_NCE")
@@ -163,10 +190,11 @@ class CUTTaskConfig(_Section):
 MASK_KINDS = ("center", "boxes", "strokes")  # drawn by gan_dist/masks.py
 
 
-class InpaintTaskConfig(_Section):
+class InpaintTaskConfig(_TaskSection):
     """Image completion: G fills the holes of masked images (the masked image and its mask in, the image out; what
     was known is kept), judged by a PatchGAN on the completed image; L1 on the hole and on the rest."""
 
+    ARCHS = ("resnet_patchgan",)
     kind: Literal["inpaint"] = Field("inpaint", description="the task: image completion")
     masks: str = Field("center,boxes,strokes", description=f"kinds of holes drawn per image, comma-separated: "
                                                            f"{', '.join(MASK_KINDS)}")
@@ -185,8 +213,6 @@ class InpaintTaskConfig(_Section):
 
 TASK_SECTIONS = (GenerationTaskConfig, CycleGANTaskConfig, CUTTaskConfig, InpaintTaskConfig)
 TaskConfig = _tagged_union(TASK_SECTIONS, "kind")
-TRANSLATION_TASKS = ("cyclegan", "cut")
-TRANSLATOR_TASKS = (*TRANSLATION_TASKS, "inpaint")  # the tasks whose nets are model.arch=resnet_patchgan
 
 
 AUGMENTATIONS = ("translation", "cutout", "color")
@@ -411,19 +437,20 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _task_fits(self) -> "Config":
-        translation = self.task.kind in TRANSLATION_TASKS
-        if self.task.kind in TRANSLATOR_TASKS and self.model.arch in GENERATION_ARCHS:
-            raise ValueError(f"task.kind={self.task.kind} trains ResNet/PatchGAN nets: set model.arch=resnet_patchgan")
-        if self.task.kind not in TRANSLATOR_TASKS and self.model.arch not in GENERATION_ARCHS:
-            raise ValueError(f"model.arch={self.model.arch} is a translator: set task.kind=cyclegan, cut or inpaint, "
-                             f"or model.arch to one of {', '.join(GENERATION_ARCHS)}")
-        if translation and self.data.path is not None:
-            raise ValueError("translation reads data.a and data.b (--data-a, --data-b), not data.path (--data)")
-        if not translation and (self.data.a is not None or self.data.b is not None):
-            raise ValueError("data.a and data.b (--data-a, --data-b) are for translation tasks; generation reads "
-                             "data.path (--data)")
-        if self.task.kind in TRANSLATOR_TASKS and self.train.n_dis != 1:
-            raise ValueError(f"task.kind={self.task.kind} takes one D update per step: leave train.n_dis at 1")
+        """The rules between the task and the other sections, from the task section's facts."""
+        task, kind, arch = type(self.task), self.task.kind, self.model.arch
+        if arch not in task.ARCHS:
+            others = [section.kind_name() for section in TASK_SECTIONS if arch in section.ARCHS]
+            raise ValueError(f"model.arch={arch} does not fit task.kind={kind}, which trains model.arch "
+                             f"{' or '.join(task.ARCHS)}: set model.arch={task.ARCHS[0]}"
+                             + (f", or task.kind to {' or '.join(others)}" if others else ""))
+        reads = [DataConfig.KEYS[name] for name in task.DATASETS]
+        for key in DataConfig.FLAGS:
+            if key not in reads and getattr(self.data, key) is not None:
+                wanted = " and ".join(f"data.{k} ({DataConfig.FLAGS[k]})" for k in reads)
+                raise ValueError(f"task.kind={kind} reads {wanted}, not data.{key} ({DataConfig.FLAGS[key]})")
+        if not task.MULTIPLE_D_UPDATES and self.train.n_dis != 1:
+            raise ValueError(f"task.kind={kind} takes one D update per step: leave train.n_dis at 1")
         return self
 
     @model_validator(mode="after")
@@ -443,9 +470,8 @@ class Config(_Section):
 
     def dataset_names(self) -> tuple[str, ...]:
         """The datasets one step reads a batch of each: the task's."""
-        return ("a", "b") if self.task.kind in TRANSLATION_TASKS else ("train",)
+        return self.task.DATASETS
 
     def dataset_paths(self) -> dict[str, str | None]:
         """Each dataset's configured URI (None: the embedded one)."""
-        d = self.data
-        return {"a": d.a, "b": d.b} if self.task.kind in TRANSLATION_TASKS else {"train": d.path}
+        return {name: getattr(self.data, DataConfig.KEYS[name]) for name in self.task.DATASETS}

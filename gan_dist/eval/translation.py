@@ -30,7 +30,7 @@ MEANINGS = {
 
 
 def directions(cfg: Config) -> tuple[str, ...]:
-    return ("a2b",) if cfg.task.kind == "cut" else ("a2b", "b2a")
+    return cfg.task.DIRECTIONS
 
 
 def translation_logged(cfg: Config) -> tuple[str, ...]:

@@ -14,12 +14,11 @@ from gan_dist.data.placement import Dataset, dataset_uri, describe
 from gan_dist.data.reader import read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
-from gan_dist.models import check_resolution, check_translation_sizes
 from gan_dist import storage
 from gan_dist.runtime.local import check_local, run_local
 from gan_dist.tracking import METRICS_FILE
-from gan_dist.train.generation import num_classes
 from gan_dist.train.loop import LoopResult, logged_metrics, train_loop
+from gan_dist.train.tasks import task_class
 
 
 def newest_run(storage_uri: str, preset: str) -> str | None:
@@ -126,12 +125,7 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     for dataset, configured in cfg.dataset_paths().items():
         uri = dataset_uri(dataset, configured)
         datasets[dataset] = Dataset(uri, read_manifest(uri))
-    if cfg.task.kind == "generation":
-        check_resolution(datasets["train"].manifest.resolution, cfg.model.arch)
-        num_classes(cfg, datasets["train"].manifest, datasets["train"].uri)  # conditional needs a labeled dataset
-    else:  # ResNet/PatchGAN nets: translation's two domains (a, b), inpainting's one (as both)
-        manifests = [given.manifest for given in datasets.values()]
-        check_translation_sizes(cfg.model, manifests[0], manifests[-1])
+    task_class(cfg).check_data(cfg, datasets)
     for dataset, given in datasets.items():
         check_batch_fits(cfg, dataset, given.manifest)
     warn_unlogged_best(cfg, datasets)

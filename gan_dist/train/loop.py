@@ -5,39 +5,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
-from gan_dist.config import TRANSLATION_TASKS, Config
-from gan_dist.data.placement import Dataset
+from gan_dist.config import Config
 from gan_dist.data.shards import Manifest
-from gan_dist.eval.completion import completion_logged
-from gan_dist.eval.measure import EVAL_LOGGED
-from gan_dist.eval.translation import translation_logged
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train.context import WorkerContext
-from gan_dist.train.cut import CUTTask
-from gan_dist.train.generation import GenerationTask
-from gan_dist.train.inpaint import InpaintTask
 from gan_dist.train.parts import (Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids,
-                                  TrainState, evaluation_kind, restore_newest)
+                                  TrainState, restore_newest)
 from gan_dist.train.schedule import Schedule
 from gan_dist.train.task import Task
-from gan_dist.train.translation import CycleGANTask
+from gan_dist.train.tasks import build_task, task_class
 
 # What a log step records: the loop's own keys and the task's (and the evaluation's, when it runs).
 LOOP_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch", "gpu_mem_gb")
-TASKS: dict[str, type[Task]] = {"generation": GenerationTask, "cyclegan": CycleGANTask, "cut": CUTTask,
-                                "inpaint": InpaintTask}
 
 
 def logged_metrics(cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
     """What this run will log: run.keep_best must name one of them."""
-    logged = LOOP_METRICS + TASKS[cfg.task.kind].METRICS
-    if cfg.task.kind in TRANSLATION_TASKS:
-        return logged + translation_logged(cfg)
-    if cfg.task.kind == "inpaint":
-        return logged + completion_logged(cfg, manifests["train"])
-    return logged + (EVAL_LOGGED if evaluation_kind(cfg, manifests["train"]) != "off" else ())
+    return LOOP_METRICS + task_class(cfg).logged_metrics(cfg, manifests)
 
 
 @dataclass
@@ -46,24 +31,18 @@ class LoopResult:
     resumed_from: int | None
 
 
-def build_task(cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
-               world_size: int = 1) -> Task:
-    """The task a config trains: generation (from the "train" dataset's manifest), or another from its datasets."""
-    if cfg.task.kind == "generation":
-        return GenerationTask(cfg, datasets["train"].manifest, device, rank, world_size)
-    return TASKS[cfg.task.kind](cfg, datasets, device, rank, world_size)
-
-
 def describe_data(manifest: Manifest) -> dict:
     return {"resolution": manifest.resolution, "channels": manifest.channels, "content_hash": manifest.content_hash,
             "class_names": manifest.class_names}
 
 
-def checkpoint_meta(ctx: WorkerContext) -> dict:
-    """What meta.json records about the data, for resume checks and for inference (the class names): each dataset
-    by name, and a generator's one as "data" (what sampling reads)."""
+def checkpoint_meta(ctx: WorkerContext, task: Task) -> dict:
+    """What meta.json records for resume checks and for inference: each dataset by name (the class names), a
+    generator's one as "data" (what sampling reads), and what the checkpoint can be used for (the task's exports
+    and the inference uses each serves)."""
     datasets = {name: describe_data(data.manifest) for name, data in ctx.datasets.items()}
-    return {"datasets": datasets, **({"data": datasets["train"]} if "train" in datasets else {})}
+    return {"datasets": datasets, **({"data": datasets["train"]} if "train" in datasets else {}),
+            "exports": {name: list(uses) for name, uses in task.EXPORTS.items()}}
 
 
 def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
@@ -87,7 +66,7 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
         if found is not None:
             tracker.message(f"resumed from step {state.step} ({found[0]})")
 
-    checkpoints = Checkpoints(task, ctx, cfg, checkpoint_meta(ctx))
+    checkpoints = Checkpoints(task, ctx, cfg, checkpoint_meta(ctx, task))
     evaluation = Evaluation(task, ctx, cfg, tracker, checkpoints)
     parts: list[Part] = [evaluation, MetricWindow(task, ctx, cfg, tracker, checkpoints, evaluation),
                          NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker), checkpoints]

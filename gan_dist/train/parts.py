@@ -11,17 +11,10 @@ from typing import Any, Protocol
 import torch
 
 from gan_dist import checkpoint as ckpt
-from gan_dist import seeds
 from gan_dist.config import Config
 from gan_dist.data.placement import Positions
-from gan_dist.data.reader import DataPosition, worker_rows
-from gan_dist.data.shards import Manifest
+from gan_dist.data.reader import DataPosition
 from gan_dist.errors import UserError
-from gan_dist.eval.completion import CompletionJudge
-from gan_dist.eval.measure import check_sizes, compare, feature_kind, feature_network
-from gan_dist.eval.features import DomainFeatures
-from gan_dist.eval.stats import embed, real_features, real_images
-from gan_dist.eval.translation import DirectionJudge, judge_all, judges
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train import collective, rng
 from gan_dist.train.context import WorkerContext
@@ -206,11 +199,6 @@ class PreviewGrids:
             self.tracker.write_grid(state.step, self.task.preview())
 
 
-def evaluation_kind(cfg: Config, manifest: Manifest) -> str:
-    """The features evaluation during training uses, or "off". auto: the domain features on a labeled dataset."""
-    return feature_kind(cfg.eval.features, manifest)
-
-
 class Evaluation:
     """Every eval.every steps (0: at each checkpoint) and at the last: the task's measurement (generation's or
     translation's). The numbers join that step's metrics line and the checkpoint's meta.json."""
@@ -220,9 +208,7 @@ class Evaluation:
         self.cfg, self.tracker, self.checkpoints = cfg, tracker, checkpoints
         self.every = cfg.eval.every or cfg.train.checkpoint_every
         self.latest: dict[str, float] = {}  # the newest evaluation's numbers, with the step they are of
-        measure = {"generation": GenerationMeasure, "inpaint": CompletionMeasure}.get(cfg.task.kind,
-                                                                                   TranslationMeasure)
-        self.measure = measure.build(task, ctx, cfg)
+        self.measure = task.measure(ctx)
 
     def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
         if self.measure is None or not due(state.step, self.every, self.cfg.train.steps):
@@ -236,85 +222,3 @@ class Evaluation:
         self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
         if self.tracker and not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
             self.tracker.log(self.latest)  # a step without a metrics line of its own
-
-
-class GenerationMeasure:
-    """Each rank generates and embeds its share of eval.num images with fixed seeds, rank 0 gathers the features
-    and compares them with the dataset's (cached) real features."""
-
-    @classmethod
-    def build(cls, task: Task, ctx: WorkerContext, cfg: Config) -> "GenerationMeasure | None":
-        data = ctx.datasets["train"]
-        kind = evaluation_kind(cfg, data.manifest)
-        if kind == "off":
-            return None
-        check_sizes(cfg.eval.metric_names(), cfg.eval.num, data.manifest, "eval.num")
-        # Rank 0 first: it trains and caches the domain classifier once (and computes the real features, which only
-        # it needs); the others then load the classifier from the cache.
-        real = None
-        if ctx.rank == 0:
-            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
-            real = real_features(net, data.uri, data.manifest, cfg.eval.num, ctx.device)
-        collective.barrier()
-        if ctx.rank != 0:
-            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
-        return cls(task, ctx, cfg, net, real)
-
-    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, net: torch.nn.Module, real: torch.Tensor | None):
-        self.task, self.ctx, self.cfg, self.net, self.real = task, ctx, cfg, net, real
-        self.data = ctx.datasets["train"]
-
-    def __call__(self) -> dict[str, float] | None:
-        ctx, e = self.ctx, self.cfg.eval
-        # This rank's rows of one set drawn with one seed, the same at every evaluation of the run: the numbers move
-        # with the generator only, and do not depend on how many workers share the work.
-        rows = worker_rows(e.num, ctx.rank, ctx.world_size)
-        images, labels = self.task.generate(rows, e.num, seeds.derive(self.cfg.train.seed, "eval"))
-        # The images themselves go to rank 0 only where a metric reads them (SWD, copies, the classifier's verdicts).
-        keep_images = bool({"swd", "copies"} & set(e.metric_names())) or isinstance(self.net, DomainFeatures)
-        mine = (embed(self.net, images, ctx.device), images.cpu() if keep_images else None,
-                None if labels is None else labels.cpu())
-        gathered = collective.gather(mine)
-        if ctx.rank != 0:
-            return None
-        features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
-                                      for parts in zip(*gathered))
-        return compare(e.metric_names(), self.net, self.real, features,
-                       lambda n: real_images(self.data.uri, self.data.manifest, n), images_u8, asked,
-                       self.cfg.train.seed)
-
-
-class TranslationMeasure:
-    """Rank 0 translates the first eval.num images of each source domain with the current translators and judges
-    them (eval/translation.py); the other ranks go on training and wait for it at their next collective."""
-
-    @classmethod
-    def build(cls, task: Task, ctx: WorkerContext, cfg: Config) -> "TranslationMeasure | None":
-        if cfg.eval.features == "off" or ctx.rank != 0:
-            return None
-        e = cfg.eval
-        return cls(task, judges(cfg, ctx.datasets, ctx.datasets, e.metric_names(), e.num, e.features, ctx.device))
-
-    def __init__(self, task: Task, found: dict[str, DirectionJudge]):
-        self.task, self.found = task, found
-
-    def __call__(self) -> dict[str, float]:
-        return judge_all(self.found, self.task.translators())
-
-
-class CompletionMeasure:
-    """Rank 0 completes the first eval.num images of the dataset, holes over their centre quarter, with the current
-    completion net (eval/completion.py); the other ranks go on and wait for it at their next collective."""
-
-    @classmethod
-    def build(cls, task: Task, ctx: WorkerContext, cfg: Config) -> "CompletionMeasure | None":
-        if cfg.eval.features == "off" or ctx.rank != 0:
-            return None
-        data = ctx.datasets["train"]
-        return cls(task, CompletionJudge(data, data, cfg.eval.num, cfg.eval.features, ctx.device))
-
-    def __init__(self, task: Task, judge: CompletionJudge):
-        self.task, self.judge = task, judge
-
-    def __call__(self) -> dict[str, float]:
-        return self.judge(self.task.G)

@@ -1,11 +1,12 @@
-"""The interface the loop trains through (`Task`), and what every task's step shares: the guarded optimizer
-update, the non-finite counters, learning rates, the replica check and the checkpoint state."""
+"""The interface the loop trains through (`Task`): what a kind of model is (its config section, the data it reads
+and checks, what it logs and measures, what it exports for which inference use) and what every task's step shares
+(the guarded optimizer update, the non-finite counters, learning rates, the replica check, the checkpoint state)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -13,14 +14,22 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import get_total_norm
 
-from gan_dist.data.reader import Batch
+from gan_dist.config import Config
+from gan_dist.data.placement import Dataset
+from gan_dist.data.reader import Batch, load_columns
+from gan_dist.data.shards import Manifest
+from gan_dist.imaging import to_model_range
 from gan_dist.train import collective, speed
 from gan_dist.train.ema import EMA
 from gan_dist.train.schedule import Hyperparameters
 from gan_dist.train.speed import StepFeatures
 
-if TYPE_CHECKING:  # the adversary imports `frozen` from here
+if TYPE_CHECKING:  # the adversary imports `frozen` from here; the context is the loop's, above the tasks
     from gan_dist.train.adversary import Adversary
+    from gan_dist.train.context import WorkerContext
+
+# What a task's export serves: `gan-dist sample`, `explore`, `translate`, `complete`, and `evaluate`.
+INFERENCE_USES = ("sample", "explore", "translate", "complete", "evaluate")
 
 
 def replicated(net: nn.Module, device: torch.device, world_size: int, features: StepFeatures,
@@ -57,13 +66,55 @@ class NonFiniteCounter:
         self.total += bad
 
 
-class Task:
-    """What the loop trains. A task owns its nets, optimizers and fixed preview inputs; the loop knows nothing of
-    generators, discriminators or latents. Subclasses fill `nets` and `optimizers` and define the four methods
-    below `METRICS`."""
+def first_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
+    """The dataset's first n images (prepare shuffled them: a fair sample), in the models' range: fixed inputs."""
+    rows = range(min(n, data.manifest.count))
+    return to_model_range(torch.from_numpy(load_columns(data.uri, data.manifest, rows)["image"]).to(device))
 
-    datasets: tuple[str, ...] = ("train",)  # the named datasets one step reads a batch of each
-    METRICS: tuple[str, ...] = ()  # what train_step returns, plus lr_<optimizer>: logged at every log step
+
+# A measurement during training: rank 0's numbers (None on the other ranks).
+Measure = Callable[[], "dict[str, float] | None"]
+
+
+class Task:
+    """What the loop trains, and everything about its kind. A task owns its nets, optimizers and fixed preview
+    inputs; the loop knows nothing of generators, discriminators or latents. A subclass names its config section
+    (whose class-level facts say which datasets it reads and which model families it trains), fills `nets` and
+    `optimizers`, defines the four methods below `METRICS`, and overrides the class-level hooks it needs."""
+
+    section: ClassVar[type]  # its config section (config/schema.py): task.kind, DATASETS, ARCHS
+    datasets: ClassVar[tuple[str, ...]]  # the named datasets one step reads a batch of each: the section's
+    METRICS: ClassVar[tuple[str, ...]] = ()  # what train_step returns, plus lr_<optimizer>: logged at log steps
+    # Each file export() writes (by name) and the inference uses it serves (INFERENCE_USES): meta.json records it,
+    # and `gan-dist sample|explore|translate|complete|evaluate` ask it whether a checkpoint can do what they do.
+    EXPORTS: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "section" in cls.__dict__:
+            cls.datasets = cls.section.DATASETS
+
+    @classmethod
+    def kind(cls) -> str:
+        return cls.section.kind_name()
+
+    @classmethod
+    def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
+        """Refuse, in one line before any work, data the task's nets cannot take (sizes, classes)."""
+
+    @classmethod
+    def measured(cls, cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
+        """What its evaluation during training logs (run.keep_best may name any of them)."""
+        return ()
+
+    @classmethod
+    def logged_metrics(cls, cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
+        """What its log steps record besides the loop's own keys."""
+        return cls.METRICS + cls.measured(cfg, manifests)
+
+    def measure(self, ctx: WorkerContext) -> Measure | None:
+        """Its measurement during training (None: nothing to measure, or not on this rank); built once."""
+        return None
 
     def __init__(self, device: torch.device, features: StepFeatures):
         self.device, self.features = device, features

@@ -1,5 +1,5 @@
-"""Unpaired image-to-image translation between datasets A and B: what CycleGAN and CUT share (the two domains, the
-translators' previews and exports, the DDP-wrapped and compiled views of the nets), and CycleGAN's step."""
+"""CycleGAN (Zhu et al. 2017): unpaired translation A <-> B with two generators, two discriminators, cycle
+consistency and identity terms, and the reference's image pools."""
 
 from __future__ import annotations
 
@@ -10,84 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_dist import seeds
-from gan_dist.config import Config
+from gan_dist.config import Config, CycleGANTaskConfig
 from gan_dist.data.placement import Dataset
-from gan_dist.data.reader import Batch, load_columns
-from gan_dist.imaging import grid_image, to_model_range, to_uint8
-from gan_dist.models import build_patch_discriminator, build_translator
+from gan_dist.data.reader import Batch
 from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
 from gan_dist.train.pool import ImagePool
-from gan_dist.train.task import Task, replicated
-
-PREVIEW_IMAGES = 8  # source images per domain in the preview grid: a column each
-
-
-class TranslationTask(Task):
-    """The nets are built by subclasses; this holds what every translation task does with them."""
-
-    datasets = ("a", "b")
-
-    def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int, world_size: int):
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
-        self.channels = {name: datasets[name].manifest.channels for name in self.datasets}
-        self.preview_inputs = {name: first_images(datasets[name], PREVIEW_IMAGES, device) for name in self.datasets}
-        torch.manual_seed(seeds.derive(cfg.train.seed, "init"))  # identical initial weights on every rank
-
-    def translator(self, source: str, target: str) -> nn.Module:
-        return build_translator(self.cfg.model, self.channels[source], self.channels[target])
-
-    def discriminator(self, domain: str) -> nn.Module:
-        return build_patch_discriminator(self.cfg.model, self.channels[domain])
-
-    def distributed(self, net: nn.Module, compile: bool = True) -> nn.Module:
-        return replicated(net, self.device, self.world_size, self.features, compile)
-
-    def translators(self) -> dict[str, nn.Module]:
-        """The trained translators by direction ("a2b", "b2a"): what inference and evaluation use."""
-        raise NotImplementedError
-
-    def reals(self, batches: dict[str, Batch]) -> tuple[torch.Tensor, torch.Tensor]:
-        speed.mark_step_begin(self.features)
-        return tuple(to_model_range(batches[name]["image"].to(self.device, non_blocking=True))
-                     for name in self.datasets)
-
-    @torch.no_grad()
-    def preview(self) -> torch.Tensor:
-        """A row of source images per direction, under it their translations, under those the translations back
-        where there is a way back: input | translation | translated back, a column per image."""
-        nets = self.translators()
-        rows = []
-        for direction, net in nets.items():
-            source = self.preview_inputs[direction[0]]
-            with self.autocast():
-                translated = net(source)
-                rows += [source, translated]
-                back = nets.get(direction[::-1])
-                if back is not None:
-                    rows.append(back(translated))
-        images = [to_uint8(row) for row in rows]
-        if len({len(x) for x in images}) > 1 or len({x.shape[1] for x in images}) > 1:
-            images = [_rgb(_pad(x, PREVIEW_IMAGES)) for x in images]  # domains of other sizes or channel counts
-        return grid_image(torch.cat(images), nrow=len(images[0]))
-
-    def export(self) -> dict[str, dict[str, torch.Tensor]]:
-        return {f"translator_{direction}": net.state_dict() for direction, net in self.translators().items()}
-
-
-def first_images(data: Dataset, n: int, device: torch.device) -> torch.Tensor:
-    """The dataset's first n images (prepare shuffled them: a fair sample), in the models' range."""
-    rows = range(min(n, data.manifest.count))
-    return to_model_range(torch.from_numpy(load_columns(data.uri, data.manifest, rows)["image"]).to(device))
-
-
-def _rgb(images: torch.Tensor) -> torch.Tensor:
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-
-def _pad(images: torch.Tensor, n: int) -> torch.Tensor:
-    """n images (black ones after a short row)."""
-    return torch.cat([images, images.new_zeros((n - len(images), *images.shape[1:]))]) if len(images) < n else images
+from gan_dist.train.task import Task
+from gan_dist.train.tasks.unpaired import TranslationTask
 
 
 class CycleGANTask(TranslationTask):
@@ -95,6 +25,7 @@ class CycleGANTask(TranslationTask):
     identity L1 terms; one update of both generators, then one of both discriminators on fakes from the image pools
     (the reference's order). `G_ab`, `G_ba`, `D_a`, `D_b` are the plain modules."""
 
+    section = CycleGANTaskConfig
     METRICS = ("loss_D", "loss_G", "loss_cycle", "loss_identity", "D_real", "D_fake", "grad_norm_D", "grad_norm_G",
                "lr_G", "lr_D", "augment_p", "penalty_D")
 

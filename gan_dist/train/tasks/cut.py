@@ -10,20 +10,22 @@ import torch
 from torch import nn
 
 from gan_dist import seeds
-from gan_dist.config import Config
+from gan_dist.config import Config, CUTTaskConfig
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch
 from gan_dist.models.translation import PatchSampleMLP, ResnetGenerator, patch_nce_loss
 from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
 from gan_dist.train.task import Task
-from gan_dist.train.translation import TranslationTask
+from gan_dist.train.tasks.unpaired import TranslationTask
 
 
 class CUTTask(TranslationTask):
     """`G` the translator, `D` B's discriminator, `head` the MLP that projects G's encoder features for PatchNCE
     (trained with G, by G's optimizer)."""
 
+    section = CUTTaskConfig
+    EXPORTS = {"translator_a2b": ("translate", "evaluate")}  # one direction
     METRICS = ("loss_D", "loss_G", "loss_nce", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "lr_G", "lr_D",
                "augment_p", "penalty_D")
 

@@ -7,16 +7,18 @@ from __future__ import annotations
 import torch
 
 from gan_dist import seeds
-from gan_dist.config import Config
+from gan_dist.config import Config, InpaintTaskConfig
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch
+from gan_dist.data.shards import Manifest
+from gan_dist.eval.completion import CompletionJudge, completion_logged
 from gan_dist.imaging import grid_image, to_model_range, to_uint8
 from gan_dist.masks import complete, draw_masks
-from gan_dist.models import build_completer, build_patch_discriminator
+from gan_dist.models import build_completer, build_patch_discriminator, check_translation_sizes
 from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
-from gan_dist.train.task import Task, replicated
-from gan_dist.train.translation import first_images
+from gan_dist.train.context import WorkerContext
+from gan_dist.train.task import Measure, Task, first_images, replicated
 
 PREVIEW_IMAGES = 8
 
@@ -30,8 +32,29 @@ class InpaintTask(Task):
     """`G` the completion net (ResNet, instance norm), `D` the PatchGAN; D updated first, then G on the same
     completions (pix2pix's order)."""
 
+    section = InpaintTaskConfig
+    EXPORTS = {"completer": ("complete", "evaluate")}
     METRICS = ("loss_D", "loss_G", "loss_hole", "loss_valid", "D_real", "D_fake", "grad_norm_D", "grad_norm_G",
                "lr_G", "lr_D", "augment_p", "penalty_D")
+
+    @classmethod
+    def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
+        manifest = datasets["train"].manifest  # the input and the output are images of the one dataset
+        check_translation_sizes(cfg.model, manifest, manifest)
+
+    @classmethod
+    def measured(cls, cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
+        return completion_logged(cfg, manifests["train"])
+
+    def measure(self, ctx: WorkerContext) -> Measure | None:
+        """Rank 0 completes the first eval.num images of the dataset, holes over their centre quarter, with the
+        current completion net (eval/completion.py); the other ranks go on and wait for it at their next
+        collective."""
+        if self.cfg.eval.features == "off" or ctx.rank != 0:
+            return None
+        data = ctx.datasets["train"]
+        judge = CompletionJudge(data, data, self.cfg.eval.num, self.cfg.eval.features, ctx.device)
+        return lambda: judge(self.G)
 
     def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
                  world_size: int = 1):

@@ -1,5 +1,5 @@
-"""Image generation, unconditional or class-conditional: G and D, their optimizers, the EMA generator, and one
-training step (a D update, then a G update)."""
+"""Image generation, unconditional or class-conditional: G and D, their optimizers, the EMA generator, one training
+step (a D update, then a G update), and its measurement during training (FID and the rest on generated images)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,21 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from gan_dist import seeds
-from gan_dist.config import Config
-from gan_dist.data.reader import Batch
+from gan_dist.config import Config, GenerationTaskConfig
+from gan_dist.data.placement import Dataset
+from gan_dist.data.reader import Batch, worker_rows
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
+from gan_dist.eval.features import DomainFeatures
+from gan_dist.eval.measure import EVAL_LOGGED, check_sizes, compare, feature_kind, feature_network
+from gan_dist.eval.stats import embed, real_features, real_images
 from gan_dist.imaging import grid_image, to_model_range, to_uint8
-from gan_dist.models import build_discriminator, build_generator
-from gan_dist.train import speed
+from gan_dist.models import build_discriminator, build_generator, check_resolution
+from gan_dist.train import collective, speed
 from gan_dist.train.adversary import Adversary
+from gan_dist.train.context import WorkerContext
 from gan_dist.train.ema import EMA
-from gan_dist.train.task import Task
+from gan_dist.train.task import Measure, Task
 
 GRID_COLUMNS = 8
 GRID_ROWS = 8  # unconditional grids; conditional ones have a row per class
@@ -39,12 +44,28 @@ class GenerationTask(Task):
     loss, augmentation and regularizers; `ema` the averaged generator that previews and exports use (None with
     train.ema off)."""
 
+    section = GenerationTaskConfig
     # augment_p and penalty_D only when augmentation or a regularizer is on
     METRICS = ("loss_D", "loss_G", "D_real", "D_fake", "grad_norm_D", "grad_norm_G", "lr_G", "lr_D", "augment_p",
                "penalty_D")
+    EXPORTS = {"generator": ("sample", "explore", "evaluate")}
 
-    def __init__(self, cfg: Config, manifest: Manifest, device: torch.device, rank: int = 0, world_size: int = 1):
-        m, t = cfg.model, cfg.train
+    @classmethod
+    def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
+        data = datasets["train"]
+        check_resolution(data.manifest.resolution, cfg.model.arch)
+        num_classes(cfg, data.manifest, data.uri)  # conditional needs a labeled dataset
+
+    @classmethod
+    def measured(cls, cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
+        return EVAL_LOGGED if feature_kind(cfg.eval.features, manifests["train"]) != "off" else ()
+
+    def measure(self, ctx: WorkerContext) -> Measure | None:
+        return GenerationMeasure.build(self, ctx, self.cfg)
+
+    def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
+                 world_size: int = 1):
+        m, t, manifest = cfg.model, cfg.train, datasets["train"].manifest
         self.cfg, self.rank = cfg, rank
         self.resolution, self.channels = manifest.resolution, manifest.channels
         self.num_classes = num_classes(cfg, manifest)
@@ -185,3 +206,50 @@ class GenerationTask(Task):
         self.adversary.load_state_dict(state.get("adversary", {}))
         if self.ema is not None:  # a checkpoint of a run without EMA starts the average at its G
             self.ema.net.load_state_dict(state["ema"]["G"] if "ema" in state else state["nets"]["G"])
+
+
+class GenerationMeasure:
+    """Each rank generates and embeds its share of eval.num images with fixed seeds, rank 0 gathers the features
+    and compares them with the dataset's (cached) real features."""
+
+    @classmethod
+    def build(cls, task: GenerationTask, ctx: WorkerContext, cfg: Config) -> "GenerationMeasure | None":
+        data = ctx.datasets["train"]
+        kind = feature_kind(cfg.eval.features, data.manifest)
+        if kind == "off":
+            return None
+        check_sizes(cfg.eval.metric_names(), cfg.eval.num, data.manifest, "eval.num")
+        # Rank 0 first: it trains and caches the domain classifier once (and computes the real features, which only
+        # it needs); the others then load the classifier from the cache.
+        real = None
+        if ctx.rank == 0:
+            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
+            real = real_features(net, data.uri, data.manifest, cfg.eval.num, ctx.device)
+        collective.barrier()
+        if ctx.rank != 0:
+            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
+        return cls(task, ctx, cfg, net, real)
+
+    def __init__(self, task: GenerationTask, ctx: WorkerContext, cfg: Config, net: torch.nn.Module,
+                 real: torch.Tensor | None):
+        self.task, self.ctx, self.cfg, self.net, self.real = task, ctx, cfg, net, real
+        self.data = ctx.datasets["train"]
+
+    def __call__(self) -> dict[str, float] | None:
+        ctx, e = self.ctx, self.cfg.eval
+        # This rank's rows of one set drawn with one seed, the same at every evaluation of the run: the numbers move
+        # with the generator only, and do not depend on how many workers share the work.
+        rows = worker_rows(e.num, ctx.rank, ctx.world_size)
+        images, labels = self.task.generate(rows, e.num, seeds.derive(self.cfg.train.seed, "eval"))
+        # The images themselves go to rank 0 only where a metric reads them (SWD, copies, the classifier's verdicts).
+        keep_images = bool({"swd", "copies"} & set(e.metric_names())) or isinstance(self.net, DomainFeatures)
+        mine = (embed(self.net, images, ctx.device), images.cpu() if keep_images else None,
+                None if labels is None else labels.cpu())
+        gathered = collective.gather(mine)
+        if ctx.rank != 0:
+            return None
+        features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
+                                      for parts in zip(*gathered))
+        return compare(e.metric_names(), self.net, self.real, features,
+                       lambda n: real_images(self.data.uri, self.data.manifest, n), images_u8, asked,
+                       self.cfg.train.seed)
