@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Any
 
 from gan_dist.config import DEFAULT_PRESET, EVAL_METRICS, Config, load_config, parse_override
 from gan_dist.data.images import FILTERS
 from gan_dist.data.shards import FORMATS
 from gan_dist.errors import UserError
+from gan_dist.seeds import MAX_SEED
 
 EXIT_USER_ERROR = 2
+
+
+def _seed(text: str) -> int:
+    """A whole number torch takes as a seed."""
+    if not text.isdigit() or int(text) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got '{text}'")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -162,26 +171,45 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mask", choices=["center", "random"], default="center",
                           help="an inpainting checkpoint's holes: center (default), a centred square over a quarter "
                                "of each image; random: drawn per image as in training, from --seed")
-    augmentation = evaluate.add_argument_group(
-        "augmentation", "does a class-conditional generator's output help a classifier that has few real labels?")
-    augmentation.add_argument("--augmentation", action="store_true",
-                              help="train the domain classifier on a class-stratified --real-fraction of --data, on "
-                                   "that plus synthetic images (their union), on synthetic images alone (CAS) and on "
-                                   "all of --data, and print each one's accuracy on --held-out, mean ± std over "
-                                   "--repeats seeds (--num, --metrics and --features do not apply)")
-    augmentation.add_argument("--held-out", metavar="URI", default=argparse.SUPPRESS,
-                              help="labeled real images neither the generator nor the classifiers train on (required)")
-    augmentation.add_argument("--real-fraction", metavar="F", type=float, default=argparse.SUPPRESS,
-                              help="share of each class of --data in the real subset, at least one image per class "
-                                   "(default 0.05)")
-    augmentation.add_argument("--synthetic", metavar="N", type=_positive_int, default=argparse.SUPPRESS,
-                              help="generated images, an equal share per class (default 10x the real subset, and at "
-                                   "least as many as --data holds)")
-    augmentation.add_argument("--repeats", metavar="N", type=_positive_int, default=argparse.SUPPRESS,
-                              help="seeds --seed, --seed+1, ...: each draws its own subset, synthetic images, "
-                                   "classifier init and batch order (default 3)")
-    augmentation.add_argument("--steps", metavar="N", type=_positive_int, default=argparse.SUPPRESS,
-                              help="training steps of each classifier (default 500)")
+
+    study = commands.add_parser(
+        "augmentation-study", help="does a class-conditional generator's output help a classifier with few labels?",
+        description="Train the domain classifier on a class-stratified --real-fraction of --data, on that plus "
+                    "synthetic images from the checkpoint's (EMA) generator (their union), on synthetic images alone "
+                    "(the Classification Accuracy Score) and on all of --data, and print each one's accuracy on "
+                    "--held-out, mean ± std over --repeats seeds.")
+    _checkpoint_argument(study)
+    study.add_argument("--held-out", metavar="URI", required=True,
+                       help="labeled real images neither the generator nor the classifiers train on")
+    study.add_argument("--data", metavar="URI",
+                       help="the labeled real images (default: the dataset the run trained on)")
+    study.add_argument("--real-fraction", metavar="F", type=float, default=0.05,
+                       help="share of each class of --data in the real subset, at least one image per class "
+                            "(default 0.05)")
+    study.add_argument("--synthetic", metavar="N", type=_positive_int,
+                       help="generated images, an equal share per class (default 10x the real subset, and at least "
+                            "as many as --data holds)")
+    study.add_argument("--repeats", metavar="N", type=_positive_int, default=3,
+                       help="seeds --seed, --seed+1, ...: each draws its own subset, synthetic images, classifier "
+                            "init and batch order (default 3)")
+    study.add_argument("--steps", metavar="N", type=_positive_int,
+                       help="training steps of each classifier (default 500)")
+    study.add_argument("--seed", type=int, default=0, help="the first seed (default 0)")
+    study.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    study.add_argument("--json", metavar="FILE", help="also write the results as JSON (local or s3://)")
+
+    agreement = commands.add_parser(
+        "agreement", help="score whether class-conditional samples show the class asked for",
+        description="Train a classifier on a labeled dataset's real images and report how often it puts each "
+                    "sample under SAMPLES_DIR in the class labels.csv says it was drawn for (as `gan-dist sample` "
+                    "writes them), overall and per class, beside the classifier's own held-out accuracy.")
+    agreement.add_argument("samples", metavar="SAMPLES_DIR",
+                           help="folder or s3:// prefix of PNGs + labels.csv (header file,label,class_name)")
+    agreement.add_argument("--data", help="prepared labeled dataset the generator learned (default: embedded digits)")
+    agreement.add_argument("--steps", type=_positive_int, help="classifier training steps (default 500)")
+    agreement.add_argument("--seed", type=_seed, default=0,
+                           help="classifier seed: init, batches, holdout (default 0)")
+    agreement.add_argument("--json", metavar="FILE", help="also write the numbers as JSON (local or s3://)")
 
     translate = commands.add_parser(
         "translate", help="translate a folder of images with a translation checkpoint (CycleGAN, CUT)",
@@ -262,6 +290,17 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--ray", action="store_true", help="also time the Ray Data streamed path (starts a local Ray)")
     bench.add_argument("--json", metavar="PATH",
                        help="also write the rows as JSON (a .json path; only an earlier bench result is replaced)")
+
+    bench_data = commands.add_parser(
+        "bench-data", help="time reading prepared shards into uint8 tensors, per format and size",
+        description="Write synthetic datasets (raw and png, 32x32 and 64x64, RGB) under --root, then time pyarrow "
+                    "reading plus the project's decode on one core, and with --ray the Ray Data path, for a few "
+                    "batch sizes. Prints img/s and the time to the first batch.")
+    bench_data.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "gan-dist-bench"),
+                            help="where the datasets are written and reused (local or s3://; default: a folder "
+                                 "in the temporary directory)")
+    bench_data.add_argument("--count", type=_positive_int, default=20_000, help="images per dataset (default 20000)")
+    bench_data.add_argument("--ray", action="store_true", help="also time the Ray Data path (starts a local Ray)")
     return parser
 
 
@@ -331,13 +370,13 @@ def _bench(args: argparse.Namespace) -> None:
 
 def _sample(args: argparse.Namespace) -> None:
     from gan_dist.sample import write_samples
-    from gan_dist.synthetic import Workers, check_workers, export_dataset
+    from gan_dist.runtime.export import Workers, check_workers, export_dataset
 
     workers = Workers(args.backend, args.num_workers, args.gpu, args.address)
     if args.format == "parquet":
-        manifest = export_dataset(args.checkpoint, args.out, args.num, seed=args.seed, classes=args.classes,
-                                  raw=args.raw, truncation=args.truncation, shard_size=args.shard_size,
-                                  workers=workers)
+        manifest = export_dataset(args.checkpoint, args.out, args.num, workers, seed=args.seed,
+                                  classes=args.classes, raw=args.raw, truncation=args.truncation,
+                                  shard_size=args.shard_size)
         print(f"wrote {manifest.count} images ({manifest.resolution}x{manifest.resolution}x{manifest.channels}, "
               f"raw) in {len(manifest.shards)} shards to {args.out}")
         return
@@ -350,46 +389,61 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} images to {args.out}")
 
 
-_AUGMENTATION_OPTIONS = ("held_out", "real_fraction", "synthetic", "repeats", "steps")  # argparse leaves out unset
+def _json_target(uri: str | None) -> None:
+    """One line before any work for a --json that would replace a file."""
+    from gan_dist.storage import check_output_file
+
+    if uri and check_output_file(uri, "--json"):
+        raise UserError(f"--json {uri} already exists; pass a new path")
 
 
-def _augmentation_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The --augmentation options given, refusing those that would be ignored and a missing --held-out."""
-    given = {name: getattr(args, name) for name in _AUGMENTATION_OPTIONS if hasattr(args, name)}
-    if given and not args.augmentation:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UserError(f"{flags} only apply with --augmentation")
-    if args.augmentation and "held_out" not in given:
-        raise UserError("--augmentation needs --held-out URI: labeled real images neither the generator nor the "
-                        "classifiers train on")
-    if args.augmentation and (args.data_a or args.data_b):
-        raise UserError("--augmentation measures a class-conditional generator; pass its real images with --data, "
-                        "not --data-a/--data-b")
-    return given
+def _write_json(result: Any, uri: str | None) -> None:
+    """A result dataclass as JSON, local or object storage, where --json asked for it."""
+    if uri:
+        import json
+        from dataclasses import asdict
+
+        from gan_dist.storage import write_bytes
+
+        write_bytes(uri, json.dumps(asdict(result), indent=1).encode())
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from gan_dist.eval.evaluate import evaluate, format_table, parse_metrics, write_json
-    from gan_dist.storage import check_output_file
+    from gan_dist.evaluate import evaluate, format_table, parse_metrics
 
     names = parse_metrics(args.metrics)
-    augmentation = _augmentation_options(args)
-    if args.json:
-        if check_output_file(args.json, "--json"):
-            raise UserError(f"--json {args.json} already exists; pass a new path")
+    _json_target(args.json)
     _check_device(args.device)
-    if args.augmentation:
-        from gan_dist.eval.augmentation import format_augmentation, measure_augmentation
+    result = evaluate(args.checkpoint, args.data, args.num, names, args.features, args.seed, args.device,
+                      args.inception_weights, args.data_a, args.data_b, args.mask, args.raw)
+    print(format_table(result))
+    _write_json(result, args.json)
 
-        result = measure_augmentation(args.checkpoint, data=args.data, seed=args.seed, device=args.device,
-                                      **augmentation)
-        print(format_augmentation(result))
-    else:
-        result = evaluate(args.checkpoint, args.data, args.num, names, args.features, args.seed, args.device,
-                          args.inception_weights, args.data_a, args.data_b, args.mask, args.raw)
-        print(format_table(result))
-    if args.json:
-        write_json(result, args.json)
+
+def _augmentation_study(args: argparse.Namespace) -> None:
+    from gan_dist.augmentation_study import format_augmentation, measure_augmentation
+
+    _json_target(args.json)
+    _check_device(args.device)
+    result = measure_augmentation(args.checkpoint, args.held_out, args.data, args.real_fraction, args.synthetic,
+                                  args.repeats, args.steps, args.seed, args.device)
+    print(format_augmentation(result))
+    _write_json(result, args.json)
+
+
+def _agreement(args: argparse.Namespace) -> None:
+    from gan_dist.eval.agreement import format_agreement, run
+
+    _json_target(args.json)
+    result = run(args.samples, args.data, args.steps, args.seed)
+    print(format_agreement(result))
+    _write_json(result, args.json)
+
+
+def _bench_data(args: argparse.Namespace) -> None:
+    from gan_dist.data.bench import bench_reading
+
+    bench_reading(args.root, args.count, args.ray)
 
 
 def _translate(args: argparse.Namespace) -> None:
@@ -437,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench,
-         "evaluate": _evaluate, "translate": _translate, "complete": _complete,
+         "evaluate": _evaluate, "augmentation-study": _augmentation_study, "agreement": _agreement,
+         "bench-data": _bench_data, "translate": _translate, "complete": _complete,
          "explore": _explore}[args.command](args)
     except UserError as err:
         print(f"gan-dist: error: {err}", file=sys.stderr)
@@ -447,7 +502,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("gan-dist: interrupted; the newest complete checkpoint is kept (continue with --resume)", file=sys.stderr)
+        advice = {"train": "; the newest complete checkpoint is kept (continue with --resume)",
+                  "translate": "; the images written are whole: run the same command again to finish the rest",
+                  "complete": "; the images written are whole: run the same command again to finish the rest"}
+        print(f"gan-dist: interrupted{advice.get(args.command, '')}", file=sys.stderr)
         return 130
     return 0
 

@@ -3,47 +3,31 @@
 
 The images are split into fixed blocks of `shard_size`; block b is one shard file whose latents come from its own
 seed, derive(seed, "sample", b), drawn on the CPU. So a block is the same whoever writes it (this process or any
-Ray actor, on a CPU or a GPU's latents), the blocks never share latents, and the dataset does not depend on the
-number of workers. The manifest is written last, in block order, with the dataset's provenance.
+Ray actor: runtime/export.py; on a CPU or a GPU's latents), the blocks never share latents, and the dataset does
+not depend on the number of workers. The manifest is written last, in block order, with the dataset's provenance.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from gan_dist import checkpoint, seeds, storage
-from gan_dist.data.prepare import Progress
 from gan_dist.data.writer import check_dataset_out, publish_manifest, shard_name, write_shard
 from gan_dist.data.shards import Manifest, content_hash
 from gan_dist.errors import UserError
 from gan_dist.imaging import to_uint8
+from gan_dist.progress import Progress
 from gan_dist.sample import Generator, check_truncation, class_labels, load_generator, resolve_classes, truncated
 
 # The provenance's recipe of the latents, so a reader of the manifest can draw them again.
 SEEDS_RECIPE = ("image i is in block b = i // shard_size; block b's latents are torch.randn(rows, z_dim, "
                 "generator=torch.Generator().manual_seed(gan_dist.seeds.derive(seed, 'sample', b))) on the CPU, "
                 "times truncation; image i's class is classes[i % len(classes)]")
-
-
-@dataclass(frozen=True)
-class Workers:
-    """Who writes the blocks: this process (local), or Ray actors, one GPU or one CPU each."""
-
-    backend: str = "auto"  # auto: ray when num_workers > 1 or an address is given, else local
-    num_workers: int = 1
-    gpu: bool = False
-    address: str | None = None
-
-    @property
-    def resolved(self) -> str:
-        if self.backend != "auto":
-            return self.backend
-        return "ray" if self.num_workers > 1 or self.address else "local"
 
 
 @dataclass(frozen=True)
@@ -100,63 +84,43 @@ def write_block(generator: Generator, export: Export, block: int, device: str | 
     return Written(block, name, digest, len(rows))
 
 
-def check_export_args(seed: int, truncation: float, workers: Workers) -> None:
-    """One line, before any work, for what would otherwise fail later (or wait forever for GPUs)."""
+# Who writes an export's blocks, yielding each as it finishes: this process, or Ray actors (runtime/export.py).
+BlockWriter = Callable[[Export], Iterator[Written]]
+
+
+def check_export_args(seed: int, truncation: float) -> None:
+    """One line, before any work, for what would otherwise fail later."""
     if not 0 <= seed <= seeds.MAX_SEED:
         raise UserError(f"--seed {seed} is out of range for --format parquet; pass an integer from 0 to "
                         f"{seeds.MAX_SEED}")
     check_truncation(truncation)
-    check_workers(workers)
-
-
-def check_workers(workers: Workers) -> None:
-    """Workers that cannot run: several in one process, or GPUs this machine (or a local Ray) does not have."""
-    if workers.resolved == "local":
-        if workers.num_workers > 1:
-            raise UserError("the local backend runs one process; use --backend ray for --num-workers > 1")
-        if workers.gpu and not torch.cuda.is_available():
-            raise UserError("--gpu was given but torch sees no CUDA device; drop --gpu to sample on the CPU")
-        return
-    from gan_dist.runtime.ray_backend import check_ray  # Ray is imported only when it is used
-
-    check_ray(workers.address, workers.num_workers, workers.gpu)
 
 
 def export_dataset(checkpoint_uri: str, out: str, num: int, *, seed: int = 0, classes: list[str] | None = None,
-                   raw: bool = False, truncation: float = 1.0, shard_size: int = 2048,
-                   workers: Workers = Workers(), progress: bool = True) -> Manifest:
+                   raw: bool = False, truncation: float = 1.0, shard_size: int = 2048, device: str = "cpu",
+                   writer: BlockWriter | None = None, progress: bool = True) -> Manifest:
     """Write `num` generated images as a prepared dataset under `out` (local or object storage) and return its
-    manifest; for a conditional generator the asked classes in turn, labeled, with the generator's class names."""
-    check_export_args(seed, truncation, workers)
+    manifest; for a conditional generator the asked classes in turn, labeled, with the generator's class names.
+    The blocks are written by `writer` (default: this process, on `device`)."""
+    check_export_args(seed, truncation)
     with storage.user_errors(out, "write the dataset to"):
         check_dataset_out(out, "--out")
     out = storage.absolute_uri(out)  # Ray actors run in other folders
     storage.check_bucket(checkpoint_uri)
-    device = "cuda" if workers.gpu and workers.resolved == "local" else "cpu"  # Ray actors load their own
     uri, generator = checkpoint.load_newest(storage.absolute_uri(checkpoint_uri),
                                             lambda found: load_generator(found, torch.device(device), raw),
                                             lambda warning: print(warning, file=sys.stderr))
     export = Export(uri, out, num, seed, tuple(resolve_classes(classes or [], generator)), truncation, raw,
                     shard_size)
+    writer = writer or (lambda plan: (write_block(generator, plan, block, device) for block in range(plan.blocks)))
     with storage.user_errors(out, "write the dataset to"):
-        written = _collect(_written(generator, export, workers, device), num, progress)
+        written = _collect(writer(export), num, progress)
         manifest = Manifest(resolution=generator.resolution, channels=generator.channels, count=num,
                             shards=[w.name for w in written], class_names=generator.class_names,
                             content_hash=content_hash([w.digest for w in written]),
                             origin=origin(export, generator))
         publish_manifest(out, manifest)
     return manifest
-
-
-def _written(generator: Generator, export: Export, workers: Workers, device: str) -> Iterator[Written]:
-    """Each block written, in the order they finish."""
-    if workers.resolved == "ray":
-        from gan_dist.runtime.sample_ray import write_blocks
-
-        yield from write_blocks(export, workers.num_workers, workers.gpu, workers.address)
-        return
-    for block in range(export.blocks):
-        yield write_block(generator, export, block, device)
 
 
 def _collect(written: Iterator[Written], num: int, progress: bool) -> list[Written]:

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 import pyarrow.fs as pafs
@@ -14,6 +13,7 @@ import pyarrow.fs as pafs
 from gan_dist import storage
 from gan_dist.config import LogConfig
 from gan_dist.imaging import png_bytes
+from gan_dist.progress import Progress
 
 if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` starts in a second, not ten
     import torch
@@ -21,12 +21,6 @@ if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` sta
 METRICS_FILE = "metrics.jsonl"
 # Shown on the console; everything else still goes to metrics.jsonl and W&B.
 CONSOLE_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "img_per_s")
-
-
-def format_line(metrics: dict[str, Any], total_steps: int) -> str:
-    parts = [f"step {metrics['step']}/{total_steps}"]
-    parts += [f"{key} {metrics[key]:.4g}" for key in CONSOLE_KEYS if key in metrics]
-    return " | ".join(parts)
 
 
 def wandb_mode(configured: str) -> str:
@@ -90,49 +84,6 @@ class WandbSink:
         self.run = None
 
 
-class Console:
-    """On a terminal, one progress line redrawn in place (step, img/s, ETA, last losses); elsewhere (Ray's
-    log stream, CI) one compact line every `every_s` seconds and at the last step."""
-
-    def __init__(self, total_steps: int, every_s: float, stream: TextIO):
-        self.total, self.every_s, self.stream = total_steps, every_s, stream
-        self.interactive = stream.isatty()
-        self.started = self.last_print = time.perf_counter()
-        self.first_step: int | None = None
-        self.latest: dict[str, Any] = {}
-
-    def progress(self, step: int) -> None:
-        if self.first_step is None:
-            self.first_step = step - 1
-        # The last step's line is drawn by metrics(), with its final losses.
-        if self.interactive and step < self.total and time.perf_counter() - self.last_print > 0.25:
-            self._redraw(step)
-
-    def metrics(self, metrics: dict[str, Any]) -> None:
-        self.latest = metrics
-        now = time.perf_counter()
-        if self.interactive:
-            self._redraw(metrics["step"])
-        elif now - self.last_print >= self.every_s or metrics["step"] == self.total:
-            self.last_print = now
-            print(format_line(metrics, self.total), file=self.stream, flush=True)
-
-    def message(self, text: str) -> None:
-        print(("\r\033[K" if self.interactive else "") + text, file=self.stream, flush=True)
-
-    def _redraw(self, step: int) -> None:
-        self.last_print = now = time.perf_counter()
-        done = step - (self.first_step or 0)
-        rate = done / max(now - self.started, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else 0.0
-        width = 20
-        bar = "#" * int(width * step / self.total) + "-" * (width - int(width * step / self.total))
-        losses = " ".join(f"{k} {self.latest[k]:.3g}" for k in CONSOLE_KEYS if k in self.latest)
-        end = "\n" if step == self.total else ""
-        self.stream.write(f"\r\033[K[{bar}] {step}/{self.total} {rate:.1f} step/s ETA {eta:,.0f}s {losses}{end}")
-        self.stream.flush()
-
-
 class RunTracker:
     """Appends metrics and events to `metrics.jsonl` (kept on resume), writes sample grids under `samples/`, and
     sends the same to W&B and the console."""
@@ -142,7 +93,9 @@ class RunTracker:
         console = console or sys.stdout  # looked up now: tests and notebooks swap sys.stdout
         self.run_uri = run_uri
         self.metrics_uri = storage.join(run_uri, METRICS_FILE)
-        self.console = Console(total_steps, cfg.console_every_s, console)
+        self.console, self.total_steps, self.every_s = console, total_steps, cfg.console_every_s
+        self.bar: Progress | None = None  # started at the first step this process trains (a resume's rate)
+        self.losses = ""  # the newest metrics' CONSOLE_KEYS, ending the progress line
         # Object stores cannot append: keep the lines and rewrite the (small) file; local files are appended.
         # A run killed mid-write leaves a last line without its newline: the next record must start a line of its
         # own, not be glued onto the fragment (rewritten lines get one by the join; appends by _torn).
@@ -160,20 +113,26 @@ class RunTracker:
     def log(self, metrics: dict[str, Any]) -> None:
         self._append(json.dumps(metrics))
         self.wandb.log({k: v for k, v in metrics.items() if k != "step"}, metrics["step"])
-        self.console.metrics(metrics)
+        self.losses = "".join(f" | {key} {metrics[key]:.4g}" for key in CONSOLE_KEYS if key in metrics)
+        step = metrics["step"]
+        self._bar(step).update(step, final=step == self.total_steps, note=self.losses)
 
     def log_event(self, event: dict[str, Any]) -> None:
         """Something a person must know about (a restore, a skipped update): a JSON line and a console warning."""
         self._append(json.dumps(event))
         self.wandb.log({f"events/{event['event']}": 1}, event["step"])
         details = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in event.items() if k != "event")
-        self.console.message(f"warning: {event['event']}: {details}")
+        self.message(f"warning: {event['event']}: {details}")
 
     def progress(self, step: int) -> None:
-        self.console.progress(step)
+        if step < self.total_steps:  # the last step's line is drawn by log(), with its final losses
+            self._bar(step).update(step, note=self.losses)
 
     def message(self, text: str) -> None:
-        self.console.message(text)
+        if self.bar is None:
+            print(text, file=self.console, flush=True)
+        else:
+            self.bar.message(text)
 
     def write_grid(self, step: int, grid: torch.Tensor) -> str:
         """A uint8 C×H×W preview grid to samples/step_<step>.png and W&B."""
@@ -184,6 +143,11 @@ class RunTracker:
 
     def close(self) -> None:
         self.wandb.finish()
+
+    def _bar(self, step: int) -> Progress:
+        if self.bar is None:
+            self.bar = Progress(self.total_steps, self.console, "step", self.every_s, done=step - 1)
+        return self.bar
 
     def _append(self, line: str) -> None:
         if self._lines is None:

@@ -1,4 +1,4 @@
-"""`gan-dist evaluate --augmentation`: the stratified real subset, CAS of generators whose output is known, the
+"""`gan-dist augmentation-study`: the stratified real subset, CAS of generators whose output is known, the
 refactored classifier training, the table and JSON end to end (local and s3://), and the one-line refusals."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from gan_dist.cli import main
 from gan_dist.data.embedded import embedded_digits
 from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import load_columns, read_manifest
-from gan_dist.eval.augmentation import SETTINGS, held_out_accuracy, stratified_subset, synthesize
+from gan_dist.augmentation_study import SETTINGS, held_out_accuracy, stratified_subset, synthesize
 from gan_dist.eval.classifier import fit_classifier, train_classifier
 from gan_dist.imaging import to_model_range
 from gan_dist.runtime.launch import train
@@ -45,7 +45,7 @@ def held_out(tmp_path_factory) -> str:
 
 
 def augmentation(capsys, *args) -> tuple[int, str, str]:
-    code = main(["evaluate", *map(str, args)])
+    code = main(["augmentation-study", *map(str, args)])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -99,7 +99,7 @@ def test_cas_is_high_for_a_generator_of_real_images_and_near_zero_for_one_with_t
 
 
 def test_table_and_json_of_every_setting(runs, held_out, tmp_path, capsys):
-    code, out, err = augmentation(capsys, f"{runs}/tiny", "--augmentation", "--held-out", held_out, "--real-fraction",
+    code, out, err = augmentation(capsys, f"{runs}/tiny", "--held-out", held_out, "--real-fraction",
                                   0.1, "--synthetic", 40, "--repeats", 2, "--steps", 3, "--json", tmp_path / "a.json")
     assert code == 0, err
     saved = json.loads((tmp_path / "a.json").read_text())
@@ -121,7 +121,7 @@ def test_table_and_json_of_every_setting(runs, held_out, tmp_path, capsys):
 def test_held_out_and_json_on_object_storage_and_the_default_synthetic_count(runs, bucket, capsys):
     held = f"s3://{bucket}/held"
     write_shards(255 - numbered_images(30), np.arange(30, dtype=np.int32) % 10, held, class_names=CLASSES)
-    code, _, err = augmentation(capsys, f"{runs}/tiny", "--augmentation", "--held-out", held, "--repeats", 1,
+    code, _, err = augmentation(capsys, f"{runs}/tiny", "--held-out", held, "--repeats", 1,
                                 "--steps", 2, "--json", f"s3://{bucket}/aug.json")
     assert code == 0, err
     saved = json.loads(s3_client().get_object(Bucket=bucket, Key="aug.json")["Body"].read())
@@ -136,21 +136,30 @@ def refused(capsys, *args) -> str:
     return err
 
 
+@pytest.mark.parametrize("args, expected", [
+    (("RUN",), "the following arguments are required: --held-out"),
+    (("RUN", "--held-out", "HELD", "--num", "3"), "unrecognized arguments: --num 3"),  # evaluate's, not the study's
+])
+def test_usage_errors_are_one_line(capsys, args, expected):
+    with pytest.raises(SystemExit) as exited:
+        main(["augmentation-study", *args])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and expected in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_input_is_refused_in_one_line(runs, tiny_data, held_out, tmp_path, capsys):
     run = f"{runs}/tiny"
     unlabeled, other_classes = str(tmp_path / "unlabeled"), str(tmp_path / "other")
     write_shards(numbered_images(20), None, unlabeled)
     write_shards(numbered_images(20), np.arange(20, dtype=np.int32) % 2, other_classes, class_names=["a", "b"])
     cases = [
-        ((run, "--augmentation"), "--augmentation needs --held-out URI"),
-        ((run, "--held-out", held_out), "--held-out only apply with --augmentation"),
-        ((run, "--augmentation", "--held-out", held_out, "--real-fraction", 0), "--real-fraction 0.0: pass a"),
-        ((run, "--augmentation", "--held-out", held_out, "--real-fraction", 1.5), "--real-fraction 1.5: pass a"),
-        ((run, "--augmentation", "--held-out", unlabeled), f"--held-out {unlabeled} has no class labels"),
-        ((run, "--augmentation", "--held-out", held_out, "--data", unlabeled), "--data"),
-        ((run, "--augmentation", "--held-out", other_classes), "has classes a, b and the generator 0, 1, 2,"),
-        ((run, "--augmentation", "--held-out", tiny_data), "held out from both"),
-        ((f"{runs}/uncond", "--augmentation", "--held-out", held_out), "train with model.conditional=true"),
+        ((run, "--held-out", held_out, "--real-fraction", 0), "--real-fraction 0.0: pass a"),
+        ((run, "--held-out", held_out, "--real-fraction", 1.5), "--real-fraction 1.5: pass a"),
+        ((run, "--held-out", unlabeled), f"--held-out {unlabeled} has no class labels"),
+        ((run, "--held-out", held_out, "--data", unlabeled), "--data"),
+        ((run, "--held-out", other_classes), "has classes a, b and the generator 0, 1, 2,"),
+        ((run, "--held-out", tiny_data), "held out from both"),
+        ((f"{runs}/uncond", "--held-out", held_out), "train with model.conditional=true"),
     ]
     for args, expected in cases:
         assert expected in refused(capsys, *args), expected
@@ -159,5 +168,5 @@ def test_bad_input_is_refused_in_one_line(runs, tiny_data, held_out, tmp_path, c
 def test_a_translator_checkpoint_is_refused_in_one_line(tiny_data, tiny_domain_b, held_out, tmp_path, capsys):
     train(tiny_translation_config(tiny_data, tiny_domain_b, str(tmp_path), **{"train.steps": 3}))
     capsys.readouterr()  # the run's console lines
-    err = refused(capsys, tmp_path / "tiny", "--augmentation", "--held-out", held_out)
+    err = refused(capsys, tmp_path / "tiny", "--held-out", held_out)
     assert "is a translator's checkpoint" in err

@@ -1,4 +1,4 @@
-"""The data benchmark runs end to end (its numbers are for the note, not asserted)."""
+"""The data benchmark (`gan-dist bench-data`) runs end to end (its numbers are for the note, not asserted)."""
 
 import json
 from pathlib import Path
@@ -7,12 +7,11 @@ import pytest
 
 from conftest import numbered_images
 from gan_dist import bench, cli
-from gan_dist.data.bench import main
 from gan_dist.data.prepare import write_shards
 
 
 def test_data_benchmark_reports_every_format_and_size(tmp_path, capsys):
-    main(["--count", "64", "--root", str(tmp_path)])
+    assert cli.main(["bench-data", "--count", "64", "--root", str(tmp_path)]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [(r[2], r[3]) for r in rows] == [("raw", "32"), ("raw", "64"), ("png", "32"), ("png", "64")]
     assert all(float(r[4].replace(",", "")) > 0 for r in rows)

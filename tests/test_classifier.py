@@ -17,7 +17,7 @@ from PIL import Image
 from gan_dist.data.embedded import embedded_digits
 from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import load_columns, read_manifest
-from gan_dist.eval.agreement import main as agreement_main
+from gan_dist.cli import main
 from gan_dist.eval.agreement import measure, read_samples
 from gan_dist.eval.classifier import ClassifierMeta, load_classifier, predict, save_classifier, train_classifier
 
@@ -99,7 +99,7 @@ def test_real_digits_agree_with_their_labels_and_not_with_shifted_ones(trained, 
 
 def run_agreement(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")  # as the one_thread fixture, for the child's torch
-    return subprocess.run([sys.executable, "-m", "gan_dist.eval.agreement", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "gan_dist", "agreement", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 
 
@@ -134,6 +134,6 @@ def test_samples_the_dataset_cannot_score_are_one_line_user_errors(digits, tmp_p
     right = write_samples(tmp_path / "right", columns["image"][:2], columns["label"][:2], manifest.class_names)
     for argv, expected in [([wrong_size, "--data", uri], "sample_00000.png is 16x16x1 but the dataset's images are"),
                            ([right, "--data", unlabeled], "has no class labels")]:
-        assert agreement_main(argv) == 2
+        assert main(["agreement", *argv]) == 2
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, err

@@ -29,7 +29,7 @@ def trained_run(tmp_path_factory):
 def test_train_on_embedded_digits_writes_grids_and_checkpoints(trained_run):
     storage, done = trained_run
     assert done.returncode == 0, done.stderr
-    assert "1797 images 32x32x1" in done.stdout and "step 20/20" in done.stdout
+    assert "1797 images 32x32x1" in done.stdout and "step: 20/20 (100%)" in done.stdout
     # What the run chose for speed is on the console: the data kept in memory, the plain eager step on the CPU.
     assert "data: resident on cpu (1.8 MB per worker <= 25% of cpu's" in done.stdout
     assert "step: eager, bf16 off, fused Adam off, D forward real and fake apart" in done.stdout

@@ -4,6 +4,9 @@ workers, and the one-line errors."""
 
 import json
 import os
+import shutil
+import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from gan_dist import checkpoint
 from gan_dist.cli import main
 from gan_dist.data.embedded import embedded_digits
 from gan_dist.data.prepare import write_shards
+from gan_dist.data import reader
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.eval import metrics
 from gan_dist.eval.features import EVAL_DIR, domain_features
@@ -206,3 +210,26 @@ def test_auto_features_are_inception_for_an_unlabeled_dataset(run, tmp_path, cap
                             "--json", tmp_path / "eval.json")
     assert code == 0, err
     assert json.loads((tmp_path / "eval.json").read_text())["features"] == "inception"
+
+
+def test_one_evaluation_opens_the_dataset_once(run, tiny_data, tmp_path, monkeypatch, capsys):
+    """One manifest read and one load of the image columns, shared by the real features, SWD and the near-copy
+    search (and the domain classifier where it is trained): each used to read the dataset on its own."""
+    data = str(tmp_path / "data")  # a copy whose real features are not cached yet: computed from the images
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("features-*"))
+    reads = Counter()
+    for name in ("read_manifest", "load_columns"):
+        original = getattr(reader, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            reads[_name] += 1
+            return _original(*args, **kwargs)
+
+        for module in [m for m in sys.modules.values() if m.__name__.startswith("gan_dist")]:
+            if getattr(module, name, None) is original:
+                monkeypatch.setattr(module, name, counted)
+    code, out, err = evaluate(capsys, run, "--data", data, "--num", 64)
+    assert code == 0, err
+    assert all(any(line.startswith(f"{name} ") for line in out.splitlines()) for name in ("fid", "swd_16", "copies"))
+    assert any(name.startswith("features-") for name in os.listdir(os.path.join(data, EVAL_DIR)))
+    assert reads == {"read_manifest": 1, "load_columns": 1}

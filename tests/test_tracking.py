@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import s3_client, tiny_config
+from gan_dist.progress import Progress
 from gan_dist.report import draw_curves, read_metrics
 from gan_dist.runtime.launch import train
-from gan_dist.tracking import Console, RunTracker
+from gan_dist.tracking import RunTracker
 from test_cli import run
 from wandb_records import history, run_id
 
@@ -67,16 +68,38 @@ def test_curves_png_shows_the_run(tiny_data, tmp_path):
     assert image.std() > 10  # lines and labels, not a blank canvas
 
 
-def test_console_prints_compact_lines_off_a_terminal():
+def test_console_prints_compact_lines_off_a_terminal(tmp_path):
     stream = io.StringIO()
-    console = Console(total_steps=100, every_s=3600, stream=stream)
+    log = tiny_config("unused", "unused", **{"log.console_every_s": 3600}).log
+    tracker = RunTracker(str(tmp_path), 100, log, "id", {}, console=stream)
+    tracker.progress(9)
+    tracker.message("resumed from step 8")
     for step in (10, 20, 100):
-        console.metrics({"step": step, "loss_D": 1.0, "loss_G": 2.0, "img_per_s": 5.0, "grad_norm_D": 3.0})
+        tracker.progress(step)
+        tracker.log({"step": step, "loss_D": 1.0, "loss_G": 2.0, "img_per_s": 5.0, "grad_norm_D": 3.0})
     lines = stream.getvalue().splitlines()
-    # the first line waits for the interval; the last step always prints
-    assert lines == ["step 100/100 | loss_D 1 | loss_G 2 | img_per_s 5"]
+    # the first progress line waits for the interval; the last step always prints, with its losses
+    assert lines[0] == "resumed from step 8" and len(lines) == 2, lines
+    assert lines[1].startswith("step: 100/100 (100%) ") and "ETA" not in lines[1]
+    assert lines[1].endswith("/s | loss_D 1 | loss_G 2 | img_per_s 5")
 
 
+def test_progress_redraws_one_line_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    bar = Progress(10, stream, "embed", done=2)
+    bar.update(5)  # within the redraw interval of the start: not drawn
+    bar.last -= 1
+    bar.update(6, note=" | x 1")
+    bar.message("a warning")
+    bar.update(10, final=True)
+    text = stream.getvalue()
+    assert text.startswith("\r\033[Kembed: 6/10 (60%) ") and " ETA " in text.split("\n")[0]
+    assert text.split("\n")[0].endswith("s | x 1\r\033[Ka warning")
+    assert text.split("\n")[1].startswith("\r\033[Kembed: 10/10 (100%) ") and text.endswith("/s\n")
 def test_a_torn_last_line_loses_no_record_after_the_resume(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 4, "train.log_every": 1,
                                                    "train.checkpoint_every": 2, "train.sample_every": 4})

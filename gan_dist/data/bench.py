@@ -1,6 +1,4 @@
-"""Benchmark of the read + decode path into ready uint8 tensors.
-
-    python -m gan_dist.data.bench [--root DIR|s3://bucket/prefix] [--count N] [--ray]
+"""`gan-dist bench-data`: a benchmark of the read + decode path into ready uint8 tensors.
 
 Writes synthetic datasets (raw and png, 32² and 64², RGB) under --root, then times, on one core, pyarrow
 reading + the project's decode function, and with --ray the Ray Data path (read_parquet -> iter_torch_batches
@@ -9,9 +7,7 @@ with the same decode as collate_fn) for a few batch sizes. Prints images/s and t
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -75,29 +71,21 @@ def bench_ray(uri: str, manifest: Manifest, batch: int, prefetch: int) -> tuple[
     return rates[0], rates[1], first
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "gan-dist-bench"))
-    parser.add_argument("--count", type=int, default=20_000)
-    parser.add_argument("--ray", action="store_true", help="also time the Ray Data path")
-    args = parser.parse_args(argv)
+def bench_reading(root: str, count: int, ray: bool) -> None:
+    """Print a row per path, format and size as each is measured (the Ray rows take minutes)."""
     torch.set_num_threads(1)
     pa.set_cpu_count(1)
     print(f"{'path':<28}{'format':<8}{'size':<7}{'img/s/core':>12}{'first batch':>13}")
     for fmt in ("raw", "png"):
         for res in (32, 64):
-            uri = ensure_dataset(args.root, fmt, res, args.count)
+            uri = ensure_dataset(root, fmt, res, count)
             manifest = read_manifest(uri)
             rate, first = bench_pyarrow(uri, manifest)
             where = "s3" if storage.is_remote(uri) else "local"
             print(f"{'pyarrow ' + where:<28}{fmt:<8}{res:<7}{rate:>12,.0f}{first:>12.3f}s", flush=True)
-            if args.ray:
+            if ray:
                 for batch, prefetch in ((256, 1), (1024, 2)):
                     first_epoch, second_epoch, first = bench_ray(uri, manifest, batch, prefetch)
                     label = f"ray data b{batch} p{prefetch}"
                     print(f"{label:<28}{fmt:<8}{res:<7}{first_epoch:>12,.0f}{first:>12.3f}s"
                           f"   (epoch 2: {second_epoch:,.0f} img/s, whole machine)", flush=True)
-
-
-if __name__ == "__main__":
-    main()

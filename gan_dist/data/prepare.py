@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -20,6 +18,7 @@ from gan_dist.data.shards import FORMATS, Manifest
 from gan_dist.data.sources import ArraySource, PairedSource, Source, open_source
 from gan_dist.data.writer import ShardWriter, check_dataset_out
 from gan_dist.errors import UserError
+from gan_dist.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -72,30 +71,6 @@ class SkipReport:
     def reasons(self, examples: int = 5) -> str:
         by_reason = ", ".join(f"{n} {reason}" for reason, n in self.counts.most_common())
         return f"{by_reason}; first: {'; '.join(self.examples[:examples])}"
-
-
-class Progress:
-    """A progress line with rate and ETA on stderr: redrawn in place on a terminal, a line every 10 s otherwise."""
-
-    def __init__(self, total: int, stream=sys.stderr, label: str = "prepare"):
-        self.total, self.stream, self.tty, self.label = total, stream, stream.isatty(), label
-        self.start = self.last = time.perf_counter()
-
-    def update(self, done: int, final: bool = False, limit: int | None = None, skip: int = 0) -> None:
-        """`limit`: the final line of a run stopped by --limit, where what was read is the whole job. `skip`: the
-        final line of a run whose first images --skip left out (read, counted in `done`, not written)."""
-        now = time.perf_counter()
-        if not final and now - self.last < (0.5 if self.tty else 10.0):
-            return
-        self.last = now
-        total = done if limit else self.total
-        rate = done / max(now - self.start, 1e-9)
-        eta = (total - done) / rate if rate > 0 else 0.0
-        tail = f", first {skip} left out by --skip" if skip else ""
-        tail += f", --limit {limit} reached" if limit else ("" if final else f" ETA {eta:,.0f}s")
-        line = f"{self.label}: {done}/{total} ({100 * done / max(total, 1):.0f}%) {rate:,.0f}/s{tail}"
-        self.stream.write(("\r" + line + ("\n" if final else "")) if self.tty else line + "\n")
-        self.stream.flush()
 
 
 # The source and options live in module globals in the workers: forked processes inherit them instead of
@@ -180,7 +155,9 @@ def write_dataset(source: Source, out: str, options: PrepareOptions, progress: b
         raise UserError(f"--skip {options.skip} leaves no images: the source has {good} usable of {done} inputs; "
                         f"lower --skip")
     if bar:
-        bar.update(done, final=True, limit=options.limit if limited else None, skip=options.skip)
+        note = (f", first {options.skip} left out by --skip" if options.skip else "") + (
+            f", --limit {options.limit} reached" if limited else "")
+        bar.update(done, final=True, note=note, total=done if limited else None)
     if writer.rows == 0 and report.counts:  # the CLI prints the skip summary only after success, so the reasons go here
         hint = "; lower --min-size to keep small images" if "too small" in report.counts else ""
         raise UserError(f"every input was skipped, nothing was written: {report.reasons(examples=1)}{hint}")

@@ -1,18 +1,13 @@
-"""Class agreement: how often a classifier trained on the real images sees the class a generator was asked for.
-
-    python -m gan_dist.eval.agreement SAMPLES_DIR [--data DATASET_DIR] [--steps N] [--seed S] [--json PATH]
-
-SAMPLES_DIR holds sample_00000.png, ... and labels.csv (header file,label,class_name; one row per PNG)."""
+"""Class agreement: how often a classifier trained on the real images sees the class a generator was asked for
+(`gan-dist agreement SAMPLES_DIR`). SAMPLES_DIR holds sample_00000.png, ... and labels.csv (header
+file,label,class_name; one row per PNG)."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import sys
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -26,7 +21,6 @@ from gan_dist.eval.classifier import predict, train_classifier
 
 LABELS_FILE = "labels.csv"
 LABELS_HEADER = ["file", "label", "class_name"]
-EXIT_USER_ERROR = 2  # as `gan-dist` exits on a UserError
 DEFAULT_STEPS = 500  # ≥ 95% held-out on the digits by 300; the margin is for harder datasets
 
 
@@ -131,10 +125,10 @@ def format_agreement(result: Agreement) -> str:
     return "\n".join(lines)
 
 
-def run(samples_uri: str, data_uri: str, steps: int, seed: int, json_uri: str | None) -> Agreement:
-    """Check everything the user gave first (cheap), then train the classifier (the slow part) and score."""
-    if json_uri:
-        storage.check_output_file(json_uri, "--json")
+def run(samples_uri: str, data_uri: str | None = None, steps: int | None = None, seed: int = 0) -> Agreement:
+    """Check everything the user gave first (cheap), then train the classifier (the slow part) and score.
+    `data_uri`: the labeled dataset the generator learned (default: the embedded digits)."""
+    data_uri, steps = data_uri or embedded_digits(), steps or DEFAULT_STEPS
     manifest = read_manifest(data_uri)
     if not manifest.class_names:
         raise UserError(f"the dataset at {data_uri} has no class labels; prepare it from class subfolders (or an "
@@ -145,47 +139,4 @@ def run(samples_uri: str, data_uri: str, steps: int, seed: int, json_uri: str | 
           flush=True)
     model, accuracy = train_classifier(columns["image"], columns["label"], len(manifest.class_names), steps=steps,
                                        seed=seed)
-    result = measure(predict(model, images), asked, manifest.class_names, accuracy)
-    if json_uri:
-        with storage.user_errors(json_uri, "write"):
-            storage.write_bytes(json_uri, json.dumps(asdict(result), indent=2).encode())
-    return result
-
-
-def _whole(minimum: int) -> Callable[[str], int]:
-    """An argparse type for whole numbers ≥ minimum (and below 2**63, what a torch seed takes)."""
-    def parse(text: str) -> int:
-        if not text.isdigit() or not minimum <= int(text) < 2**63:
-            raise argparse.ArgumentTypeError(f"expected a whole number from {minimum} to {2**63 - 1}, got '{text}'")
-        return int(text)
-    return parse
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line, as `gan-dist` gives them, instead of argparse's usage block."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _OneLineParser(prog="python -m gan_dist.eval.agreement",
-                                     description="Score whether class-conditional samples show the class asked for.")
-    parser.add_argument("samples", metavar="SAMPLES_DIR", help="folder or s3:// prefix of PNGs + labels.csv")
-    parser.add_argument("--data", help="prepared labeled dataset the generator learned (default: embedded digits)")
-    parser.add_argument("--steps", type=_whole(1), default=DEFAULT_STEPS,
-                        help=f"classifier training steps (default {DEFAULT_STEPS})")
-    parser.add_argument("--seed", type=_whole(0), default=0, help="classifier seed: init, batches, holdout (default 0)")
-    parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON here")
-    args = parser.parse_args(argv)
-    try:
-        result = run(args.samples, args.data or embedded_digits(), args.steps, args.seed, args.json)
-    except UserError as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    print(format_agreement(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return measure(predict(model, images), asked, manifest.class_names, accuracy)

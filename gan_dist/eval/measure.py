@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gan_dist.data.opened import OpenedDataset
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.eval import metrics as m
@@ -40,6 +41,11 @@ MIN_IMAGES = 4  # precision/recall's k-NN (k = 3) needs k + 1 images on each sid
 SWD_MIN_RESOLUTION = 16  # ProGAN's pyramid stops at 16x16
 
 
+def copies_rows(image_bytes: int) -> int:
+    """How many real images the near-copy search reads: as many as COPIES_MAX_BYTES hold."""
+    return COPIES_MAX_BYTES // image_bytes
+
+
 def check_sizes(names: tuple[str, ...] | list[str], num: int, manifest: Manifest, where: str) -> None:
     """One line, before any work, for a comparison the metrics cannot make."""
     if min(num, manifest.count) < MIN_IMAGES:
@@ -60,11 +66,12 @@ def feature_kind(features: str, manifest: Manifest, unlabeled: str = "off") -> s
 
 
 def feature_network(kind: str, data_uri: str, manifest: Manifest, device: torch.device,
-                    inception_weights: str | None) -> nn.Module:
+                    inception_weights: str | None, *, opened: OpenedDataset | None = None) -> nn.Module:
+    """`opened`: the same dataset as a command opened it, whose rows a domain classifier then trains on."""
     if kind not in FEATURES:
         raise UserError(f"--features {kind!r}: choose {' or '.join(FEATURES)}")
     if kind == "domain":
-        return domain_features(data_uri, manifest, device)
+        return domain_features(data_uri, manifest, device, opened=opened)
     from gan_dist.eval.inception import INCEPTION_ID, load_inception
 
     net = load_inception(device, inception_weights)
@@ -117,7 +124,7 @@ def compare(names: tuple[str, ...] | list[str], net: nn.Module, real: torch.Tens
         out.update(m.swd(torch.as_tensor(real_u8(len(real))), torch.as_tensor(fake_u8), seed=seed))
     if "copies" in names:  # against as much of the training set as a bounded memory holds
         fake_u8 = torch.as_tensor(fake_u8)
-        out["copies"] = m.near_copies(torch.as_tensor(real_u8(COPIES_MAX_BYTES // fake_u8[0].numel())), fake_u8)
+        out["copies"] = m.near_copies(torch.as_tensor(real_u8(copies_rows(fake_u8[0].numel()))), fake_u8)
     if isinstance(net, DomainFeatures):
         device = next(net.parameters()).device
         out.update(class_metrics(net, torch.as_tensor(fake_u8).to(device), asked))

@@ -14,10 +14,11 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from gan_dist import storage
-from gan_dist.data.prepare import Progress
+from gan_dist.data.opened import OpenedDataset
 from gan_dist.data.reader import load_columns
 from gan_dist.data.shards import Manifest
 from gan_dist.eval.features import EVAL_DIR
+from gan_dist.progress import Progress
 
 EMBED_BATCH = 100
 
@@ -41,7 +42,10 @@ def real_images(data_uri: str, manifest: Manifest, num: int) -> np.ndarray:
 
 
 def real_features(net: nn.Module, data_uri: str, manifest: Manifest, num: int, device: torch.device,
-                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> torch.Tensor:
+                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr), *,
+                  opened: OpenedDataset | None = None) -> torch.Tensor:
+    """The first `num` images' features, from the cache or computed now (`opened`: the same dataset as a command
+    opened it, whose rows are then embedded)."""
     count = min(num, manifest.count)
     uri = storage.join(data_uri, EVAL_DIR, f"features-{net.id}-{manifest.content_hash[:16]}-{count}.safetensors")
     try:
@@ -50,7 +54,8 @@ def real_features(net: nn.Module, data_uri: str, manifest: Manifest, num: int, d
             return cached
     except (FileNotFoundError, SafetensorError, KeyError):  # not cached yet, or a damaged file: computed again
         pass
-    features = embed(net, real_images(data_uri, manifest, count), device, Progress(count, label="real features"))
+    images = opened.images(count) if opened else real_images(data_uri, manifest, count)
+    features = embed(net, images, device, Progress(count, label="real features"))
     try:
         storage.write_bytes(uri, save_safetensors({"features": features.contiguous()}))
     except OSError as exc:  # a read-only dataset: it works, it is just computed again next time

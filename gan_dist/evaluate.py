@@ -5,30 +5,29 @@ and compares them; for a translator it does the same per direction with translat
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import ValidationError
 
-from gan_dist import checkpoint, storage
+from gan_dist import checkpoint
+from gan_dist.complete import is_completion, load_completer, masks_for
 from gan_dist.config import EVAL_METRICS, EvalConfig, config_from_dict
 from gan_dist.data import placement
 from gan_dist.data.embedded import embedded_digits
-from gan_dist.data.prepare import Progress
+from gan_dist.data.opened import OpenedDataset
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
-from gan_dist.eval.measure import MEANINGS, check_sizes, compare, feature_kind, feature_network
-from gan_dist.eval.stats import embed, real_features, real_images
-from gan_dist.eval.translation import DIRECTIONS, judge_all, judges
-from gan_dist.eval.translation import MEANINGS as TRANSLATION_MEANINGS
-from gan_dist.sample import generate, load_generator
-from gan_dist.complete import is_completion, load_completer, masks_for
 from gan_dist.eval.completion import BASELINES, CompletionJudge
 from gan_dist.eval.completion import MEANINGS as COMPLETION_MEANINGS
+from gan_dist.eval.measure import MEANINGS, check_sizes, compare, copies_rows, feature_kind, feature_network
+from gan_dist.eval.stats import embed, real_features
+from gan_dist.eval.translation import DIRECTIONS, judge_all, judges
+from gan_dist.eval.translation import MEANINGS as TRANSLATION_MEANINGS
+from gan_dist.progress import Progress
+from gan_dist.sample import generate, load_generator
 from gan_dist.translate import is_translation, load_translator
 
 METRICS = EVAL_METRICS  # with domain features also: confident, class_min, coverage, agreement (conditional)
@@ -92,17 +91,19 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
     uri, generator = checkpoint.load_newest(checkpoint_uri, lambda c: load_generator(c, dev, raw),
                                             lambda warning: print(warning, file=sys.stderr))
     meta = checkpoint.load_meta(uri)
-    data_uri = data_uri or meta.get("config", {}).get("data", {}).get("path") or embedded_digits()
-    manifest = read_manifest(data_uri)
+    data = OpenedDataset(data_uri or meta.get("config", {}).get("data", {}).get("path") or embedded_digits())
+    data_uri, manifest = data.uri, data.manifest
     trained_on = meta.get("data", {})
     if (trained_on.get("resolution"), trained_on.get("channels")) != (manifest.resolution, manifest.channels):
         raise UserError(f"{uri} generates {trained_on.get('resolution')}x{trained_on.get('resolution')}x"
                         f"{trained_on.get('channels')} images and {data_uri} holds {manifest.resolution}x"
                         f"{manifest.resolution}x{manifest.channels}; pass the run's dataset with --data")
     check_sizes(names, num, manifest, "--num")
+    image_bytes = manifest.resolution ** 2 * manifest.channels
+    data.plan(max(num, copies_rows(image_bytes) if "copies" in names else 0))  # one load for every consumer
     features = feature_kind(features, manifest, unlabeled="inception")
-    net = feature_network(features, data_uri, manifest, dev, inception_weights)
-    real = real_features(net, data_uri, manifest, num, dev)
+    net = feature_network(features, data_uri, manifest, dev, inception_weights, opened=data)
+    real = real_features(net, data_uri, manifest, num, dev, opened=data)
 
     classes = list(range(len(generator.class_names)))
     progress = Progress(num, label="generate + embed")
@@ -114,7 +115,7 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
         asked.append(labels)
         done += len(batch)
         progress.update(done, final=done >= num)
-    result = compare(names, net, real, torch.cat(fake), lambda n: real_images(data_uri, manifest, n),
+    result = compare(names, net, real, torch.cat(fake), data.images,
                      torch.cat(fake_images), torch.cat(asked) if classes else None, seed)
     return Evaluation(uri, meta.get("step"), features, num, len(real), time.perf_counter() - started, result)
 
@@ -135,11 +136,6 @@ def format_table(result: Evaluation) -> str:
             metric, ("lower", "sliced Wasserstein distance at this pyramid level (x1e3)"))
         lines.append(f"{name:<{width}}{value:>10.4g}  {better:<7} {meaning}")
     return "\n".join(lines)
-
-
-def write_json(result: Any, uri: str) -> None:
-    """A result dataclass (an Evaluation, an augmentation table) as JSON, local or object storage."""
-    storage.write_bytes(uri, json.dumps(asdict(result), indent=1).encode())
 
 
 def evaluate_translation(checkpoint_uri: str, given: dict[str, str | None], num: int, names: tuple[str, ...],

@@ -1,4 +1,4 @@
-"""`gan-dist evaluate --augmentation`: does a class-conditional generator's output help a classifier that has few
+"""`gan-dist augmentation-study`: does a class-conditional generator's output help a classifier that has few
 real labels? The small domain classifier is trained with the same steps and seed on (a) a class-stratified fraction
 of the real training images, (b) that fraction plus synthetic images (their plain union, the usual baseline),
 (c) synthetic images alone, the Classification Accuracy Score (CAS, Ravuri & Vinyals 2019), and (d) all the real
@@ -78,16 +78,18 @@ def held_out_accuracy(images: np.ndarray, labels: np.ndarray, held_out: tuple[np
 
 
 def measure_augmentation(checkpoint_uri: str, held_out: str, data: str | None = None, real_fraction: float = 0.05,
-                         synthetic: int | None = None, repeats: int = 3, steps: int = DOMAIN_STEPS, seed: int = 0,
+                         synthetic: int | None = None, repeats: int = 3, steps: int | None = None, seed: int = 0,
                          device: str = "cpu") -> AugmentationResult:
     """Each setting's held-out accuracy over `repeats` seeds (seed, seed+1, ...: each draws its own subset,
     synthetic images, init and batch order). `data`: by default the dataset the run trained on; `synthetic`: by
-    default 10× the real subset and at least as many as all the real images (CAS on a set the real one's size)."""
+    default 10× the real subset and at least as many as all the real images (CAS on a set the real one's size);
+    `steps`: by default those of the domain classifier."""
     started = time.perf_counter()
+    steps = steps or DOMAIN_STEPS
     if not 0 < real_fraction <= 1:
         raise UserError(f"--real-fraction {real_fraction}: pass a fraction of the real images above 0 and at most 1")
     if not 0 <= seed <= seeds.MAX_SEED - repeats:
-        raise UserError(f"--seed {seed}: with --augmentation pass a whole number from 0 to {seeds.MAX_SEED - repeats}")
+        raise UserError(f"--seed {seed}: pass a whole number from 0 to {seeds.MAX_SEED - repeats}")
     uri, generator = checkpoint.load_newest(checkpoint_uri, lambda c: load_generator(c, torch.device(device)),
                                             lambda warning: print(warning, file=sys.stderr))
     if not generator.class_names:
@@ -136,8 +138,8 @@ def _checked_manifest(uri: str, flag: str, generator: Generator) -> Manifest:
     """The manifest of a labeled dataset of the generator's image size and classes, else a one-line UserError."""
     manifest = read_manifest(uri)
     if not manifest.class_names:
-        raise UserError(f"{flag} {uri} has no class labels; --augmentation trains classifiers on labeled images "
-                        f"(prepare them from class subfolders or an .npz with labels)")
+        raise UserError(f"{flag} {uri} has no class labels; the augmentation study trains classifiers on labeled "
+                        f"images (prepare them from class subfolders or an .npz with labels)")
     if manifest.class_names != generator.class_names:
         raise UserError(f"{flag} {uri} has classes {_names(manifest.class_names)} and the generator "
                         f"{_names(generator.class_names)}; pass images of the classes it was trained on")
