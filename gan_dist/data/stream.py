@@ -258,8 +258,10 @@ class StreamReader:
         dataset, length = self._epoch_dataset(epoch, skip)
         if skip >= length:
             return
+        # Its own generator: the workers' base seed drawn from the global one would leave a resumed run's global RNG
+        # a draw ahead of the uninterrupted run's (the workers' shuffles come from seeds.derive, not from torch).
         loader = DataLoader(dataset, batch_size=None, num_workers=self.workers, in_order=True,
-                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator(), pin_memory=self.device.type == "cuda",
                             prefetch_factor=self.prefetch if self.workers else None)
         handed = iter(loader)
         try:
