@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import numbered_images
 from gan_dist import bench, cli
 from gan_dist.data.prepare import write_shards
+from helpers import numbered_images
 
 
 def test_data_benchmark_reports_every_format_and_size(tmp_path, capsys):

@@ -1,21 +1,9 @@
 """The console script as a user runs it: real processes, exit codes, files on disk."""
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
-# The script installed beside this interpreter (the venv need not be on PATH).
-_BESIDE = Path(sys.executable).parent / "gan-dist"
-GAN_DIST = str(_BESIDE) if _BESIDE.exists() else shutil.which("gan-dist")
-
-
-def run(*args, cwd=None, env=None):
-    assert GAN_DIST, "the gan-dist console script is not installed (pip install -e .)"
-    return subprocess.run([GAN_DIST, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+from helpers import run
 
 
 @pytest.fixture(scope="module")

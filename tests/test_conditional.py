@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import numbered_images, tiny_config
 from gan_dist import checkpoint
 from gan_dist.cli import main
 from gan_dist.config import load_config
@@ -18,6 +17,7 @@ from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.sample import load_generator
 from gan_dist.train.tasks.generation import num_classes
+from helpers import numbered_images, tiny_config
 
 CLASSES = ["cat", "dog", "owl"]
 

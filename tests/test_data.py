@@ -4,11 +4,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import numbered_images, row_ids
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, prepare, write_shards
 from gan_dist.data.reader import DataPosition, InMemoryReader, load_columns, read_manifest, worker_rows
 from gan_dist.errors import UserError
+from helpers import numbered_images, row_ids
 
 
 def test_prepare_digits_writes_raw_uint8_shards_readable_by_plain_pyarrow(tmp_path):

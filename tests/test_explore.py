@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import s3_client, tiny_config, tiny_translation_config
 from gan_dist import checkpoint
 from gan_dist.cli import main
 from gan_dist.explore import CLASS_LATENTS, PATH_ENDS, latent, slerp
 from gan_dist.imaging import to_uint8
 from gan_dist.runtime.launch import train
 from gan_dist.sample import load_generator
+from helpers import s3_client, tiny_config, tiny_translation_config
 from wandb_records import history, records
 
 RES, PAD = 16, 2  # tiny_data's 16 px images; the grid helper's 2 px padding

@@ -8,20 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import conftest
+import helpers
 import pytest
 import ray.cloudpickle
 import torch
 
-from conftest import s3_client, tiny_config
 from gan_dist import checkpoint
 from gan_dist.data.reader import DataPosition
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.train.loop import train_loop
+from helpers import s3_client, tiny_config
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(conftest)
+ray.cloudpickle.register_pickle_by_value(helpers)
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import _free_port
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
@@ -28,7 +28,7 @@ def smoke_entrypoint() -> str:
 def ray_head(tmp_path_factory):
     """A Ray head of its own (not the session's cluster), stopped by the test: `ray start --block` in its own
     process group; SIGTERM makes it take down what it started."""
-    ports = {flag: _free_port() for flag in ("--port", "--dashboard-port", "--ray-client-server-port",
+    ports = {flag: free_port() for flag in ("--port", "--dashboard-port", "--ray-client-server-port",
                                              "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                              "--metrics-export-port", "--runtime-env-agent-port")}
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",

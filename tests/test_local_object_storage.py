@@ -4,13 +4,11 @@ the bucket, retention, an exact resume from the bucket, and `gan-dist sample` of
 import json
 
 import pytest
-import torch
 
-from conftest import s3_client, tiny_config
 from gan_dist import checkpoint
 from gan_dist.cli import main
 from gan_dist.runtime.launch import train
-from test_cli import run
+from helpers import assert_same_state, run, s3_client, tiny_config
 
 TINY = ["--set", "model.z_dim=8", "--set", "model.g_channels=8", "--set", "model.d_channels=8",
         "--set", "train.batch_size=8", "--set", "train.log_every=2", "--set", "train.sample_every=3",
@@ -66,7 +64,4 @@ def test_resume_from_the_bucket_ends_with_an_uninterrupted_runs_weights(s3_run, 
     assert "checkpoint_000000006/stale.bin" not in keys(bucket, "resume/split/")
     a = checkpoint.load_state(f"{storage}/straight/checkpoint_000000006")
     b = checkpoint.load_state(f"{storage}/split/checkpoint_000000006")
-    for name in a["nets"]:
-        for key, tensor in a["nets"][name].items():
-            assert torch.equal(tensor, b["nets"][name][key]), (name, key)
-    assert a["train"] == b["train"]
+    assert_same_state(a, b)

@@ -5,19 +5,13 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_config
 from gan_dist import checkpoint
-from gan_dist.data.placement import Dataset
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
-from gan_dist.runtime.local import LocalContext
 from gan_dist.train.loop import train_loop
 from gan_dist.train.tasks.generation import GenerationTask
-
-
-def local_ctx(cfg, run_dir):
-    return LocalContext(cfg, {"train": Dataset(cfg.data.path, read_manifest(cfg.data.path))}, str(run_dir))
+from helpers import assert_same_state, local_ctx, tiny_config
 
 
 def test_training_steps_are_finite_and_move_both_nets(tiny_data, tmp_path):
@@ -49,25 +43,11 @@ def test_checkpoint_roundtrip_restores_every_tensor_exactly(tiny_data, tmp_path)
     fresh = GenerationTask(cfg, {"train": Dataset(tiny_data, read_manifest(tiny_data))}, torch.device("cpu"))
     fresh.load_state_dict(saved)
     restored = fresh.state_dict()
-    for part in ("nets", "optimizers"):
-        for name in ("G", "D"):
-            flat_saved, flat_restored = _tensors(saved[part][name]), _tensors(restored[part][name])
-            assert flat_saved.keys() == flat_restored.keys() and flat_saved
-            for key in flat_saved:
-                assert torch.equal(flat_saved[key], flat_restored[key]), (part, name, key)
+    assert {"nets", "optimizers", "ema"} <= restored.keys()
+    assert_same_state({part: saved[part] for part in restored}, restored)
     assert saved["optimizers"]["G"]["state"][0]["step"] == 6  # Adam moments came along, not just weights
     meta = json.loads((tmp_path / "run" / "checkpoint_000000006" / "meta.json").read_text())
     assert meta["step"] == 6 and meta["files"]["state.pt"]["size"] > 0 and len(meta["files"]["state.pt"]["sha256"]) == 64
-
-
-def _tensors(tree, prefix=""):
-    if isinstance(tree, torch.Tensor):
-        return {prefix: tree}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else []
-    out = {}
-    for key, value in items:
-        out.update(_tensors(value, f"{prefix}/{key}"))
-    return out
 
 
 RESNET = {"model.arch": "resnet_sn", "model.g_channels": 16, "model.d_channels": 16, "train.loss": "hinge"}
@@ -107,19 +87,9 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(variant, tiny_da
 
     a = checkpoint.load_state(str(tmp_path / "straight" / "checkpoint_000000006"))
     b = checkpoint.load_state(str(tmp_path / "split" / "checkpoint_000000006"))
-    for name in ("G", "D"):
-        for key, tensor in a["nets"][name].items():
-            assert torch.equal(tensor, b["nets"][name][key]), (name, key)
-    for key, tensor in a["ema"]["G"].items():  # the EMA generator resumes bit-exactly too
-        assert torch.equal(tensor, b["ema"]["G"][key]), key
-    for name in ("G", "D"):  # Adam's moments, and the schedules' last rates and beta2
-        assert a["optimizers"][name]["param_groups"] == b["optimizers"][name]["param_groups"]
-        for key, tensor in _tensors(a["optimizers"][name]["state"]).items():
-            assert torch.equal(tensor, _tensors(b["optimizers"][name]["state"])[key]), (name, key)
-    assert a["train"] == b["train"]
-    assert _tensors(a["adversary"]).keys() == _tensors(b["adversary"]).keys()
-    for key, tensor in _tensors(a["adversary"]).items():  # what the stabilizers keep
-        assert torch.equal(tensor, _tensors(b["adversary"])[key]), key
+    # every tensor: nets, the EMA generator, Adam's moments and the schedules' last rates and beta2, what the
+    # stabilizers keep, the RNG states, the data positions
+    assert_same_state(a, b)
 
 
 def test_only_complete_checkpoints_are_resumed_from(tiny_data, tmp_path):

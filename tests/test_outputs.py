@@ -6,12 +6,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import tiny_config
 from gan_dist.bench import check_json_target
 from gan_dist.errors import UserError
 from gan_dist.report import PNG_SIGNATURE
 from gan_dist.runtime.launch import train
-from test_cli import run
+from helpers import run, tiny_config
 
 UNWRITABLE = "/proc/gan-dist-out"  # no file can be made in /proc, not even by root (chmod stops only non-root)
 NO_BUCKET = "s3://gan-dist-no-such-bucket"

@@ -11,15 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import interrupted_prepare, s3_client, tiny_config
 from gan_dist.data.images import ImageSpec, Skip, decode_file, to_square_array
 from gan_dist.data.prepare import PrepareOptions, prepare, write_dataset
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
+from helpers import interrupted_prepare, run, s3_client, tiny_config
 from media import make_mixed_folder
-from test_cli import run
 
 SPEC32 = ImageSpec(32, 3, min_size=8)
 

@@ -5,21 +5,21 @@ import os
 import sys
 from pathlib import Path
 
-import conftest
+import helpers
 import pytest
 import ray.cloudpickle
 import torch
 
-from conftest import assert_same_state, row_ids, tiny_config, tiny_inpaint_config, tiny_translation_config
 from gan_dist import checkpoint
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.sample import write_samples
 from gan_dist.train.loop import train_loop
+from helpers import assert_same_state, row_ids, tiny_config, tiny_inpaint_config, tiny_translation_config
 
 # Ship this module's loop wrapper to the workers by value: they cannot import the tests folder.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-ray.cloudpickle.register_pickle_by_value(conftest)
+ray.cloudpickle.register_pickle_by_value(helpers)
 
 pytestmark = pytest.mark.ray
 
@@ -134,14 +134,7 @@ def test_resumed_ray_run_matches_an_uninterrupted_one_exactly(first_run, tmp_pat
     train(straight)
     a = checkpoint.load_state(str(tmp_path / "straight" / "checkpoint_000000014"))
     b = checkpoint.load_state(str(storage / "two-workers" / "checkpoint_000000014"))
-    for name in ("G", "D"):
-        for key, tensor in a["nets"][name].items():
-            assert torch.equal(tensor, b["nets"][name][key]), (name, key)
-    for key, tensor in a["ema"]["G"].items():  # the EMA generator too
-        assert torch.equal(tensor, b["ema"]["G"][key]), key
-    for part in ("ada", "lecam"):  # and what the stabilizers keep
-        for key, tensor in a["adversary"][part].items():
-            assert torch.equal(tensor, b["adversary"][part][key]), (part, key)
+    assert_same_state(a, b)  # every tensor: nets, EMA, Adam, what the stabilizers keep, both ranks' RNG states
     assert 0 < a["adversary"]["ada"]["p"] < 1 and a["adversary"]["lecam"]["seen"] == 14 * 2
 
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import _free_port, numbered_images, tiny_config
 from gan_dist import checkpoint
 from gan_dist.data.prepare import write_shards
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
-from test_cli import GAN_DIST, run
+from helpers import GAN_DIST, free_port, numbered_images, run, tiny_config
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -195,7 +194,7 @@ def test_a_dataset_no_model_takes_is_refused_at_prepare_and_at_train(tmp_path):
 
 def test_an_unreachable_ray_address_is_one_line_within_seconds(tmp_path):
     started = time.monotonic()
-    done = run("train", "--address", f"127.0.0.1:{_free_port()}", "--num-workers", "2", "--storage", str(tmp_path))
+    done = run("train", "--address", f"127.0.0.1:{free_port()}", "--num-workers", "2", "--storage", str(tmp_path))
     one_line_error(done, "cannot reach the Ray cluster at 127.0.0.1:")
     assert time.monotonic() - started < 60  # Ray alone retries for minutes
 
@@ -228,7 +227,7 @@ def test_a_read_only_storage_is_refused_before_any_work(tmp_path):
 def test_storage_in_a_missing_bucket_or_behind_a_dead_endpoint_is_one_line(s3_server, tmp_path):
     one_line_error(run("train", "--backend", "ray", "--storage", "s3://no-such-bucket/runs"),
                    "bucket 'no-such-bucket' of s3://no-such-bucket/runs does not exist")
-    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}")
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
     done = run("train", "--backend", "ray", "--storage", "s3://runs/here", env=env)
     one_line_error(done, "cannot reach s3://runs/here")
     assert "AWS_ENDPOINT_URL" in done.stderr
@@ -244,7 +243,7 @@ def test_gpu_on_a_machine_without_one_is_one_line_not_a_wait(tmp_path, workers):
 
 def test_object_storage_behind_a_dead_endpoint_is_one_line_for_the_local_backend_too(tmp_path, s3_server):
     # The local backend writes to s3:// as well (tests/test_local_object_storage.py); it checks the endpoint first.
-    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{_free_port()}")
+    env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
     done = run("train", "--backend", "local", "--storage", "s3://bucket/runs", env=env)
     one_line_error(done, "cannot reach s3://bucket/runs")
     assert "run '" not in done.stdout

@@ -9,13 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import s3_client, tiny_config
 from gan_dist import seeds
 from gan_dist.cli import main
 from gan_dist.data.reader import load_columns, read_manifest
 from gan_dist.data.shards import MANIFEST_NAME, SHARD_SCHEMA, content_hash
 from gan_dist.runtime.launch import train
 from gan_dist.synthetic import SEEDS_RECIPE, Export, block_latents
+from helpers import s3_client, tiny_config
 
 SMALL = ("--num", 40, "--shard-size", 16, "--format", "parquet")  # 3 blocks: 16, 16 and 8 images
 

@@ -4,7 +4,6 @@ the same step as the plain one."""
 import pytest
 import torch
 
-from conftest import tiny_config
 from gan_dist.config import load_config
 from gan_dist.data import placement
 from gan_dist.data.placement import Dataset
@@ -12,7 +11,7 @@ from gan_dist.data.reader import read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.train import losses, speed
 from gan_dist.train.tasks.generation import GenerationTask
-from test_stabilizers import EVERY_SWITCH
+from helpers import EVERY_SWITCH, tiny_config
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import numbered_images, tiny_config
 from gan_dist.config import PRESET_DIR, load_config
 from gan_dist.data.placement import Dataset
 from gan_dist.data.prepare import write_shards
@@ -19,10 +18,9 @@ from gan_dist.train.adversary import Adversary, LeCam
 from gan_dist.train.augment import AdaptiveProbability, augment, cutout, translation
 from gan_dist.train.tasks.generation import GenerationTask
 from gan_dist.train.schedule import Schedule
+from helpers import EVERY_SWITCH, numbered_images, tiny_config
 
 CPU = torch.device("cpu")
-EVERY_SWITCH = {"train.augment": "translation,cutout,color", "train.ada_target": 0.6, "train.ada_interval": 2,
-                "train.r1_gamma": 1.0, "train.r1_every": 2, "train.lecam_weight": 0.1, "train.n_dis": 2}
 
 
 def draws(seed: int) -> torch.Generator:
@@ -140,7 +138,7 @@ def test_gradient_penalty_is_lambda_times_squared_distance_of_the_gradient_norm_
 
 
 def test_d_updates_per_step_read_their_own_rows(tiny_data, tmp_path):
-    from test_loop import local_ctx
+    from helpers import local_ctx
     from gan_dist.train.loop import train_loop
     from gan_dist import checkpoint
 

@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import numbered_images, row_ids
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prefetch import to_device_ahead
 from gan_dist.data.prepare import PrepareOptions, write_dataset
@@ -17,6 +16,7 @@ from gan_dist.data.reader import DataPosition, read_manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.data.stream import StreamReader, read_units, round_robin_taken
 from gan_dist.errors import UserError
+from helpers import numbered_images, row_ids
 
 COUNT, SHARD, RES, CH, BATCH = 200, 24, 4, 3, 8  # 9 shards: eight of 24 rows, one of 8
 

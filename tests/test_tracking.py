@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import s3_client, tiny_config
 from gan_dist.progress import Progress
 from gan_dist.report import draw_curves, read_metrics
 from gan_dist.runtime.launch import train
 from gan_dist.tracking import RunTracker
-from test_cli import run
+from helpers import run, s3_client, tiny_config
 from wandb_records import history, run_id
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_same_state, tiny_translation_config
 from gan_dist import checkpoint
 from gan_dist.cli import main
 from gan_dist.config import load_config
@@ -23,6 +22,7 @@ from gan_dist.train.tasks import build_task
 from gan_dist.train.pool import ImagePool
 from gan_dist.train.schedule import Hyperparameters, lr_factor
 from gan_dist.translate import load_translator
+from helpers import assert_same_state, tiny_translation_config
 
 CPU = torch.device("cpu")
 
@@ -69,10 +69,11 @@ def test_cyclegan_learns_a_known_mapping_from_unpaired_images(tmp_path):
 @pytest.mark.parametrize("kind", ["cyclegan", "cut"])
 def test_a_resumed_translation_run_matches_an_uninterrupted_one_bit_for_bit(kind, tiny_data, tiny_domain_b,
                                                                           tmp_path):
-    """6 steps straight against a run started from the straight run's step-3 checkpoint: the nets, the optimizers
-    (their decayed rates included), the image pools (full at step 2, swapping after) and the augmentation state."""
-    stabilized = {"train.lr_decay_start": 0.3, "train.augment": "translation,cutout", "train.ada_target": 0.6,
-                  "train.ada_interval": 2, "train.ada_kimg": 0.1, "train.lecam_weight": 0.1}
+    """6 steps straight against a run started from the straight run's step-3 checkpoint: every tensor of the state,
+    the optimizers' decayed rates, the image pools (full at step 2, swapping after), ADA's p (moved at step 4, half
+    an interval observed at 6) and LeCam's means included."""
+    stabilized = {"train.lr_decay_start": 0.3, "train.augment": "translation,cutout", "train.ada_target": 0.2,
+                  "train.ada_interval": 4, "train.ada_kimg": 0.1, "train.lecam_weight": 0.1}
     straight = tiny_translation_config(tiny_data, tiny_domain_b, str(tmp_path), kind, **stabilized,
                                        **{"run.name": "straight"})
     train(straight)
@@ -83,11 +84,11 @@ def test_a_resumed_translation_run_matches_an_uninterrupted_one_bit_for_bit(kind
     b = checkpoint.load_state(str(tmp_path / "halves" / "checkpoint_000000006"))
     assert_same_state(a, b)
     assert a["optimizers"]["G"]["param_groups"][0]["lr"] < straight.train.lr_g  # the decay had started
+    # what was compared is not a default: the adversary's state moved before the resume and between it and the end
+    adversary = a["adversary"] if kind == "cut" else a["adversaries"]["a"]
+    assert adversary["ada"]["p"] > 0 and adversary["ada"]["updates"] == 2 and adversary["lecam"]["seen"] == 6
     if kind == "cyclegan":
         assert a["ranks"][0]["pools"]["a"]["count"] == 6
-        for part in ("ada", "lecam"):
-            for key, tensor in a["adversaries"]["b"][part].items():
-                assert torch.equal(tensor, b["adversaries"]["b"][part][key]), (part, key)
 
 
 # ---- the parts: pool, schedule, preview -----------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_translate_refuses_in_one_line(trained, tmp_path, capsys, args, message)
 def test_sample_and_translate_refuse_each_others_checkpoints(trained, tiny_data, tmp_path, capsys):
     assert main(["sample", str(trained / "cyclegan"), "--out", str(tmp_path / "s")]) == 2
     assert "translator's checkpoint; translate images with it" in capsys.readouterr().err
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 3}))
     write_inputs(tmp_path / "in")
