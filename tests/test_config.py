@@ -130,13 +130,24 @@ def test_seed_out_of_range_names_the_range(seed):
 
 
 def test_largest_seed_works_in_every_seeded_draw():
+    """The largest seed the config takes reaches every draw whole: each purpose's seed is its own 63-bit value that
+    torch and numpy take as it is, not the stream of the seed's low 32 bits; the reader shuffles with it at any
+    epoch."""
     seed = load_config(None, {"train.seed": MAX_SEED}).train.seed
-    reader = InMemoryReader({"image": np.zeros((4, 2, 2, 1), np.uint8)}, 2, seed, shuffle=True, rank=1023)
-    next(reader.batches(DataPosition(epoch=10**6)))
-    for purpose in seeds.PURPOSES:
-        drawn = seeds.derive(seed, purpose, 1023, 10**9)
-        torch.Generator().manual_seed(drawn)
-        np.random.default_rng(drawn)
+    assert seed == MAX_SEED
+    drawn = {purpose: seeds.derive(seed, purpose, 1023, 10**9) for purpose in seeds.PURPOSES}
+    assert len(set(drawn.values())) == len(drawn) and all(0 <= value <= MAX_SEED for value in drawn.values())
+    assert all(value != seeds.derive(seed & 0xFFFFFFFF, purpose, 1023, 10**9) for purpose, value in drawn.items())
+    for value in drawn.values():
+        assert torch.Generator().manual_seed(value).initial_seed() == value
+        assert np.random.default_rng(value).bit_generator.seed_seq.entropy == value
+    images = np.arange(4, dtype=np.uint8).reshape(4, 1, 1, 1)  # each row's one pixel is its number
+    reader = InMemoryReader({"image": images}, 2, seed, shuffle=True, rank=1023)
+
+    def epoch_rows() -> list[int]:
+        batches = reader.batches(DataPosition(epoch=10**6))
+        return [int(row) for _ in range(2) for row in next(batches)[0]["image"].flatten()]
+    assert sorted(epoch_rows()) == [0, 1, 2, 3] and epoch_rows() == epoch_rows()  # a permutation, repeatable
 
 
 def test_seeds_differ_by_purpose_rank_and_step_and_repeat_exactly():

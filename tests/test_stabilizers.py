@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from gan_dist.config import PRESET_DIR, load_config
 from gan_dist.data.placement import Dataset
@@ -188,11 +189,55 @@ def test_a_step_with_every_stabilizer_never_asks_the_host(switches, tiny_data, t
     assert outs[-1]["augment_p"] > 0 and outs[-1]["penalty_D"] > 0
 
 
+def built_recipe(task) -> dict:
+    """What a built task will train with, read from its parts rather than its config: each discriminator's loss,
+    augmentation, R1/R2 and LeCam, the optimizers' rates and betas, the EMA generator, the image pools, the masks."""
+    def shared(values):  # every discriminator (and optimizer) of a task follows the one recipe
+        values = list(values)
+        assert all(value == values[0] for value in values), values
+        return values[0]
+
+    adversaries, ema = task.adversaries, getattr(task, "ema", None)
+    groups = [optimizer.param_groups[0] for optimizer in task.optimizers.values()]
+    recipe = {
+        "train.loss": shared(next(name for name, pair in losses.LOSSES.items() if pair[0] is adversary.d_loss)
+                             for adversary in adversaries),
+        "train.augment": shared(",".join(adversary.transforms) or "off" for adversary in adversaries),
+        "train.augment_p": shared(float(adversary.p) for adversary in adversaries),
+        "train.ada_target": shared(adversary.ada and adversary.ada.target for adversary in adversaries),
+        "train.r1_gamma": shared(float(adversary.gammas[0]) for adversary in adversaries),
+        "train.r2_gamma": shared(float(adversary.gammas[1]) for adversary in adversaries),
+        "train.lecam_weight": shared(adversary.lecam.weight if adversary.lecam else 0.0 for adversary in adversaries),
+        "train.lr_g": task.optimizers["G"].param_groups[0]["lr"],
+        "train.lr_d": task.optimizers["D"].param_groups[0]["lr"],
+        "train.beta1": shared(group["betas"][0] for group in groups),
+        "train.beta2": shared(group["betas"][1] for group in groups),
+        "train.ema": ema is not None,
+    }
+    if adversaries[0].lecam:
+        recipe["train.lecam_decay"] = shared(adversary.lecam.decay for adversary in adversaries)
+    if ema is not None:
+        recipe.update({"train.ema_half_life_kimg": ema.half_life_kimg, "train.ema_rampup": ema.rampup})
+    if hasattr(task, "pools"):
+        recipe["task.pool_size"] = shared(pool.size for pool in task.pools.values())
+    if hasattr(task, "kinds"):
+        recipe["task.masks"] = ",".join(task.kinds)
+    return recipe
+
+
+def preset_file(preset: str) -> dict:
+    """The settings the preset's YAML file writes down, by dotted key."""
+    return {f"{section}.{key}": value
+            for section, values in yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text()).items()
+            for key, value in (values or {}).items()}
+
+
 @pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_data, tmp_path):
-    """At the preset's widths and switches (a batch of 4 on the tiny labeled data, 16x16; translation presets on
-    32x32 images as both domains, the smallest side a 70x70 PatchGAN takes; a preset listing R3GAN blocks per stage
-    at the side its list names)."""
+    """The built task carries what the preset's file says (its loss, augmentation, ADA, R1/R2, LeCam, rates, EMA,
+    n_dis, pools, masks: a setting the loader or the task drops fails here) and takes a finite step. At the preset's
+    widths (a batch of 4 on the tiny labeled data, 16x16; translation presets on 32x32 images as both domains, the
+    smallest side a 70x70 PatchGAN takes; a preset listing R3GAN blocks per stage at the side its list names)."""
     preset_cfg = load_config(preset)
     names = preset_cfg.dataset_names()
     side, data = 16, tiny_data
@@ -206,8 +251,21 @@ def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_dat
     cfg = load_config(preset, {**{f"data.{'path' if name == 'train' else name}": data for name in names},
                                "train.batch_size": 4})
     task = build_task(cfg, {name: Dataset(data, read_manifest(data)) for name in names}, CPU)
+    recipe, said = built_recipe(task), preset_file(preset)
+
+    def setting(key: str):  # as the preset's file says, else the loaded config's default
+        section, field = key.split(".")
+        return said[key] if key in said else getattr(getattr(cfg, section), field)
+
+    if "train.augment_p" not in said:  # the start p then depends on ADA: checked by the augmentation tests
+        del recipe["train.augment_p"]
+    # R1/R2's gammas live in float32 on the device
+    assert recipe == {key: pytest.approx(setting(key), rel=1e-6) if isinstance(setting(key), float) else setting(key)
+                      for key in recipe}
     rows = cfg.train.real_per_step
     batch = {name: {"image": torch.randint(0, 256, (rows, side, side, 1), dtype=torch.uint8),
                     "label": torch.arange(rows) % 10} for name in names}
     out = task.train_step(batch, 0)
     assert all(torch.isfinite(value).all() for value in out.values()), out
+    d_updates = {int(moments["step"]) for moments in task.optimizers["D"].state.values()}
+    assert d_updates == {setting("train.n_dis")}  # each D parameter took n_dis updates in the step

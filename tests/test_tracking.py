@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gan_dist.progress import Progress
-from gan_dist.report import draw_curves, read_metrics
+from gan_dist.report import draw_curves, panel_curves, read_metrics
 from gan_dist.runtime.launch import train
 from gan_dist.tracking import RunTracker
 from helpers import run, s3_client, tiny_config
@@ -58,13 +58,24 @@ def test_unreachable_wandb_warns_once_and_training_goes_on(tiny_data, tmp_path, 
     assert out.count("warning: W&B is off for the rest of this run") == 1
 
 
+CYCLE = [(31, 119, 180), (255, 127, 14), (44, 160, 44)]  # matplotlib's first line colours, as RGB
+
+
 def test_curves_png_shows_the_run(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 12, "train.log_every": 1})
     train(cfg)
-    target = draw_curves(str(tmp_path / "tiny"))
-    image = np.asarray(Image.open(target).convert("L"), dtype=float)
-    assert image.shape[0] > 300 and image.shape[1] > 500
-    assert image.std() > 10  # lines and labels, not a blank canvas
+    run_dir = str(tmp_path / "tiny")
+    logged = [list(curves) for _, curves, _ in panel_curves(read_metrics(run_dir))]
+    assert logged == [["loss_D", "loss_G"], ["D_real", "D_fake"], ["grad_norm_D", "grad_norm_G"], ["img_per_s"], [],
+                      []]  # no evaluation in this run
+    image = np.asarray(Image.open(draw_curves(run_dir)).convert("RGB"), dtype=int)
+    # Six panels, 3 rows x 2 columns: each draws one line per key the run logged for it, in matplotlib's colour cycle
+    # (hundreds of pixels of each over 12 steps, beyond its legend's sample), and none where it logged nothing.
+    height, width = image.shape[0] // 3, image.shape[1] // 2
+    panels = [image[row * height:(row + 1) * height, col * width:(col + 1) * width]
+              for row in range(3) for col in range(2)]
+    drawn = [[color for color in CYCLE if (np.abs(panel - color).sum(axis=-1) < 30).sum() > 150] for panel in panels]
+    assert drawn == [CYCLE[:len(keys)] for keys in logged]
 
 
 def test_console_prints_compact_lines_off_a_terminal(tmp_path):
