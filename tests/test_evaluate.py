@@ -133,7 +133,8 @@ def _evaluate_on_ranks(rank, world_size, port, cfg_dict, data, out):
     from gan_dist.config import config_from_dict
     from gan_dist.data.placement import Dataset
     from gan_dist.train.tasks.generation import GenerationTask
-    from gan_dist.train.parts import Checkpoints, Evaluation, TrainState
+    from gan_dist.train.parts import Evaluation
+    from gan_dist.train.state import StepRecord, TrainState
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     torch.set_num_threads(1)
@@ -141,10 +142,10 @@ def _evaluate_on_ranks(rank, world_size, port, cfg_dict, data, out):
     ctx = type("Ctx", (), {"rank": rank, "world_size": world_size, "device": torch.device("cpu"),
                            "datasets": {"train": Dataset(data, manifest)}, "run_uri": ""})()
     task = GenerationTask(cfg, ctx.datasets, ctx.device, rank, world_size)
-    evaluation = Evaluation(task, ctx, cfg, None, Checkpoints(task, ctx, cfg, {}))
-    evaluation(TrainState(step=cfg.train.steps), {})
+    record = StepRecord(TrainState(step=cfg.train.steps), {})
+    Evaluation(task, ctx, cfg, None)(record)
     if rank == 0:
-        torch.save(evaluation.latest, out)
+        torch.save(record.evaluated, out)
     dist.destroy_process_group()
 
 

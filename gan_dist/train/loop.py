@@ -10,9 +10,10 @@ from gan_dist.config import Config
 from gan_dist.data.shards import Manifest
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train.context import WorkerContext
-from gan_dist.train.parts import (Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids,
-                                  TrainState, restore_newest)
+from gan_dist.train.parts import Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids
+from gan_dist.train.resume import restore_newest
 from gan_dist.train.schedule import Schedule
+from gan_dist.train.state import StepRecord, TrainState
 from gan_dist.train.task import Task
 from gan_dist.train.tasks import build_task, task_class
 
@@ -33,7 +34,8 @@ class LoopResult:
 
 def describe_data(manifest: Manifest) -> dict:
     return {"resolution": manifest.resolution, "channels": manifest.channels, "content_hash": manifest.content_hash,
-            "class_names": manifest.class_names}
+            "class_names": manifest.class_names,
+            **({"input_channels": manifest.input_channels} if manifest.paired else {})}
 
 
 def checkpoint_meta(ctx: WorkerContext, task: Task) -> dict:
@@ -66,23 +68,26 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
         if found is not None:
             tracker.message(f"resumed from step {state.step} ({found[0]})")
 
-    checkpoints = Checkpoints(task, ctx, cfg, checkpoint_meta(ctx, task))
-    evaluation = Evaluation(task, ctx, cfg, tracker, checkpoints)
-    parts: list[Part] = [evaluation, MetricWindow(task, ctx, cfg, tracker, checkpoints, evaluation),
-                         NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker), checkpoints]
+    # In this order: each part reads the step's record as the parts before it left it.
+    parts: list[Part] = [Evaluation(task, ctx, cfg, tracker), MetricWindow(task, ctx, cfg, tracker),
+                         NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker),
+                         Checkpoints(task, ctx, cfg, checkpoint_meta(ctx, task))]
     images_per_step = t.real_per_step * ctx.world_size
     schedule = Schedule(cfg, images_per_step)
     batches = ctx.batches(task.datasets, state.positions)
+    checkpoint_seconds = 0.0
     while state.step < t.steps:
         data, positions = next(batches)
         task.follow_schedule(schedule.at(state.step, state.images_seen))
         out = task.train_step(data, state.step)
         state = TrainState(state.step + 1, state.images_seen + images_per_step, positions)
+        record = StepRecord(state, out, checkpoint_seconds)
         for part in parts:
-            restored = part(state, out)
+            restored = part(record)
             if restored is not None:  # back to a checkpoint: the rest of this step's parts do not apply
                 state, batches = restored, ctx.batches(task.datasets, restored.positions)
                 break
+        checkpoint_seconds = record.checkpoint_seconds
     if tracker:
         tracker.close()
     return LoopResult(state.step, found and found[1].step)

@@ -1,48 +1,28 @@
-"""What the loop does around the training step, as parts that each own their schedule: the metric window, the
-non-finite recovery, preview grids and checkpoints. The loop calls them in order after every step; evaluation
-will be one more."""
+"""What the loop does around the training step, as parts that each own their schedule: evaluation, the metric
+window, the non-finite recovery, preview grids and checkpoints. The loop calls them in that order after every step
+with the step's record (state.StepRecord): each reads what the parts before it wrote there."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from gan_dist import checkpoint as ckpt
 from gan_dist.config import Config
-from gan_dist.data.placement import Positions
-from gan_dist.data.reader import DataPosition
 from gan_dist.errors import UserError
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train import collective, rng
 from gan_dist.train.context import WorkerContext
+from gan_dist.train.resume import restore_newest
+from gan_dist.train.state import StepRecord, TrainState
 from gan_dist.train.task import Task
 
 
-@dataclass
-class TrainState:
-    """Counters and data positions; the nets and optimizers live in the task."""
-
-    step: int = 0
-    images_seen: int = 0
-    positions: Positions = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "images_seen": self.images_seen,
-                "positions": {name: vars(at) for name, at in self.positions.items()}}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "TrainState":
-        # Checkpoints written before datasets had names hold one "position": the train dataset's.
-        positions = raw["positions"] if "positions" in raw else {"train": raw["position"]}
-        return cls(raw["step"], raw["images_seen"], {name: DataPosition(**at) for name, at in positions.items()})
-
-
 class Part(Protocol):
-    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> TrainState | None:
-        """After the step that brought the run to `state.step`; a state to go on from replaces the loop's."""
+    def __call__(self, record: StepRecord) -> TrainState | None:
+        """After the step that brought the run to `record.state.step`; a state to go on from replaces the loop's."""
         ...
 
 
@@ -50,52 +30,21 @@ def due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
 
-def restore(task: Task, ctx: WorkerContext, checkpoint: str) -> TrainState:
-    """Load a checkpoint into the task and this rank's RNG; every rank reads the same files."""
-    saved = ckpt.load_state(checkpoint, ctx.device)
-    try:
-        task.load_state_dict(saved)
-        rng.restore(saved.get("rng", []), ctx.rank)
-        ranks = saved.get("ranks", [])  # a resume on more workers starts the extra ranks' state afresh
-        task.load_rank_state(ranks[ctx.rank] if ctx.rank < len(ranks) else {})
-        return TrainState.from_dict(saved["train"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # loads, but is not this task's state
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ckpt.CorruptCheckpoint(f"{checkpoint}: state.pt does not hold this run's nets and optimizers "
-                                     f"({detail})") from None
-
-
-def restore_newest(task: Task, ctx: WorkerContext, cfg: Config,
-                   skipped: list[str]) -> tuple[str, TrainState] | None:
-    """The run's newest checkpoint that loads, older ones standing in for any that do not (each one's reason
-    goes to `skipped`); for a run that has none yet, --resume-from's. Corruption is in the bytes, so every rank
-    skips the same checkpoints and they all restore the same one."""
-    for uri in ckpt.newest_first(ctx.run_uri, ctx.latest_checkpoint()):
-        try:
-            return uri, restore(task, ctx, uri)
-        except ckpt.CorruptCheckpoint as exc:
-            skipped.append(str(exc))
-    if skipped:  # starting over would overwrite checkpoints that a person may still be able to repair
-        raise UserError(f"no checkpoint of this run loads ({'; '.join(skipped)}); nothing was overwritten: "
-                        f"restore or delete them, or start a new run (--name)")
-    if cfg.run.resume_from:
-        return cfg.run.resume_from, restore(task, ctx, cfg.run.resume_from)
-    return None
-
-
 class Checkpoints:
     """Every checkpoint_every steps and at the last: the task's state, its exports and meta.json, then retention."""
 
     def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, meta: dict[str, Any]):
         self.task, self.ctx, self.cfg, self.meta = task, ctx, cfg, meta
-        self.seconds = 0.0  # time spent writing and uploading checkpoints, to watch their cost
-        self.metrics: dict[str, float] = {}  # the newest log step's, recorded with each checkpoint
+        self.metrics: dict[str, float] = {}  # the newest log step's and evaluation's, recorded with each checkpoint
 
-    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
-        if due(state.step, self.cfg.train.checkpoint_every, self.cfg.train.steps):
+    def __call__(self, record: StepRecord) -> None:
+        if record.logged:
+            self.metrics = dict(record.logged)
+        self.metrics.update(record.evaluated)
+        if due(record.state.step, self.cfg.train.checkpoint_every, self.cfg.train.steps):
             started = time.perf_counter()
-            self.save(state)
-            self.seconds += time.perf_counter() - started
+            self.save(record.state)
+            record.checkpoint_seconds += time.perf_counter() - started
 
     def save(self, state: TrainState) -> None:
         ctx, task = self.ctx, self.task
@@ -122,31 +71,29 @@ class MetricWindow:
     the previous log step, to metrics.jsonl, W&B and the console (rank 0). `.item()` synchronises the device:
     only here, never every step."""
 
-    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
-                 checkpoints: Checkpoints, evaluation: Evaluation):
-        self.task, self.ctx, self.cfg, self.tracker, self.checkpoints = task, ctx, cfg, tracker, checkpoints
-        self.evaluation = evaluation
+    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None):
+        self.task, self.ctx, self.cfg, self.tracker = task, ctx, cfg, tracker
         self.images_per_step = cfg.train.real_per_step * ctx.world_size
         self.started, self.images, self.skipped_before = time.perf_counter(), 0, 0.0
 
-    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
+    def __call__(self, record: StepRecord) -> None:
+        state, out, evaluated = record.state, record.out, record.evaluated
         self.images += self.images_per_step
         if self.tracker:
             self.tracker.progress(state.step)
         if not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
             return
-        evaluated = self.evaluation.latest if self.evaluation.latest.get("step") == state.step else {}
         # Training throughput: an evaluation in this window is timed on its own (eval_seconds).
         elapsed = time.perf_counter() - self.started - evaluated.get("eval_seconds", 0.0)
         skipped_total = self.task.nonfinite.total.item()
         metrics = {"step": state.step, "images_seen": state.images_seen, **{k: v.item() for k, v in out.items()},
                    "img_per_s": self.images / max(elapsed, 1e-9),
                    "skipped_updates": skipped_total - self.skipped_before,
-                   "checkpoint_seconds": self.checkpoints.seconds,
+                   "checkpoint_seconds": record.checkpoint_seconds,
                    "epoch": next(iter(state.positions.values())).epoch,  # of the first dataset
                    **self.task.learning_rates(), **_device_memory(self.ctx.device), **evaluated}
         self.skipped_before = skipped_total
-        self.checkpoints.metrics = metrics
+        record.logged = metrics
         if self.tracker:
             self.tracker.log(metrics)
             if metrics["skipped_updates"]:
@@ -168,8 +115,8 @@ class NonFiniteRecovery:
     def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None):
         self.task, self.ctx, self.cfg, self.tracker = task, ctx, cfg, tracker
 
-    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> TrainState | None:
-        t = self.cfg.train
+    def __call__(self, record: StepRecord) -> TrainState | None:
+        t, state = self.cfg.train, record.state
         if not due(state.step, t.log_every, t.steps) or self.task.nonfinite.streak.item() < t.nonfinite_patience:
             return None
         skipped: list[str] = []
@@ -194,31 +141,29 @@ class PreviewGrids:
     def __init__(self, task: Task, cfg: Config, tracker: RunTracker | None):
         self.task, self.cfg, self.tracker = task, cfg, tracker
 
-    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
-        if self.tracker and due(state.step, self.cfg.train.sample_every, self.cfg.train.steps):
-            self.tracker.write_grid(state.step, self.task.preview())
+    def __call__(self, record: StepRecord) -> None:
+        step = record.state.step
+        if self.tracker and due(step, self.cfg.train.sample_every, self.cfg.train.steps):
+            self.tracker.write_grid(step, self.task.preview())
 
 
 class Evaluation:
-    """Every eval.every steps (0: at each checkpoint) and at the last: the task's measurement (generation's or
-    translation's). The numbers join that step's metrics line and the checkpoint's meta.json."""
+    """Every eval.every steps (0: at each checkpoint) and at the last: the task's measurement. The numbers go to the
+    step's record, whence the metrics line and the checkpoint's meta.json take them."""
 
-    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None,
-                 checkpoints: Checkpoints):
-        self.cfg, self.tracker, self.checkpoints = cfg, tracker, checkpoints
+    def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None):
+        self.cfg, self.tracker = cfg, tracker
         self.every = cfg.eval.every or cfg.train.checkpoint_every
-        self.latest: dict[str, float] = {}  # the newest evaluation's numbers, with the step they are of
         self.measure = task.measure(ctx)
 
-    def __call__(self, state: TrainState, out: dict[str, torch.Tensor]) -> None:
-        if self.measure is None or not due(state.step, self.every, self.cfg.train.steps):
+    def __call__(self, record: StepRecord) -> None:
+        step = record.state.step
+        if self.measure is None or not due(step, self.every, self.cfg.train.steps):
             return
         started = time.perf_counter()
         result = self.measure()
         if result is None:  # not rank 0
             return
-        result["eval_seconds"] = time.perf_counter() - started
-        self.latest = {"step": state.step, **result}
-        self.checkpoints.metrics = {**self.checkpoints.metrics, **result}
-        if self.tracker and not due(state.step, self.cfg.train.log_every, self.cfg.train.steps):
-            self.tracker.log(self.latest)  # a step without a metrics line of its own
+        record.evaluated = {**result, "eval_seconds": time.perf_counter() - started}
+        if self.tracker and not due(step, self.cfg.train.log_every, self.cfg.train.steps):
+            self.tracker.log({"step": step, **record.evaluated})  # a step without a metrics line of its own

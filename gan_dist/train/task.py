@@ -5,7 +5,7 @@ and checks, what it logs and measures, what it exports for which inference use) 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import get_total_norm
 
+from gan_dist import seeds
 from gan_dist.config import Config
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch, load_columns
@@ -116,8 +117,12 @@ class Task:
         """Its measurement during training (None: nothing to measure, or not on this rank); built once."""
         return None
 
-    def __init__(self, device: torch.device, features: StepFeatures):
-        self.device, self.features = device, features
+    def __init__(self, cfg: Config, device: torch.device, rank: int, world_size: int):
+        """First in every task's constructor: then the task builds its nets (from identical initial weights on every
+        rank: DDP also broadcasts rank 0's) and calls `resolve_features` with its discriminator."""
+        self.cfg, self.device, self.rank, self.world_size = cfg, device, rank, world_size
+        torch.manual_seed(seeds.derive(cfg.train.seed, "init"))
+        self.features: StepFeatures | None = None
         self.nets: dict[str, nn.Module] = {}  # the trained nets, by name (their state dicts, the replica check)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}  # "G" and "D": train.lr_g and lr_d set their rates
         self.adversaries: list[Adversary] = []  # one per discriminator: the schedules set their gamma and p
@@ -151,6 +156,34 @@ class Task:
         pass
 
     # -- shared ---------------------------------------------------------------------------------------------
+
+    def resolve_features(self, discriminator: nn.Module) -> None:
+        """The speed switches that apply on this device to these nets (concatenated D forwards need a D without
+        batch norm)."""
+        self.features = speed.resolve(self.cfg.train, self.device, discriminator)
+
+    def adam(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
+        t = self.cfg.train
+        return torch.optim.Adam(params, lr=lr, betas=(t.beta1, t.beta2), fused=self.features.fused_adam)
+
+    def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One guarded update of `optimizer`'s parameters from `loss`: (gradient norm, skipped)."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return self.guarded_update(optimizer)
+
+    def finish_step(self, step: int, out: dict[str, torch.Tensor], skipped: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What ends every step: the non-finite counters, each adversary's step (ADA, LeCam), and their numbers in
+        the step's outputs (the augmentation probability of the first, the penalties of all)."""
+        self.nonfinite.record(skipped)
+        for adversary in self.adversaries:
+            adversary.end_step(step)
+        first = self.adversaries[0]
+        if first.transforms:
+            out["augment_p"] = torch.as_tensor(first.p)
+        if first.regularized:
+            out["penalty_D"] = sum(adversary.last_penalty for adversary in self.adversaries)
+        return out
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.features.bf16 else contextlib.nullcontext()

@@ -14,9 +14,7 @@ from gan_dist.config import Config, CUTTaskConfig
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch
 from gan_dist.models.translation import PatchSampleMLP, ResnetGenerator, patch_nce_loss
-from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
-from gan_dist.train.task import Task
 from gan_dist.train.tasks.unpaired import TranslationTask
 
 
@@ -37,15 +35,13 @@ class CUTTask(TranslationTask):
         self.D = self.discriminator("b").to(device)
         self.layers = ResnetGenerator.nce_layers(m.blocks, m.downsamplings)
         self.head = PatchSampleMLP(self.G.layer_channels(self.layers), task.head_units).to(device)
-        Task.__init__(self, device, speed.resolve(t, device, self.D))
+        self.resolve_features(self.D)
         self.G_step = self.distributed(self.G)
         # The head's gradients need averaging across ranks like G's; it is not compiled (it samples patches).
         self.head_ddp = self.distributed(self.head, compile=False)
         self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
-        fused = self.features.fused_adam
-        self.opt_g = torch.optim.Adam([*self.G.parameters(), *self.head.parameters()], lr=t.lr_g,
-                                      betas=(t.beta1, t.beta2), fused=fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+        self.opt_g = self.adam([*self.G.parameters(), *self.head.parameters()], t.lr_g)
+        self.opt_d = self.adam(self.D.parameters(), t.lr_d)
         self.nets = {"G": self.G, "D": self.D, "head": self.head}
         self.optimizers = {"G": self.opt_g, "D": self.opt_d}
         self.adversaries = [self.adversary]
@@ -62,9 +58,7 @@ class CUTTask(TranslationTask):
         with self.autocast():
             fake_b, *idt_b = self.G_step(torch.cat([real_a, real_b][:1 + self.identity])).split(len(real_a))
             loss_d, real_logits, fake_logits = self.adversary.discriminator_loss(real_b, fake_b, None, None, step, 0)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        grad_norm_d, bad_d = self.guarded_update(self.opt_d)
+        grad_norm_d, bad_d = self.update(self.opt_d, loss_d)
 
         with self.autocast():
             loss_gan = self.adversary.generator_loss(fake_b, real_b, None, step)
@@ -72,19 +66,11 @@ class CUTTask(TranslationTask):
             if self.identity:  # the reference averages the two NCE terms
                 loss_nce = (loss_nce + self.patch_nce(real_b, idt_b[0], step, 1)) / 2
             loss_g = loss_gan + loss_nce
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        grad_norm_g, bad_g = self.guarded_update(self.opt_g)
-        self.nonfinite.record(bad_d | bad_g)
-        self.adversary.end_step(step)
-        out = {"loss_D": loss_d.detach(), "loss_G": loss_g.detach(), "loss_nce": loss_nce.detach(),
-               "D_real": real_logits.detach().mean(), "D_fake": fake_logits.detach().mean(),
-               "grad_norm_D": grad_norm_d, "grad_norm_G": grad_norm_g}
-        if self.adversary.transforms:
-            out["augment_p"] = torch.as_tensor(self.adversary.p)
-        if self.adversary.regularized:
-            out["penalty_D"] = self.adversary.last_penalty
-        return out
+        grad_norm_g, bad_g = self.update(self.opt_g, loss_g)
+        return self.finish_step(step, {
+            "loss_D": loss_d.detach(), "loss_G": loss_g.detach(), "loss_nce": loss_nce.detach(),
+            "D_real": real_logits.detach().mean(), "D_fake": fake_logits.detach().mean(),
+            "grad_norm_D": grad_norm_d, "grad_norm_G": grad_norm_g}, bad_d | bad_g)
 
     def patch_nce(self, source: torch.Tensor, translated: torch.Tensor, step: int, call: int) -> torch.Tensor:
         """PatchNCE between a source batch and its translation, over the encoder layers: the translation's patches

@@ -13,10 +13,8 @@ from gan_dist import seeds
 from gan_dist.config import Config, CycleGANTaskConfig
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch
-from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
 from gan_dist.train.pool import ImagePool
-from gan_dist.train.task import Task
 from gan_dist.train.tasks.unpaired import TranslationTask
 
 
@@ -35,19 +33,16 @@ class CycleGANTask(TranslationTask):
         t, task = cfg.train, cfg.task
         self.G_ab, self.G_ba = self.translator("a", "b").to(device), self.translator("b", "a").to(device)
         self.D_a, self.D_b = self.discriminator("a").to(device), self.discriminator("b").to(device)
-        Task.__init__(self, device, speed.resolve(t, device, self.D_a))
+        self.resolve_features(self.D_a)
         self.G_ab_step, self.G_ba_step = self.distributed(self.G_ab), self.distributed(self.G_ba)
         # D_b judges translations into B, D_a those into A; each with its own augmentation streams.
         self.adversary_b = Adversary(t, self.D_b, self.features, device, rank, world_size, index=0)
         self.adversary_a = Adversary(t, self.D_a, self.features, device, rank, world_size, index=1)
-        fused = self.features.fused_adam
-        generators = [*self.G_ab.parameters(), *self.G_ba.parameters()]
-        discriminators = [*self.D_a.parameters(), *self.D_b.parameters()]
-        self.opt_g = torch.optim.Adam(generators, lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
-        self.opt_d = torch.optim.Adam(discriminators, lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+        self.opt_g = self.adam([*self.G_ab.parameters(), *self.G_ba.parameters()], t.lr_g)
+        self.opt_d = self.adam([*self.D_a.parameters(), *self.D_b.parameters()], t.lr_d)
         self.nets = {"G_ab": self.G_ab, "G_ba": self.G_ba, "D_a": self.D_a, "D_b": self.D_b}
         self.optimizers = {"G": self.opt_g, "D": self.opt_d}
-        self.adversaries = [self.adversary_a, self.adversary_b]
+        self.adversaries = [self.adversary_b, self.adversary_a]  # the first's augmentation probability is logged
         self.pools = {"a": ImagePool(task.pool_size), "b": ImagePool(task.pool_size)}
         # Identity terms need a translator that can take the other domain's images: the same channel count.
         self.identity = task.identity_weight > 0 and self.channels["a"] == self.channels["b"]
@@ -72,9 +67,7 @@ class CycleGANTask(TranslationTask):
                 loss_identity = task.cycle_weight * task.identity_weight * (_l1(idt_b[0], real_b)
                                                                             + _l1(idt_a[0], real_a))
             loss_g = loss_gan + loss_cycle + loss_identity
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        grad_norm_g, bad_g = self.guarded_update(self.opt_g)
+        grad_norm_g, bad_g = self.update(self.opt_g, loss_g)
 
         draws = torch.Generator().manual_seed(seeds.derive(self.cfg.train.seed, "pool", self.rank, step))
         pooled_b, pooled_a = self.pools["b"].query(fake_b, draws), self.pools["a"].query(fake_a, draws)
@@ -83,13 +76,8 @@ class CycleGANTask(TranslationTask):
                                                                                         step, 0)
             loss_da, real_a_logits, fake_a_logits = self.adversary_a.discriminator_loss(real_a, pooled_a, None, None,
                                                                                         step, 0)
-        self.opt_d.zero_grad(set_to_none=True)
-        (loss_da + loss_db).backward()
-        grad_norm_d, bad_d = self.guarded_update(self.opt_d)
-        self.nonfinite.record(bad_d | bad_g)
-        for adversary in (self.adversary_a, self.adversary_b):
-            adversary.end_step(step)
-        out = {
+        grad_norm_d, bad_d = self.update(self.opt_d, loss_da + loss_db)
+        return self.finish_step(step, {
             "loss_D": (loss_da + loss_db).detach(),
             "loss_G": loss_g.detach(),
             "loss_cycle": loss_cycle.detach(),
@@ -99,12 +87,7 @@ class CycleGANTask(TranslationTask):
             "D_fake": (fake_a_logits.detach().mean() + fake_b_logits.detach().mean()) / 2,
             "grad_norm_D": grad_norm_d,
             "grad_norm_G": grad_norm_g,
-        }
-        if self.adversary_a.transforms:
-            out["augment_p"] = torch.as_tensor(self.adversary_b.p)
-        if self.adversary_a.regularized:
-            out["penalty_D"] = self.adversary_a.last_penalty + self.adversary_b.last_penalty
-        return out
+        }, bad_d | bad_g)
 
     def extra_state(self) -> dict[str, Any]:
         return {"adversaries": {"a": self.adversary_a.state_dict(), "b": self.adversary_b.state_dict()}}

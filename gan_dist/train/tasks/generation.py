@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from gan_dist import seeds
 from gan_dist.config import Config, GenerationTaskConfig
@@ -23,7 +22,7 @@ from gan_dist.train import collective, speed
 from gan_dist.train.adversary import Adversary
 from gan_dist.train.context import WorkerContext
 from gan_dist.train.ema import EMA
-from gan_dist.train.task import Measure, Task
+from gan_dist.train.task import Measure, Task, replicated
 
 GRID_COLUMNS = 8
 GRID_ROWS = 8  # unconditional grids; conditional ones have a row per class
@@ -40,7 +39,7 @@ def num_classes(cfg: Config, manifest: Manifest, dataset: str = "the dataset") -
 
 
 class GenerationTask(Task):
-    """`G`/`D` are the plain modules; `G_ddp` G's DDP wrapper when distributed (G otherwise); `adversary` D with its
+    """`G`/`D` are the plain modules; `G_step` what the step calls (DDP, compiled); `adversary` D with its
     loss, augmentation and regularizers; `ema` the averaged generator that previews and exports use (None with
     train.ema off)."""
 
@@ -65,26 +64,20 @@ class GenerationTask(Task):
 
     def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
                  world_size: int = 1):
+        super().__init__(cfg, device, rank, world_size)
         m, t, manifest = cfg.model, cfg.train, datasets["train"].manifest
-        self.cfg, self.rank = cfg, rank
         self.resolution, self.channels = manifest.resolution, manifest.channels
         self.num_classes = num_classes(cfg, manifest)
-        torch.manual_seed(seeds.derive(t.seed, "init"))  # identical initial weights on every rank (DDP also
-        # broadcasts rank 0's)
         self.G = build_generator(m, self.resolution, self.channels, self.num_classes).to(device)
         self.D = build_discriminator(m, self.resolution, self.channels, self.num_classes).to(device)
-        super().__init__(device, speed.resolve(t, device, self.D))
-        self.G_ddp = self.G
-        if world_size > 1:
-            self.G_ddp = DistributedDataParallel(self.G, device_ids=[device] if device.type == "cuda" else None)
+        self.resolve_features(self.D)
         self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
         self.adversaries = [self.adversary]
-        fused = self.features.fused_adam
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+        self.opt_g, self.opt_d = self.adam(self.G.parameters(), t.lr_g), self.adam(self.D.parameters(), t.lr_d)
         self.nets, self.optimizers = {"G": self.G, "D": self.D}, {"G": self.opt_g, "D": self.opt_d}
-        # What the step calls: compiled views when asked. G/D stay plain for previews, state dicts and checks.
-        self.G_step = speed.compiled(self.G_ddp, self.features)
+        # What the step calls: G's DDP wrapper when distributed, compiled when asked. G/D stay plain for previews,
+        # state dicts and checks.
+        self.G_step = replicated(self.G, device, world_size, self.features)
         self.noise = torch.Generator(device=device)
         self.ema = EMA(self.G, t.ema_half_life_kimg, t.ema_rampup, t.batch_size * world_size) if t.ema else None
         self.grid_z, self.grid_labels = self._grid_inputs(t.seed)
@@ -125,33 +118,22 @@ class GenerationTask(Task):
                 loss_d, real_logits, fake_logits = self.adversary.discriminator_loss(
                     reals[update], fake, None if real_labels is None else real_labels[update], fake_labels, step,
                     update)
-            self.opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            grad_norm_d, bad = self.guarded_update(self.opt_d)
+            grad_norm_d, bad = self.update(self.opt_d, loss_d)
             bad_d = bad_d | bad
 
         with self.autocast():
             loss_g = self.adversary.generator_loss(fake, reals[-1], fake_labels, step)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        grad_norm_g, bad_g = self.guarded_update(self.opt_g)
-        self.nonfinite.record(bad_d | bad_g)
-        self.adversary.end_step(step)
+        grad_norm_g, bad_g = self.update(self.opt_g, loss_g)
         if self.ema is not None:
             self.ema.update(self.G, step)
-        out = {
+        return self.finish_step(step, {
             "loss_D": loss_d.detach(),
             "loss_G": loss_g.detach(),
             "D_real": torch.sigmoid(real_logits.detach()).mean(),
             "D_fake": torch.sigmoid(fake_logits.detach()).mean(),
             "grad_norm_D": grad_norm_d,
             "grad_norm_G": grad_norm_g,
-        }
-        if self.adversary.transforms:
-            out["augment_p"] = torch.as_tensor(self.adversary.p)
-        if self.adversary.regularized:
-            out["penalty_D"] = self.adversary.last_penalty
-        return out
+        }, bad_d | bad_g)
 
     def _fakes(self, n: int, step: int, update: int,
                classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -58,18 +58,16 @@ class InpaintTask(Task):
 
     def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
                  world_size: int = 1):
+        super().__init__(cfg, device, rank, world_size)
         t, data = cfg.train, datasets["train"]
-        self.cfg, self.rank, self.kinds = cfg, rank, cfg.task.mask_kinds()
+        self.kinds = cfg.task.mask_kinds()
         self.size, channels = data.manifest.resolution, data.manifest.channels
-        torch.manual_seed(seeds.derive(t.seed, "init"))  # identical initial weights on every rank
         self.G = build_completer(cfg.model, channels).to(device)
         self.D = build_patch_discriminator(cfg.model, channels).to(device)
-        Task.__init__(self, device, speed.resolve(t, device, self.D))
+        self.resolve_features(self.D)
         self.G_step = replicated(self.G, device, world_size, self.features)
         self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
-        fused = self.features.fused_adam
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2), fused=fused)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2), fused=fused)
+        self.opt_g, self.opt_d = self.adam(self.G.parameters(), t.lr_g), self.adam(self.D.parameters(), t.lr_d)
         self.nets = {"G": self.G, "D": self.D}
         self.optimizers = {"G": self.opt_g, "D": self.opt_d}
         self.adversaries = [self.adversary]
@@ -90,31 +88,20 @@ class InpaintTask(Task):
             completed, raw = complete(self.G_step, real, masks)
             loss_d, real_logits, fake_logits = self.adversary.discriminator_loss(real, completed.detach(), None,
                                                                                  None, step, 0)
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        grad_norm_d, bad_d = self.guarded_update(self.opt_d)
+        grad_norm_d, bad_d = self.update(self.opt_d, loss_d)
 
         with self.autocast():
             loss_hole = masked_l1(raw, real, masks)
             loss_valid = masked_l1(raw, real, 1 - masks)
             loss_g = (task.adversarial_weight * self.adversary.generator_loss(completed, real, None, step)
                       + task.hole_weight * loss_hole + task.valid_weight * loss_valid)
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        grad_norm_g, bad_g = self.guarded_update(self.opt_g)
-        self.nonfinite.record(bad_d | bad_g)
-        self.adversary.end_step(step)
-        out = {
+        grad_norm_g, bad_g = self.update(self.opt_g, loss_g)
+        return self.finish_step(step, {
             "loss_D": loss_d.detach(), "loss_G": loss_g.detach(),
             "loss_hole": loss_hole.detach(), "loss_valid": loss_valid.detach(),
             "D_real": real_logits.detach().mean(), "D_fake": fake_logits.detach().mean(),
             "grad_norm_D": grad_norm_d, "grad_norm_G": grad_norm_g,
-        }
-        if self.adversary.transforms:
-            out["augment_p"] = torch.as_tensor(self.adversary.p)
-        if self.adversary.regularized:
-            out["penalty_D"] = self.adversary.last_penalty
-        return out
+        }, bad_d | bad_g)
 
     @torch.no_grad()
     def preview(self) -> torch.Tensor:

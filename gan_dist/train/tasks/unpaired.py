@@ -7,7 +7,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_dist import seeds
 from gan_dist.config import Config
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch
@@ -46,10 +45,9 @@ class TranslationTask(Task):
         return lambda: judge_all(found, self.translators())
 
     def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int, world_size: int):
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        super().__init__(cfg, device, rank, world_size)
         self.channels = {name: datasets[name].manifest.channels for name in self.datasets}
         self.preview_inputs = {name: first_images(datasets[name], PREVIEW_IMAGES, device) for name in self.datasets}
-        torch.manual_seed(seeds.derive(cfg.train.seed, "init"))  # identical initial weights on every rank
 
     def translator(self, source: str, target: str) -> nn.Module:
         return build_translator(self.cfg.model, self.channels[source], self.channels[target])
