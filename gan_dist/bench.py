@@ -1,12 +1,13 @@
-"""`gan-dist bench`: the project's training step, in this process on one device, fed four ways.
+"""`gan-dist bench`: the training step of any task, in this process on one device, fed four ways.
 
-    synthetic   uint8 batches already on the device: the step's own ceiling
+    synthetic   a few batches already on the device, over and over: the step's own ceiling
     resident    real shards, each worker's rows kept on the device (data.placement=resident)
     stream      real shards through the streaming reader: reader processes, pinned memory, copies ahead
     ray-stream  (--ray) real shards through Ray Data, decoded in its tasks: the Ray backend's streamed path
     reference   the plain PyTorch loop of reference_gan_bench.py (--reference PATH) at the same model and batch
 
-Prints images/s and the ratios the throughput targets are stated in; --json writes the rows.
+Without --data, synthetic shards stand in for each dataset the task reads (a translation's a and b alike). Prints
+images/s and the ratios the throughput targets are stated in; --json writes the rows.
 """
 
 from __future__ import annotations
@@ -30,14 +31,13 @@ from gan_dist.config import Config
 from gan_dist.data.bench import synthetic_images
 from gan_dist.data.images import ImageSpec
 from gan_dist.data.prepare import PrepareOptions, write_dataset
-from gan_dist.data.placement import Dataset, open_reader
+from gan_dist.data.placement import Dataset, Positions, open_reader, read_together
 from gan_dist.data.reader import Batch, DataPosition, read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.data.sources import ArraySource
 from gan_dist.errors import UserError
-from gan_dist.models import check_resolution
-from gan_dist.train.loop import build_task
 from gan_dist.train.task import Task
+from gan_dist.train.tasks import build_task, task_class
 
 # The reference script's models, by our architecture name: (its model key, its loss name).
 REFERENCE_MODELS = {"dcgan": ("dcgan64", "bce"), "resnet_sn": ("sngan32", "hinge")}
@@ -86,21 +86,24 @@ def time_steps(step: Callable[[int], None], batch_size: int, options: BenchOptio
     return batch_size / seconds, seconds * 1000
 
 
-def _project_step(task: Task, batches: Iterator[tuple[Batch, DataPosition]]) -> Callable[[int], None]:
+Steps = Iterator[tuple[dict[str, Batch], Positions]]  # one batch of each dataset the task reads, per step
+
+
+def _project_step(task: Task, batches: Steps) -> Callable[[int], None]:
     def step(i: int) -> None:
-        batch, _ = next(batches)
-        task.train_step({"train": batch}, i)
+        task.train_step(next(batches)[0], i)
     return step
 
 
-def _cycle(batches: list[Batch]) -> Iterator[tuple[Batch, DataPosition]]:
+def _cycle(batches: list[dict[str, Batch]]) -> Steps:
     i = 0
     while True:
-        yield batches[i % len(batches)], DataPosition(0, i)
+        yield batches[i % len(batches)], {}
         i += 1
 
 
 SYNTHETIC_CLASSES = 10  # synthetic shards are labeled, so a class-conditional model is timed conditional
+SYNTHETIC_URI = "bench's synthetic shards (pass a prepared dataset with --data)"  # what a refusal calls them
 
 
 def _synthetic_shards(root: str, options: BenchOptions, count: int) -> str:
@@ -162,6 +165,9 @@ def _is_bench_result(path: str) -> bool:
 def _reference_step(module: ModuleType, cfg: Config, task: Task, manifest: Manifest,
                     options: BenchOptions) -> Callable[[int], None] | str:
     """The reference's own step at our config, or why it cannot be compared (a different architecture)."""
+    if cfg.model.arch not in REFERENCE_MODELS:
+        return (f"not comparable: the reference has no {cfg.model.arch} model (only "
+                f"{', '.join(REFERENCE_MODELS)})")
     key, loss = REFERENCE_MODELS[cfg.model.arch]
     make_g, make_d, resolution, z_dim, _ = module.MODELS[key]
     module.DEV = options.device.type
@@ -182,51 +188,75 @@ def _reference_step(module: ModuleType, cfg: Config, task: Task, manifest: Manif
     return lambda i: step(reals[i % 4])
 
 
-def _ray_batches(cfg: Config, manifest: Manifest, data_uri: str,
-                 device: torch.device) -> Iterator[tuple[Batch, DataPosition]]:
-    """The Ray backend's streamed path, iterated in this process (joins or starts a Ray)."""
-    from gan_dist.data.ray_stream import shard_dataset, stream_batches
+@dataclass
+class _RayReader:
+    """The Ray backend's streamed path of one dataset, iterated in this process."""
+
+    cfg: Config
+    data: Dataset
+    device: torch.device
+
+    def batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]:
+        from gan_dist.data.ray_stream import shard_dataset, stream_batches
+
+        return stream_batches(shard_dataset(self.cfg, self.data.manifest, self.data.uri).iterator(), self.cfg, 0,
+                              self.device, start)
+
+
+def _ray_batches(cfg: Config, datasets: dict[str, Dataset], device: torch.device) -> Steps:
+    """Each dataset through Ray Data (joins or starts a Ray), a batch of each per step."""
     from gan_dist.runtime.ray_backend import ensure_ray
 
     ensure_ray(cfg)
-    return stream_batches(shard_dataset(cfg, manifest, data_uri).iterator(), cfg, 0, device, DataPosition())
+    return read_together({name: _RayReader(cfg, data, device) for name, data in datasets.items()}, tuple(datasets),
+                         {})
 
 
 def _count(net: torch.nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
+def _synthetic_manifest(options: BenchOptions, count: int) -> Manifest:
+    """The manifest the synthetic shards will have: the task checks it before they are written."""
+    return Manifest(options.resolution, options.channels, count, [],
+                    class_names=[str(k) for k in range(SYNTHETIC_CLASSES)])
+
+
 def run_bench(cfg: Config, options: BenchOptions) -> list[BenchRow]:
     batch = cfg.train.batch_size
     reference_module = load_reference(options.reference) if options.reference else None  # before any work
-    if options.data is None:
-        check_resolution(options.resolution, cfg.model.arch)  # before the synthetic shards are written
-    count = min(batch * (options.warmup + options.repeats * options.steps), 60_000)
+    kind = task_class(cfg)
+    count = max(min(batch * (options.warmup + options.repeats * options.steps), 60_000), 2 * batch)
+    if options.data is None:  # the task's own checks (sizes, classes), before the synthetic shards are written
+        synthetic = Dataset(SYNTHETIC_URI, _synthetic_manifest(options, count))
+        kind.check_data(cfg, {name: synthetic for name in kind.datasets})
     with tempfile.TemporaryDirectory(prefix="gan-dist-bench-") as root:
-        data_uri = options.data or _synthetic_shards(root, options, max(count, 2 * batch))
-        manifest = read_manifest(data_uri)
-        check_resolution(manifest.resolution, cfg.model.arch)  # --data's size, as `train` checks it
+        data_uri = options.data or _synthetic_shards(root, options, count)
+        datasets = {name: Dataset(data_uri, read_manifest(data_uri)) for name in kind.datasets}
+        kind.check_data(cfg, datasets)  # --data's images, as `train` checks them
+        manifest = datasets[kind.datasets[0]].manifest
+
+        def readers(resident: bool) -> Steps:
+            opened = {name: open_reader(cfg, data.uri, data.manifest, 0, 1, options.device, resident)
+                      for name, data in datasets.items()}
+            return read_together(opened, kind.datasets, {})
 
         def fresh_task() -> Task:  # each path starts from the same weights and optimizer state
-            return build_task(cfg, {"train": Dataset(data_uri, manifest)}, options.device)
+            return build_task(cfg, datasets, options.device)
 
-        def measure(path: str, batches: Iterator[tuple[Batch, DataPosition]], note: str) -> BenchRow:
-            task = fresh_task()
-            img_per_s, step_ms = time_steps(_project_step(task, batches), batch, options)
-            return BenchRow(path, img_per_s, step_ms, note or task.features.describe())
+        def measure(path: str, batches: Steps, note: str) -> BenchRow:
+            trained = fresh_task()
+            img_per_s, step_ms = time_steps(_project_step(trained, batches), batch, options)
+            return BenchRow(path, img_per_s, step_ms, note or trained.features.describe())
 
-        shape = (batch, manifest.resolution, manifest.resolution, manifest.channels)
-        classes = max(1, len(manifest.class_names))
-        fixed = [{"image": torch.randint(0, 256, shape, dtype=torch.uint8, device=options.device),
-                  "label": torch.randint(0, classes, (batch,), device=options.device)} for _ in range(4)]
-        # Built first: it refuses a dataset smaller than one batch before any timing.
-        resident = open_reader(cfg, data_uri, manifest, 0, 1, options.device, resident=True)
-        rows = [measure("synthetic", _cycle(fixed), "")]
-        rows.append(measure("resident", resident.batches(DataPosition()), f"{manifest.count} images on {options.device}"))
-        streamed = open_reader(cfg, data_uri, manifest, 0, 1, options.device, resident=False)
-        rows.append(measure("stream", streamed.batches(DataPosition()), f"{cfg.data.stream_workers} reader processes"))
+        # Opened first: it refuses a dataset smaller than one batch before any timing.
+        resident = readers(resident=True)
+        on_device = [next(resident)[0] for _ in range(4)]
+        rows = [measure("synthetic", _cycle(on_device), "")]
+        rows.append(measure("resident", resident, f"{manifest.count} images on {options.device}"))
+        rows.append(measure("stream", readers(resident=False), f"{cfg.data.stream_workers} reader processes"))
         if options.ray:
-            rows.append(measure("ray-stream", _ray_batches(cfg, manifest, data_uri, options.device),
+            rows.append(measure("ray-stream", _ray_batches(cfg, datasets, options.device),
                                 "Ray Data in this process, decoded in its tasks"))
         if reference_module:
             reference = _reference_step(reference_module, cfg, fresh_task(), manifest, options)

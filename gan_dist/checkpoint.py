@@ -3,9 +3,10 @@
 A checkpoint is a directory `checkpoint_<step:09d>` under the run directory, the same for the Ray and the local
 backend: `state.pt` (everything a resume needs; loadable with weights_only=True), the nets inference needs as
 safetensors (`generator.safetensors`; a translation's `translator_a2b.safetensors` and `translator_b2a.safetensors`) and
-`meta.json` (config, step, metrics, versions, and the size and SHA-256 of every file). A checkpoint is *complete*
-when `meta.json` parses and every file it lists has the listed size (cheap: no download), so a half-uploaded
-directory is never picked; it *loads* when, in addition, each file read matches its checksum and deserialises.
+`meta.json` (config, step, metrics, versions, the size and SHA-256 of every file, and what each exported net is for).
+A checkpoint is *complete* when `meta.json` parses and every file it lists has the listed size (cheap: no download),
+so a half-uploaded directory is never picked; it *loads* when, in addition, each file read matches its checksum and
+deserialises. Inference asks a checkpoint what it can do (`expect`) and what its nets are (`read_model`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from pydantic import TypeAdapter, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from gan_dist import storage
+from gan_dist.config import ModelConfig
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 
@@ -217,6 +221,99 @@ def task_kind(meta: dict[str, Any]) -> str:
     return meta.get("config", {}).get("task", {}).get("kind", "generation")
 
 
+# What a checkpoint serving each inference use is, and the command that puts it to that use: for refusals.
+_ROLES = {"sample": "an image generator's checkpoint", "explore": "an image generator's checkpoint",
+          "translate": "a translator's checkpoint", "complete": "an inpainting checkpoint",
+          "evaluate": "a checkpoint gan-dist evaluate measures"}
+_COMMANDS = {"sample": "sample images with it: gan-dist sample CKPT --num N --out DIR",
+             "explore": "explore it: gan-dist explore CKPT --out DIR",
+             "translate": "translate images with it: gan-dist translate CKPT --input DIR --out DIR",
+             "complete": "fill holes with it: gan-dist complete CKPT --input DIR --out DIR",
+             "evaluate": "measure it: gan-dist evaluate CKPT"}
+
+
+# What each kind exported before meta.json recorded "exports" (a record of those checkpoints, not of the tasks of
+# today, which train/tasks/ keeps and every checkpoint since carries; this module sits below train/).
+_EXPORTS_BEFORE_RECORDED = {
+    "generation": {"generator": ["sample", "explore", "evaluate"]},
+    "cyclegan": {"translator_a2b": ["translate", "evaluate"], "translator_b2a": ["translate", "evaluate"]},
+    "cut": {"translator_a2b": ["translate", "evaluate"]},
+    "inpaint": {"completer": ["complete", "evaluate"]},
+}
+
+
+def exports(meta: dict[str, Any]) -> dict[str, list[str]]:
+    """Each exported net's file stem -> the inference uses it serves: meta.json's "exports", or for a checkpoint
+    written before meta.json recorded them, what its kind exported then."""
+    recorded = meta.get("exports")
+    if isinstance(recorded, dict):
+        return {stem: list(uses) for stem, uses in recorded.items()}
+    return _EXPORTS_BEFORE_RECORDED.get(task_kind(meta), {})
+
+
+def serves(meta: dict[str, Any], use: str) -> bool:
+    return any(use in uses for uses in exports(meta).values())
+
+
+def expect(meta: dict[str, Any], use: str, checkpoint_uri: str = "this checkpoint") -> list[str]:
+    """The stems of the exported nets that serve `use` (sample, explore, translate, complete, evaluate), or a
+    one-line UserError saying what the checkpoint is for and which command to use instead."""
+    stems = [stem for stem, uses in exports(meta).items() if use in uses]
+    if stems:
+        return stems
+    offered = [other for other in _COMMANDS if other != use and serves(meta, other)]
+    if not offered:
+        raise UserError(f"{checkpoint_uri} holds no net for {use}: its {META_FILE} records no exports and its task "
+                        f"{task_kind(meta)!r} is none this gan-dist knows; was it written by a newer version?")
+    raise UserError(f"{checkpoint_uri} is {_ROLES[offered[0]]}, not {_ROLES[use]}; {_COMMANDS[offered[0]]}")
+
+
+@dataclass(frozen=True)
+class Images:
+    """What meta.json says of a dataset a checkpoint was trained on: the shape its nets take or make."""
+
+    resolution: int
+    channels: int
+    class_names: list[str]
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """meta.json's model section and the images of each dataset, by name ("train"; "a" and "b"): what it takes to
+    build the nets whose weights the checkpoint holds."""
+
+    model: ModelConfig
+    images: dict[str, Images]
+
+
+def read_model(checkpoint_uri: str, meta: dict[str, Any]) -> SavedModel:
+    """The one reader of meta.json's model section, for every inference command."""
+    try:
+        model = TypeAdapter(ModelConfig).validate_python(meta["config"]["model"])
+        images = {name: Images(int(data["resolution"]), int(data["channels"]), list(data.get("class_names") or []))
+                  for name, data in trained_on(meta).items()}
+    except (KeyError, TypeError, ValueError, AttributeError):  # pydantic's ValidationError is a ValueError
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {META_FILE} does not describe its nets (its model section or "
+                                f"image sizes are missing or invalid)") from None
+    return SavedModel(model, images)
+
+
+def load_weights(net: torch.nn.Module, checkpoint_uri: str, name: str = "generator",
+                 state: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """`net` (built from read_model) with the weights of <name>.safetensors, or of `state` (a net of state.pt); a
+    CorruptCheckpoint naming the file when they do not fit the nets meta.json describes."""
+    source = STATE_FILE if state is not None else f"{name}.safetensors"
+    weights = state if state is not None else load_export(checkpoint_uri, name)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:  # missing or unexpected keys, size mismatches: the first one says enough
+        details = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise CorruptCheckpoint(f"{checkpoint_uri}: {source} does not fit the nets its {META_FILE} describes "
+                                f"({(details or [str(exc)])[0][:200]}); the files come from different runs or were "
+                                f"edited") from None
+    return net
+
+
 def load_export(checkpoint_uri: str, name: str = "generator") -> dict[str, torch.Tensor]:
     """An exported net's state dict, from <name>.safetensors (verified): the generator, or a translator."""
     file = f"{name}.safetensors"
@@ -243,17 +340,25 @@ def is_checkpoint_dir(uri: str) -> bool:
 def load_newest(uri: str, load: Callable[[str], T], warn: Callable[[str], None]) -> tuple[str, T]:
     """(checkpoint, load(checkpoint)) for a checkpoint directory; for a run directory, for its newest complete
     checkpoint that loads, going back past damaged ones (each named through `warn`)."""
+    if not uri.strip():
+        raise UserError("CKPT is empty; pass a checkpoint directory (RUN/checkpoint_NNNNNNNNN) or a run directory")
     if is_checkpoint_dir(uri):
         return uri, load(uri)
-    tried = 0
+    failures = []
     for candidate in newest_first(uri, latest_complete(uri)):
         try:
             return candidate, load(candidate)
         except CorruptCheckpoint as exc:
-            tried += 1
+            failures.append(str(exc))
             warn(f"warning: skipping {exc}")
-    if tried:
-        raise UserError(f"none of the {tried} complete checkpoint(s) of {uri} loads (see the warnings above)")
+    if failures:
+        raise UserError(f"none of the {len(failures)} complete checkpoint(s) of {uri} loads; the newest: "
+                        f"{failures[0]}")
+    steps = list_checkpoints(uri)
+    if steps:
+        newest = checkpoint_name(steps[-1])
+        raise UserError(f"no complete checkpoint at {uri}: {len(steps)} checkpoint folder(s), none complete; the "
+                        f"newest, {newest}: {incomplete_reason(_uri(uri, steps[-1]))}")
     raise UserError(f"no complete checkpoint at {uri}; pass a run directory or one of its checkpoint_* directories")
 
 

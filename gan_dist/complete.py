@@ -9,47 +9,63 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import pyarrow.fs as pafs
 from PIL import Image
-from pydantic import TypeAdapter, ValidationError
 
 from gan_dist import checkpoint, seeds, storage
-from gan_dist.config import MASK_KINDS, ModelConfig
+from gan_dist.config import MASK_KINDS
 from gan_dist.data.images import Skip, decode_file
 from gan_dist.data.prepare import SkipReport
 from gan_dist.errors import UserError
 from gan_dist.eval.completion import complete_u8
 from gan_dist.masks import center_masks, draw_masks
 from gan_dist.models import build_completer
-from gan_dist.translate import BATCH, Translator, check_translate_args, map_folder
+from gan_dist.translate import BATCH, Translator, map_folder, plan_batch
 
 MASKS = ("center", "random")  # or a mask image's path
 
 
 def is_completion(meta: dict) -> bool:
-    return checkpoint.task_kind(meta) == "inpaint"
+    return checkpoint.serves(meta, "complete")
 
 
 def load_completer(checkpoint_uri: str, device: torch.device) -> Translator:
-    """The checkpoint's completion net, from completer.safetensors."""
+    """The checkpoint's completion net, from its export that serves `complete` (completer.safetensors)."""
     meta = checkpoint.load_meta(checkpoint_uri)
-    if not is_completion(meta):
-        raise UserError(f"{checkpoint_uri} is not an inpainting checkpoint (its task is "
-                        f"{checkpoint.task_kind(meta)}); train one with the inpaint-digits preset or --set "
-                        f"task.kind=inpaint")
-    try:
-        model = TypeAdapter(ModelConfig).validate_python(meta["config"]["model"])
-        resolution, channels = meta["data"]["resolution"], meta["data"]["channels"]
-    except (KeyError, TypeError, ValidationError):
-        raise checkpoint.CorruptCheckpoint(f"{checkpoint_uri}: meta.json does not describe a completion net") from None
-    net = build_completer(model, channels)
-    net.load_state_dict(checkpoint.load_export(checkpoint_uri, "completer"))
-    return Translator(net.to(device).eval(), "", resolution, channels, 2 ** model.downsamplings)
+    export = checkpoint.expect(meta, "complete", checkpoint_uri)[0]
+    saved = checkpoint.read_model(checkpoint_uri, meta)
+    images = saved.images.get("train")
+    if images is None:
+        raise checkpoint.CorruptCheckpoint(f"{checkpoint_uri}: meta.json does not describe the images it completes")
+    net = checkpoint.load_weights(build_completer(saved.model, images.channels), checkpoint_uri, export)
+    return Translator(net.to(device).eval(), "", images.resolution, images.channels, 2 ** saved.model.downsamplings)
+
+
+def check_mask(mask: str, seed: int) -> None:
+    """One line, before any work, for a --mask that is neither a kind nor a mask image, and a seed random masks
+    cannot take."""
+    if mask == "random" and not 0 <= seed <= seeds.MAX_SEED:
+        raise UserError(f"--seed {seed} is out of range for --mask random; pass an integer from 0 to "
+                        f"{seeds.MAX_SEED}")
+    if mask in MASKS:
+        return
+    if not mask.strip():
+        raise UserError("--mask is empty; pass center, random or a mask image")
+    fs, path = storage.resolve(mask)
+    with storage.user_errors(mask, "reach"):
+        kind = fs.get_file_info(path).type
+    if kind != pafs.FileType.File:
+        what = "a folder" if kind == pafs.FileType.Directory else "neither center, random nor an existing file"
+        raise UserError(f"--mask {mask!r} is {what}; pass center, random or a mask image whose white pixels mark "
+                        f"the hole")
 
 
 def mask_image(uri: str, resolution: int) -> torch.Tensor:
     """A mask image (any size; white, above mid grey, = hole) -> float 1×1×R×R, resized with nearest neighbours."""
     try:
-        image = decode_file(storage.read_bytes(uri)).convert("L")
+        with storage.user_errors(uri, "read"):
+            data = storage.read_bytes(uri)
+        image = decode_file(data).convert("L")
     except Skip as reason:
         raise UserError(f"--mask {uri} is not a readable image ({reason}); pass center, random or a PNG whose white "
                         f"pixels mark the hole") from None
@@ -60,7 +76,8 @@ def mask_image(uri: str, resolution: int) -> torch.Tensor:
 
 
 def masks_for(mask: str, resolution: int, seed: int) -> Callable[[int, int], torch.Tensor]:
-    """(start, n) -> the masks of inputs start .. start+n-1: a function of each input's index, not of batching."""
+    """(start, n) -> the masks of inputs start .. start+n-1: a function of each input's index, not of batching (nor
+    of which inputs an interrupted run had written)."""
     if mask == "center":
         return lambda start, n: center_masks(n, resolution)
     if mask == "random":
@@ -76,17 +93,16 @@ def masks_for(mask: str, resolution: int, seed: int) -> Callable[[int, int], tor
 def complete_folder(checkpoint_uri: str, input_uri: str, out: str, mask: str = "center", seed: int = 0,
                     device: str = "cpu", batch_size: int = BATCH) -> tuple[int, SkipReport, str]:
     """Complete every image under `input_uri` into `out`; (images written, what was skipped, the checkpoint)."""
-    names = check_translate_args(input_uri, out, "model")
-    if mask not in MASKS and not storage.exists(mask):
-        raise UserError(f"--mask {mask!r} is neither center, random nor an existing mask image")
+    check_mask(mask, seed)
+    options = {"mask": mask if mask in MASKS else storage.absolute_uri(mask), "seed": seed}
+    batch = plan_batch(input_uri, out, {"command": "complete", "checkpoint": checkpoint_uri, **options})
     dev = torch.device(device)
     uri, completer = checkpoint.load_newest(checkpoint_uri, lambda c: load_completer(c, dev),
                                             lambda warning: print(warning, flush=True))
     holes = masks_for(mask, completer.resolution, seed)
 
-    def convert(arrays: np.ndarray, start: int) -> torch.Tensor:
-        images = torch.from_numpy(arrays)
-        return complete_u8(completer.net, images, holes(start, len(images)), dev)
+    def convert(arrays: np.ndarray, positions: list[int]) -> torch.Tensor:
+        return complete_u8(completer.net, torch.from_numpy(arrays), torch.cat([holes(i, 1) for i in positions]), dev)
 
-    written, skipped = map_folder(input_uri, names, out, completer, "model", batch_size, "complete", convert)
+    written, skipped = map_folder(batch, uri, completer, "model", batch_size, "complete", convert)
     return written, skipped, uri

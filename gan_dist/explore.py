@@ -183,7 +183,8 @@ def explore(checkpoint_uri: str, out: str, options: ExploreOptions) -> tuple[str
     local or object storage; returns the checkpoint used and the files written."""
     check_explore_args(checkpoint_uri, out, options)
     device = torch.device(options.device)
-    uri, generator = checkpoint.load_newest(checkpoint_uri, lambda u: load_generator(u, device, options.raw),
+    uri, generator = checkpoint.load_newest(checkpoint_uri,
+                                            lambda u: load_generator(u, device, options.raw, "explore"),
                                             lambda warning: print(warning, file=sys.stderr))
     files = encode(draw(generator, options, device))
     for name, data in files.items():

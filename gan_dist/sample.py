@@ -9,10 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from pydantic import TypeAdapter, ValidationError
 
 from gan_dist import checkpoint, storage
-from gan_dist.config import ModelConfig
 from gan_dist.errors import UserError
 from gan_dist.imaging import png_bytes, to_uint8
 from gan_dist.models import build_generator
@@ -33,29 +31,23 @@ class Generator:
     step: int | None  # the checkpoint's training step, when its meta.json says
 
 
-def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False) -> Generator:
-    """The generator of a checkpoint: generator.safetensors (the EMA one when the run kept one), or with `raw` the
-    trained G from state.pt."""
+def load_generator(checkpoint_uri: str, device: torch.device, raw: bool = False, use: str = "sample") -> Generator:
+    """The generator of a checkpoint that serves `use` (sample, explore): its export (the EMA generator when the run
+    kept one), or with `raw` the trained G from state.pt."""
     meta = checkpoint.load_meta(checkpoint_uri)
-    kind = checkpoint.task_kind(meta)
-    if kind == "inpaint":
-        raise UserError(f"{checkpoint_uri} is an inpainting checkpoint; fill holes with it: gan-dist complete CKPT "
-                        f"--input DIR --out DIR")
-    if kind != "generation":
-        raise UserError(f"{checkpoint_uri} is a translator's checkpoint; translate images with it: gan-dist translate "
-                        f"CKPT --input DIR --out DIR")
-    try:  # the model section alone: the rest of a run's config (its name, say) has no say in sampling
-        m = TypeAdapter(ModelConfig).validate_python(meta["config"]["model"])
-        resolution, channels = meta["data"]["resolution"], meta["data"]["channels"]
-        class_names = list(meta["data"].get("class_names", [])) if m.conditional else []
-    except (KeyError, TypeError, ValidationError):
-        raise checkpoint.CorruptCheckpoint(f"{checkpoint_uri}: meta.json does not describe a generator") from None
-    G = build_generator(m, resolution, channels, len(class_names))
-    if raw:
-        G.load_state_dict(checkpoint.load_state(checkpoint_uri)["nets"]["G"])
-    else:
-        G.load_state_dict(checkpoint.load_export(checkpoint_uri))
-    return Generator(G.to(device).eval(), class_names, checkpoint_uri, resolution, channels, meta.get("step"))
+    export = checkpoint.expect(meta, use, checkpoint_uri)[0]
+    saved = checkpoint.read_model(checkpoint_uri, meta)
+    images = saved.images.get("train")
+    if images is None:
+        raise checkpoint.CorruptCheckpoint(f"{checkpoint_uri}: meta.json does not describe a generator's images")
+    class_names = images.class_names if saved.model.conditional else []
+    G = build_generator(saved.model, images.resolution, images.channels, len(class_names))
+    raw_state = checkpoint.load_state(checkpoint_uri).get("nets", {}).get("G") if raw else None
+    if raw and raw_state is None:
+        raise checkpoint.CorruptCheckpoint(f"{checkpoint_uri}: state.pt holds no trained generator G for --raw")
+    checkpoint.load_weights(G, checkpoint_uri, export, raw_state)
+    return Generator(G.to(device).eval(), class_names, checkpoint_uri, images.resolution, images.channels,
+                     meta.get("step"))
 
 
 def check_sample_args(checkpoint_uri: str, out: str, seed: int) -> None:

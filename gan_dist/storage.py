@@ -40,16 +40,22 @@ def join(uri: str, *parts: str) -> str:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole file; local writes go through a temporary name so readers never see a partial file."""
+    """Write a whole file; local writes go through a hidden temporary name so readers never see a partial file."""
     fs, path = resolve(uri)
     if is_remote(uri):  # an object store has no directories to make, and a PUT is all-or-nothing
         with fs.open_output_stream(path) as out:
             out.write(data)
         return
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path + ".tmp") as out:
-        out.write(data)
-    fs.move(path + ".tmp", path)
+    partial = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.tmp")  # hidden: not an output
+    try:
+        with fs.open_output_stream(partial) as out:
+            out.write(data)
+        fs.move(partial, path)
+    except BaseException:  # an interrupt (Ctrl-C) or a full disk leaves no torn file behind
+        with contextlib.suppress(OSError):
+            fs.delete_file(partial)
+        raise
 
 
 def upload(local_path: str, uri: str) -> None:
@@ -81,11 +87,31 @@ def list_files(uri: str) -> list[str]:
     """Paths of every file under a folder (local or a bucket prefix), relative to it, sorted; hidden files and
     folders (.git, .DS_Store) left out."""
     fs, path = resolve(uri)
-    with user_errors(uri, "list"):
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
-    relative = (posixpath.relpath(info.path, path) if is_remote(uri) else os.path.relpath(info.path, path)
-                for info in infos if info.type == pafs.FileType.File)
+    if is_remote(uri):
+        with user_errors(uri, "list"):
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+        relative = [posixpath.relpath(info.path, path) for info in infos if info.type == pafs.FileType.File]
+    else:  # not pyarrow's recursion, which follows a link back up the tree until the path is too long
+        relative = [os.path.relpath(file, path) for file in local_files(path)]
     return sorted(p for p in relative if not any(part.startswith(".") for part in p.replace(os.sep, "/").split("/")))
+
+
+def local_files(root: str) -> Iterator[str]:
+    """Every file under a local folder, folder by folder, names sorted (the order `prepare` reads them in); hidden
+    folders (.git, .ipynb_checkpoints) left out. Linked folders are followed, each real folder once, so a link back
+    up the tree is no endless loop; a link to the root or above it is not followed (it would read outside it)."""
+    top = os.path.realpath(root)
+    seen = {top}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if name.startswith(".") or real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
+                continue
+            seen.add(real)
+            kept.append(name)
+        dirnames[:] = kept
+        yield from (os.path.join(dirpath, name) for name in sorted(filenames))
 
 
 @contextlib.contextmanager

@@ -195,20 +195,21 @@ def test_complete_writes_to_object_storage(trained, tmp_path, bucket):
     write_inputs(tmp_path / "in")
     assert main(["complete", str(trained), "--input", str(tmp_path / "in"), "--out", f"s3://{bucket}/done"]) == 0
     keys = sorted(o["Key"] for o in s3_client().list_objects_v2(Bucket=bucket, Prefix="done/")["Contents"])
-    assert keys == ["done/a.png", "done/sub/b.png"]
+    assert keys == ["done/.gan-dist-job.json", "done/a.png", "done/sub/b.png"]  # the record a rerun finishes by
 
 
 @pytest.mark.parametrize("case, message", [
     ("existing", "already holds 2 of the outputs"),
     ("blank-mask", "has no white pixels, so there is no hole to fill"),
-    ("no-mask", "is neither center, random nor an existing mask image"),
-    ("generator", "is not an inpainting checkpoint (its task is generation)"),
+    ("no-mask", "is neither center, random nor an existing file"),
+    ("generator", "is an image generator's checkpoint, not an inpainting checkpoint; sample images with it"),
 ])
 def test_complete_refuses_in_one_line(case, message, trained, tiny_data, tmp_path, capsys):
     write_inputs(tmp_path / "in")
     ckpt, mask = str(trained), "center"
-    if case == "existing":
-        assert main(["complete", ckpt, "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 0
+    if case == "existing":  # written with other holes
+        assert main(["complete", ckpt, "--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--mask",
+                     "random"]) == 0
     if case == "blank-mask":
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "blank.png")
         mask = str(tmp_path / "blank.png")
@@ -228,10 +229,12 @@ def test_complete_refuses_in_one_line(case, message, trained, tiny_data, tmp_pat
 
 def test_sample_and_translate_point_an_inpainting_checkpoint_to_complete(trained, tmp_path, capsys):
     assert main(["sample", str(trained), "--out", str(tmp_path / "s")]) == 2
-    assert "is an inpainting checkpoint; fill holes with it: gan-dist complete" in capsys.readouterr().err
+    assert "is an inpainting checkpoint, not an image generator's checkpoint; fill holes with it: gan-dist " \
+           "complete" in capsys.readouterr().err
     write_inputs(tmp_path / "in")
     assert main(["translate", str(trained), "--input", str(tmp_path / "in"), "--out", str(tmp_path / "t")]) == 2
-    assert "is an inpainting checkpoint, not a translator's; use gan-dist complete" in capsys.readouterr().err
+    assert "is an inpainting checkpoint, not a translator's checkpoint; fill holes with it: gan-dist complete" \
+        in capsys.readouterr().err
 
 
 def test_evaluate_compares_the_completion_with_non_learned_fills_on_held_out_images(trained, tiny_data, tmp_path,

@@ -128,7 +128,7 @@ def test_training_runs_on_a_synthetic_dataset(run, tmp_path, capsys):
 def test_an_interrupted_export_is_replaced_and_its_extra_shards_deleted(run, tmp_path, capsys):
     out = tmp_path / "synth"
     out.mkdir()
-    for leftover in ("shard-00000.parquet", "shard-00007.parquet", "_manifest.json.tmp"):
+    for leftover in ("shard-00000.parquet", "shard-00007.parquet", "._manifest.json.tmp"):  # a torn manifest write
         (out / leftover).write_bytes(b"half")
     assert sample(capsys, run, *SMALL, "--out", out)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME] + [f"shard-0000{b}.parquet" for b in range(3)]

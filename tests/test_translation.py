@@ -194,13 +194,13 @@ def test_translate_writes_one_png_per_image_and_skips_what_is_not_one(trained, t
                  str(tmp_path / "native"), "--size", "native", "--direction", "b2a"]) == 0
     assert Image.open(tmp_path / "native" / "sub" / "wide.png").size == (28, 20)  # cropped to multiples of 4
     capsys.readouterr()
-    assert main(["translate", str(trained / "cyclegan"), "--input", str(tmp_path / "in"),
-                 "--out", str(tmp_path / "out")]) == 2  # never over earlier outputs
+    assert main(["translate", str(trained / "cyclegan"), "--input", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "out"), "--direction", "b2a"]) == 2  # never over another command's outputs
     assert "already holds 2 of the outputs" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--direction", "b2a"], "has no b2a translator (it translates a2b; CUT learns one direction)"),
+    (["--direction", "b2a"], "has no b2a translator (it translates a2b only); pass --direction a2b"),
 ])
 def test_translate_refuses_in_one_line(trained, tmp_path, capsys, args, message):
     write_inputs(tmp_path / "in")
@@ -212,14 +212,15 @@ def test_translate_refuses_in_one_line(trained, tmp_path, capsys, args, message)
 
 def test_sample_and_translate_refuse_each_others_checkpoints(trained, tiny_data, tmp_path, capsys):
     assert main(["sample", str(trained / "cyclegan"), "--out", str(tmp_path / "s")]) == 2
-    assert "translator's checkpoint; translate images with it" in capsys.readouterr().err
+    assert "translator's checkpoint, not an image generator's checkpoint; translate images with it" in \
+        capsys.readouterr().err
     from helpers import tiny_config
 
     train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 3}))
     write_inputs(tmp_path / "in")
     assert main(["translate", str(tmp_path / "tiny"), "--input", str(tmp_path / "in"), "--out",
                  str(tmp_path / "o")]) == 2
-    assert "image generator's checkpoint, not a translator's" in capsys.readouterr().err
+    assert "image generator's checkpoint, not a translator's checkpoint; sample images" in capsys.readouterr().err
 
 
 def test_evaluate_a_translator_on_held_out_images(trained, tiny_data, tmp_path, capsys):

@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from gan_dist import storage
 from gan_dist.data.images import IMAGE_SUFFIXES, Skip, array_to_image, decode_file, pixels_to_uint8
 from gan_dist.errors import UserError
 
@@ -56,27 +57,14 @@ def _is_image_name(path: Path) -> bool:
 class ImageFolder:
     """A folder, read recursively. Top-level subfolders that hold images are classes (labels in sorted order); a
     folder without such subfolders is unlabeled. Files that are not images by name are listed too, so they count
-    as skips. Linked folders are followed, each real folder once, so a link back up the tree is no endless loop;
-    hidden folders (.git, .ipynb_checkpoints) are not inputs."""
+    as skips. Linked folders are followed, each real folder once, so a link back up the tree is no endless loop
+    (storage.local_files); hidden folders (.git, .ipynb_checkpoints) are not inputs."""
 
     def __init__(self, root: str):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"source folder {root} does not exist or is not a folder")
-        self.paths: list[Path] = []
-        top = os.path.realpath(self.root)
-        seen = {top}
-        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=True):
-            kept = []
-            for name in sorted(dirnames):
-                real = os.path.realpath(os.path.join(dirpath, name))
-                # A link to the root or above it is a loop back into the tree (and would read outside it).
-                if name.startswith(".") or real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
-                    continue
-                seen.add(real)
-                kept.append(name)
-            dirnames[:] = kept
-            self.paths += [Path(dirpath, name) for name in sorted(filenames)]
+        self.paths = [Path(file) for file in storage.local_files(root)]
         # Classes come from where the images are: an empty subfolder is no class with zero examples.
         self.class_names = sorted({c for c in map(self._class_of, filter(_is_image_name, self.paths)) if c})
         self._labels = {name: index for index, name in enumerate(self.class_names)}
