@@ -84,6 +84,7 @@ class ReplayNet(nn.Module):
                             for k, i in zip(labels.tolist(), pick.tolist())])
 
 
+@pytest.mark.slow
 def test_cas_is_high_for_a_generator_of_real_images_and_near_zero_for_one_with_the_wrong_labels():
     uri = embedded_digits()
     columns = load_columns(uri, read_manifest(uri))

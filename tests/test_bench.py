@@ -27,6 +27,7 @@ def _bench(tmp_path, *args):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_step_benchmark_times_each_data_path_and_the_reference_loop(tmp_path, capsys):
     record = _bench(tmp_path, "dcgan-64", "--batch-size", "4")
     assert [row["path"] for row in record["rows"]] == ["synthetic", "resident", "stream", "reference"]

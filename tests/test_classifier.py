@@ -52,6 +52,7 @@ def write_samples(folder, images: np.ndarray, labels: np.ndarray, class_names: l
     return str(folder)
 
 
+@pytest.mark.slow
 def test_classifier_reaches_95_percent_held_out_on_the_digits(trained):
     model, accuracy = trained
     assert accuracy >= 0.95
@@ -68,6 +69,7 @@ def test_same_seed_same_predictions(digits, one_thread):
     np.testing.assert_array_equal(predict(first, columns["image"]), predict(second, columns["image"]))
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_predicts_the_same(trained, digits, tmp_path):
     model, accuracy = trained
     _, manifest, columns = digits
@@ -79,6 +81,7 @@ def test_save_load_round_trip_predicts_the_same(trained, digits, tmp_path):
     np.testing.assert_array_equal(predict(loaded, columns["image"]), predict(model, columns["image"]))
 
 
+@pytest.mark.slow
 def test_real_digits_agree_with_their_labels_and_not_with_shifted_ones(trained, digits, tmp_path):
     model, accuracy = trained
     _, manifest, columns = digits
@@ -103,6 +106,7 @@ def run_agreement(*args: str) -> subprocess.CompletedProcess:
                           env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_agreement_command_end_to_end(digits, tmp_path):
     _, manifest, columns = digits
     samples = write_samples(tmp_path / "samples", columns["image"][:100], columns["label"][:100], manifest.class_names)
@@ -115,6 +119,7 @@ def test_agreement_command_end_to_end(digits, tmp_path):
     assert f"agreement: {written['overall']:.3f} over 100 samples" in done.stdout
 
 
+@pytest.mark.slow
 def test_missing_labels_csv_is_one_line_and_exit_2(digits, tmp_path):
     _, manifest, columns = digits
     samples = write_samples(tmp_path / "samples", columns["image"][:3], columns["label"][:3], manifest.class_names)

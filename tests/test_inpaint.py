@@ -82,6 +82,7 @@ def test_hole_errors_count_the_hole_only():
 
 # ---- training -----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_inpainting_learns_to_fill_holes_from_their_surroundings(tmp_path):
     """Images of one random grey level each: the hole is the level around it. 150 steps must bring the hole error
     below a third of leaving it mid grey (0.245); train seeds 0-2 reach 0.022-0.026."""

@@ -10,6 +10,8 @@ from gan_dist.cli import main
 from gan_dist.runtime.launch import train
 from helpers import assert_same_state, run, s3_client, tiny_config
 
+pytestmark = pytest.mark.slow  # a console-script run on object storage for every test
+
 TINY = ["--set", "model.z_dim=8", "--set", "model.g_channels=8", "--set", "model.d_channels=8",
         "--set", "train.batch_size=8", "--set", "train.log_every=2", "--set", "train.sample_every=3",
         "--set", "train.checkpoint_every=2", "--set", "run.keep_checkpoints=2"]

@@ -53,6 +53,7 @@ def unchanged(files: dict[Path, bytes]) -> None:
     ("empty", "has no metrics yet"),
     ("checkpoints-only", "no metrics.jsonl in"),
 ])
+@pytest.mark.slow
 def test_report_of_what_is_not_a_run_is_one_line(run_dir, expected, tmp_path, written):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "metrics.jsonl").write_bytes(b"")
@@ -65,11 +66,13 @@ def test_report_of_what_is_not_a_run_is_one_line(run_dir, expected, tmp_path, wr
     ("notes.txt/curves.png", "notes.txt is not a folder"),
     (UNWRITABLE + "/curves.png", "cannot be written"),
 ])
+@pytest.mark.slow
 def test_report_out_that_cannot_be_written_is_one_line(out, expected, tmp_path, written, tiny_run):
     refused(run("report", str(tiny_run), "--out", out, cwd=tmp_path), f"--out {out}", expected)
     unchanged(written)
 
 
+@pytest.mark.slow
 def test_report_out_folder_gets_curves_inside_and_an_out_png_is_replaced(tmp_path, written, tiny_run):
     assert run("report", str(tiny_run), "--out", "plots", cwd=tmp_path).returncode == 0
     assert Image.open(tmp_path / "plots" / "curves.png").format == "PNG"  # like cp: into the folder
@@ -87,6 +90,7 @@ def test_report_out_folder_gets_curves_inside_and_an_out_png_is_replaced(tmp_pat
     ("RUN/checkpoint_000000004/meta.json", "the curves are a PNG"),
     ("DATA/_manifest.json", "the curves are a PNG"),
 ])
+@pytest.mark.slow
 def test_report_out_never_replaces_what_is_not_a_png(out, expected, tmp_path, written, tiny_run, tiny_data):
     out = out.replace("RUN", str(tiny_run)).replace("DATA", tiny_data)
     theirs = (tiny_run / "metrics.jsonl", tiny_run / "checkpoint_000000004" / "meta.json",
@@ -102,12 +106,14 @@ def test_report_out_never_replaces_what_is_not_a_png(out, expected, tmp_path, wr
     ("notes.txt/samples", "notes.txt is a file"),
     (UNWRITABLE, "cannot be written"),
 ])
+@pytest.mark.slow
 def test_sample_out_that_cannot_hold_images_is_refused_before_the_checkpoint_is_read(out, expected, tmp_path,
                                                                                      written):
     refused(run("sample", "no-such-checkpoint", "--num", "2", "--out", out, cwd=tmp_path), expected)
     unchanged(written)
 
 
+@pytest.mark.slow
 def test_sample_never_overwrites_earlier_samples(tmp_path, tiny_run):
     checkpoint = f"{tiny_run}/checkpoint_000000004/"  # a trailing slash, as shell completion leaves it
     first = run("sample", checkpoint, "--num", "3", "--seed", "-1", "--out", "draw", cwd=tmp_path)
@@ -119,18 +125,21 @@ def test_sample_never_overwrites_earlier_samples(tmp_path, tiny_run):
     unchanged(before)
 
 
+@pytest.mark.slow
 def test_sample_seed_beyond_torchs_range_is_one_line(tmp_path, tiny_run):
     refused(run("sample", str(tiny_run), "--out", "draw", "--seed", str(2**64), cwd=tmp_path),
             f"--seed {2**64} is out of range")
     assert not (tmp_path / "draw").exists()
 
 
+@pytest.mark.slow
 def test_sample_from_a_run_without_checkpoints_is_one_line(tmp_path, tiny_run):
     (tmp_path / "fresh").mkdir()
     (tmp_path / "fresh" / "metrics.jsonl").write_bytes((tiny_run / "metrics.jsonl").read_bytes())
     refused(run("sample", "fresh", "--out", "draw", cwd=tmp_path), "checkpoint at fresh")
 
 
+@pytest.mark.slow
 def test_missing_bucket_is_one_line(s3_server, tmp_path, tiny_run):
     refused(run("report", f"{NO_BUCKET}/runs/a"), "bucket 'gan-dist-no-such-bucket'", "does not exist")
     refused(run("report", str(tiny_run), "--out", f"{NO_BUCKET}/curves.png"), "does not exist")
@@ -152,6 +161,7 @@ TINY_BENCH = ("--device", "cpu", "--steps", "1", "--warmup", "1", "--repeats", "
     ("data/_manifest.json", "--json data/_manifest.json is a file that is not an earlier bench result"),
     ("plots/old.json", "is a file that is not an earlier bench result"),  # not JSON at all
 ])
+@pytest.mark.slow
 def test_bench_json_target_that_cannot_be_written_is_refused(target, expected, tmp_path, written):
     files = {**written, tmp_path / "data" / "_manifest.json": b'{"resolution": 16, "count": 6}',
              tmp_path / "plots" / "old.json": b"an older plot"}

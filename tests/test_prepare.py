@@ -198,6 +198,7 @@ def test_interrupted_prepare_leaves_no_manifest(tmp_path):
         ("CIFAR10", None, "pass --root DIR"),
     ],
 )
+@pytest.mark.slow
 def test_bad_sources_are_one_line_errors(tmp_path, source, files, expected):
     if files is not None:
         (tmp_path / source).mkdir()
@@ -209,6 +210,7 @@ def test_bad_sources_are_one_line_errors(tmp_path, source, files, expected):
     assert not (tmp_path / "out" / "_manifest.json").exists()
 
 
+@pytest.mark.slow
 def test_missing_bucket_and_wrong_credentials_are_one_line_errors(s3_server, bucket, tmp_path):
     folder = tmp_path / "few"
     (folder / "a").mkdir(parents=True)
@@ -339,6 +341,7 @@ def test_bad_npz_files_are_one_line_refusals(tmp_path, save, expected):
     _refused(lambda: prepare(str(tmp_path / "d.npz"), str(tmp_path / "out"), options, progress=False), expected)
 
 
+@pytest.mark.slow
 def test_bad_npz_through_the_console_script_never_advises_unpickling(tmp_path):
     np.savez(tmp_path / "objects.npz", images=np.array([np.zeros((4, 4)), np.zeros((5, 5))], dtype=object))
     (tmp_path / "page.npz").write_text("<html>a web page saved under the wrong name</html>")
@@ -349,6 +352,7 @@ def test_bad_npz_through_the_console_script_never_advises_unpickling(tmp_path):
         assert "pickle" not in done.stderr.lower()
 
 
+@pytest.mark.slow
 def test_every_input_skipped_says_why_in_its_one_line(tmp_path):
     (tmp_path / "tiny").mkdir()
     for i in range(3):
@@ -362,6 +366,7 @@ def test_every_input_skipped_says_why_in_its_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_out_that_is_a_file_or_holds_other_files_is_refused_before_any_reading(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     # The source does not exist: the refusal names OUT, so OUT was checked first.

@@ -137,6 +137,7 @@ def test_resume_when_no_checkpoint_loads_refuses_and_changes_nothing(tiny_data, 
         ("no-meta", "no meta.json", "no meta.json"),
     ],
 )
+@pytest.mark.slow
 def test_damaged_checkpoints_are_one_line_for_sample_and_resume_from(tiny_data, tmp_path, damage, from_sample,
                                                                      from_resume):
     train(tiny_config(tiny_data, str(tmp_path), **{"train.steps": 3}))
@@ -160,6 +161,7 @@ def test_damaged_checkpoints_are_one_line_for_sample_and_resume_from(tiny_data, 
     assert not (tmp_path / "other").exists()
 
 
+@pytest.mark.slow
 def test_sample_from_a_run_falls_back_past_a_damaged_newest_checkpoint(tiny_data, tmp_path, two_checkpoints):
     garble(two_checkpoints / "checkpoint_000000004" / "generator.safetensors")
     done = run("sample", str(two_checkpoints), "--num", "2", "--out", str(tmp_path / "out"))
@@ -178,6 +180,7 @@ def test_resuming_with_another_model_or_image_shape_names_the_mismatch(tiny_data
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_dataset_no_model_takes_is_refused_at_prepare_and_at_train(tmp_path):
     one_line_error(run("prepare", "digits", str(tmp_path / "d48"), "--resolution", "48"),
                    "no model can train on 48x48 images (resolutions each model takes: dcgan: 8, 16, 32")
@@ -192,6 +195,7 @@ def test_a_dataset_no_model_takes_is_refused_at_prepare_and_at_train(tmp_path):
     assert "--resume" not in done.stderr and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_ray_address_is_one_line_within_seconds(tmp_path):
     started = time.monotonic()
     done = run("train", "--address", f"127.0.0.1:{free_port()}", "--num-workers", "2", "--storage", str(tmp_path))
@@ -204,6 +208,7 @@ def test_a_best_metric_that_is_never_logged_warns_at_start(tiny_data, tmp_path, 
     assert "warning: run.keep_best='fid' is never logged (logged: step, images_seen" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["file", "under-file"])
 def test_a_storage_that_is_a_file_is_refused_before_any_work(tmp_path, kind):
     (tmp_path / "runs").write_text("not a folder")
@@ -212,6 +217,7 @@ def test_a_storage_that_is_a_file_is_refused_before_any_work(tmp_path, kind):
     assert (tmp_path / "runs").read_text() == "not a folder"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to mount a read-only folder")
 def test_a_read_only_storage_is_refused_before_any_work(tmp_path):
     storage = tmp_path / "ro"
@@ -224,6 +230,7 @@ def test_a_read_only_storage_is_refused_before_any_work(tmp_path):
     one_line_error(done, f"--storage {storage} cannot be written (Read-only file system)")
 
 
+@pytest.mark.slow
 def test_storage_in_a_missing_bucket_or_behind_a_dead_endpoint_is_one_line(s3_server, tmp_path):
     one_line_error(run("train", "--backend", "ray", "--storage", "s3://no-such-bucket/runs"),
                    "bucket 'no-such-bucket' of s3://no-such-bucket/runs does not exist")
@@ -233,6 +240,7 @@ def test_storage_in_a_missing_bucket_or_behind_a_dead_endpoint_is_one_line(s3_se
     assert "AWS_ENDPOINT_URL" in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_gpu_on_a_machine_without_one_is_one_line_not_a_wait(tmp_path, workers):
     # Under Ray (2 workers, a local Ray started for the run) Ray Train would wait for GPUs forever.
@@ -241,6 +249,7 @@ def test_gpu_on_a_machine_without_one_is_one_line_not_a_wait(tmp_path, workers):
     assert "run '" not in done.stdout  # refused before the run starts
 
 
+@pytest.mark.slow
 def test_object_storage_behind_a_dead_endpoint_is_one_line_for_the_local_backend_too(tmp_path, s3_server):
     # The local backend writes to s3:// as well (tests/test_local_object_storage.py); it checks the endpoint first.
     env = dict(os.environ, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
@@ -256,6 +265,7 @@ def test_object_storage_behind_a_dead_endpoint_is_one_line_for_the_local_backend
     (["prepare", "digits", "s3://"], "s3:// names no bucket; pass s3://BUCKET/PATH"),
     (["train", "--backend", "ray", "--storage", "s3://"], "s3:// names no bucket"),
 ])
+@pytest.mark.slow
 def test_an_empty_output_or_one_without_a_bucket_is_refused(args, expected, tmp_path):
     done = run(*args, cwd=tmp_path)  # '' would have meant this folder
     one_line_error(done, expected)
@@ -296,6 +306,7 @@ def test_resuming_a_run_on_another_dataset_of_the_same_shape_is_refused(tmp_path
     assert (result.resumed_from, result.step) == (4, 6)
 
 
+@pytest.mark.slow
 def test_a_batch_larger_than_a_workers_share_is_refused_before_any_worker_starts(tmp_path):
     write_shards(numbered_images(1), None, str(tmp_path / "one"))
     done = run("train", "--data", str(tmp_path / "one"), "--num-workers", "2", "--batch-size", "4",

@@ -52,6 +52,7 @@ def test_hinge_losses():
 RESNET = {"model.arch": "resnet_sn", "model.g_channels": 16, "model.d_channels": 16, "train.loss": "hinge"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", [{}, RESNET, {**RESNET, **EVERY_SWITCH}], ids=["dcgan", "resnet_sn", "stabilizers"])
 def test_compiled_step_trains_like_the_eager_step(variant, tiny_data, tmp_path):
     """torch.compile over G and D (aot_eager: the graph capture and autograd of inductor, without a C++ build):

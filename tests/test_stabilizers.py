@@ -232,16 +232,23 @@ def preset_file(preset: str) -> dict:
             for key, value in (values or {}).items()}
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+LARGE_PRESETS = {"r3gan-cifar10", "r3gan-ffhq64", "cyclegan-photo"}  # a step at the papers' widths: seconds here
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p.stem, marks=[pytest.mark.slow] if p.stem in LARGE_PRESETS else [])
+                                    for p in sorted(PRESET_DIR.glob("*.yaml"))])
 def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_data, tmp_path):
     """The built task carries what the preset's file says (its loss, augmentation, ADA, R1/R2, LeCam, rates, EMA,
     n_dis, pools, masks: a setting the loader or the task drops fails here) and takes a finite step. At the preset's
     widths (a batch of 4 on the tiny labeled data, 16x16; translation presets on 32x32 images as both domains, the
     smallest side a 70x70 PatchGAN takes; a preset listing R3GAN blocks per stage at the side its list names)."""
     preset_cfg = load_config(preset)
-    names = preset_cfg.dataset_names()
+    names, paired = preset_cfg.dataset_names(), type(preset_cfg.task).PAIRED
     side, data = 16, tiny_data
-    if names != ("train",):
+    if paired:  # an input beside each image
+        data = str(tmp_path / "pairs")
+        write_shards(numbered_images(8), None, data, inputs=numbered_images(8))
+    elif names != ("train",):
         side, data = 32, str(tmp_path / "domain")
         write_shards(numbered_images(8, resolution=32), None, data)
     elif isinstance(getattr(preset_cfg.model, "blocks", None), list):
@@ -265,6 +272,8 @@ def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_dat
     rows = cfg.train.real_per_step
     batch = {name: {"image": torch.randint(0, 256, (rows, side, side, 1), dtype=torch.uint8),
                     "label": torch.arange(rows) % 10} for name in names}
+    if paired:
+        batch["train"]["input"] = torch.randint(0, 256, (rows, side, side, 1), dtype=torch.uint8)
     out = task.train_step(batch, 0)
     assert all(torch.isfinite(value).all() for value in out.values()), out
     d_updates = {int(moments["step"]) for moments in task.optimizers["D"].state.values()}

@@ -47,6 +47,7 @@ def test_wandb_offline_run_carries_metrics_and_grids_and_a_resume_continues_it(t
     assert [r["_step"] for r in history(files[1]) if "loss_D" in r] == [6]
 
 
+@pytest.mark.slow
 def test_unreachable_wandb_warns_once_and_training_goes_on(tiny_data, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
@@ -110,6 +111,7 @@ def test_progress_redraws_one_line_on_a_terminal():
     assert text.startswith("\r\033[Kembed: 6/10 (60%) ") and " ETA " in text.split("\n")[0]
     assert text.split("\n")[0].endswith("s | x 1\r\033[Ka warning")
     assert text.split("\n")[1].startswith("\r\033[Kembed: 10/10 (100%) ") and text.endswith("/s\n")
+@pytest.mark.slow
 def test_a_torn_last_line_loses_no_record_after_the_resume(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, str(tmp_path), **{"train.steps": 4, "train.log_every": 1,
                                                    "train.checkpoint_every": 2, "train.sample_every": 4})
@@ -134,6 +136,7 @@ def test_a_torn_last_line_loses_no_record_after_the_resume(tiny_data, tmp_path):
     assert Image.open(run_dir / "curves.png").size == (1100, 1050)
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_in_the_bucket_loses_no_record_either(bucket):
     run_uri = f"s3://{bucket}/runs/torn"
     s3_client().put_object(Bucket=bucket, Key="runs/torn/metrics.jsonl", Body=b'{"step": 1, "loss_D": 1.0}\n{"step": 2, "lo')

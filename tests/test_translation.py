@@ -36,6 +36,7 @@ def digits_16() -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(x).resize((16, 16), Image.BILINEAR)) for x in images])[..., None]
 
 
+@pytest.mark.slow
 def test_cyclegan_learns_a_known_mapping_from_unpaired_images(tmp_path):
     """B is A inverted (255 - x), made from other digits than A's: nothing pairs them. After 400 steps G_ab(a) must
     be near 255 - a for held-out digits. The bar: 3/4 of the error of B's mean image, the best any translator does

@@ -81,6 +81,7 @@ def test_every_font_renders_each_digit_as_a_lining_figure():
         assert (read_as == np.arange(10)).sum() >= 8, (font, read_as)
 
 
+@pytest.mark.slow
 def test_prepare_typeset_digits_on_the_command_line(tmp_path):
     out = tmp_path / "typeset-32"
     done = run("prepare", "typeset-digits", str(out), "--resolution", "32", "--limit", "200", "--workers", "2")
@@ -126,6 +127,7 @@ def _report(root, out, **options):
     return prepare(str(root), str(out), PrepareOptions(ImageSpec(8, 1), shuffle_seed=5, **options), progress=False)[1]
 
 
+@pytest.mark.slow
 def test_skip_on_the_command_line_reports_what_it_left_out(tmp_path):
     done = run("prepare", "typeset-digits", str(tmp_path / "out"), "--skip", "1990", "--resolution", "16")
     assert done.returncode == 0, done.stderr
