@@ -292,6 +292,10 @@ def read_model(checkpoint_uri: str, meta: dict[str, Any]) -> SavedModel:
         model = TypeAdapter(ModelConfig).validate_python(meta["config"]["model"])
         images = {name: Images(int(data["resolution"]), int(data["channels"]), list(data.get("class_names") or []))
                   for name, data in trained_on(meta).items()}
+        for data in trained_on(meta).values():  # a paired dataset: its inputs and images are the domains of a2b
+            if data.get("input_channels"):
+                images["a"] = Images(int(data["resolution"]), int(data["input_channels"]), images["train"].class_names)
+                images["b"] = images["train"]
     except (KeyError, TypeError, ValueError, AttributeError):  # pydantic's ValidationError is a ValueError
         raise CorruptCheckpoint(f"{checkpoint_uri}: {META_FILE} does not describe its nets (its model section or "
                                 f"image sizes are missing or invalid)") from None

@@ -23,6 +23,9 @@ from gan_dist.errors import UserError
 from gan_dist.eval.completion import BASELINES, CompletionJudge
 from gan_dist.eval.completion import MEANINGS as COMPLETION_MEANINGS
 from gan_dist.eval.measure import MEANINGS, check_sizes, compare, copies_rows, feature_kind, feature_network
+from gan_dist.eval.paired import BASELINES as PAIRED_BASELINES
+from gan_dist.eval.paired import MEANINGS as PAIRED_MEANINGS
+from gan_dist.eval.paired import PairedJudge
 from gan_dist.eval.stats import embed, real_features
 from gan_dist.eval.translation import DIRECTIONS, judge_all, judges
 from gan_dist.eval.translation import MEANINGS as TRANSLATION_MEANINGS
@@ -79,6 +82,11 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
             raise UserError(f"{checkpoint_uri} is an inpainting checkpoint: pass the images to complete with --data, "
                             f"not --data-a/--data-b")
         return evaluate_completion(checkpoint_uri, data_uri, num, features, dev, mask, seed, started)
+    if is_translation(newest) and trained_on_pairs(newest):
+        if data_a or data_b:
+            raise UserError(f"{checkpoint_uri} is a paired translator's: pass held-out pairs with --data, not "
+                            f"--data-a/--data-b")
+        return evaluate_paired(checkpoint_uri, data_uri, num, features, dev, started)
     if is_translation(newest):
         if data_uri:
             raise UserError(f"{checkpoint_uri} is a translator's: pass its domains with --data-a and --data-b, not "
@@ -121,18 +129,19 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
 
 
 # What a metric's name may start with: a translation direction, or the fill a completion is compared with.
-PREFIXES = tuple(f"{name}_" for name in (*DIRECTIONS, *BASELINES))
+PREFIXES = tuple(f"{name}_" for name in (*DIRECTIONS, *BASELINES, *PAIRED_BASELINES))
 
 
 def format_table(result: Evaluation) -> str:
     width = max(11, *(len(name) + 2 for name in result.metrics))
-    what = "completed" if result.features == "completion" else "generated"
+    what = {"completion": "completed", "paired": "translated"}.get(result.features, "generated")
+    own_meanings = PAIRED_MEANINGS if result.features == "paired" else COMPLETION_MEANINGS  # both name "labels"
     lines = [f"{result.checkpoint} (step {result.step}): {result.num} {what} vs {result.real} real images, "
              f"{result.features} features, {result.seconds:.1f} s",
              f"{'metric':<{width}}{'value':>10}  {'better':<7} meaning"]
     for name, value in result.metrics.items():
         metric = name.split("_", 1)[1] if name.startswith(PREFIXES) else name
-        better, meaning = {**MEANINGS, **TRANSLATION_MEANINGS, **COMPLETION_MEANINGS}.get(
+        better, meaning = {**MEANINGS, **TRANSLATION_MEANINGS, **own_meanings}.get(
             metric, ("lower", "sliced Wasserstein distance at this pyramid level (x1e3)"))
         lines.append(f"{name:<{width}}{value:>10.4g}  {better:<7} {meaning}")
     return "\n".join(lines)
@@ -167,6 +176,37 @@ def evaluate_translation(checkpoint_uri: str, given: dict[str, str | None], num:
     num = min(len(judge.source_u8) for judge in found.values())
     real = min((len(judge.real) for judge in found.values() if judge.net is not None), default=0)
     return Evaluation(uri, meta.get("step"), "/".join(kinds), num, real, time.perf_counter() - started, metrics)
+
+
+def trained_on_pairs(meta: dict) -> bool:
+    """Whether the checkpoint learned from a paired dataset (each row an input and its image)."""
+    return any(data.get("input_channels") for data in checkpoint.trained_on(meta).values())
+
+
+def evaluate_paired(checkpoint_uri: str, data_uri: str | None, num: int, features: str, device: torch.device,
+                    started: float) -> Evaluation:
+    """The paired translator on the first `num` pairs of `data_uri` (e.g. held-out pairs; by default the run's
+    dataset) beside the trivial translators (the input passed through, the mean target), labels judged by the
+    classifier of the run's own dataset."""
+    uri, translator = checkpoint.load_newest(checkpoint_uri, lambda c: load_translator(c, "a2b", device),
+                                             lambda warning: print(warning, file=sys.stderr))
+    meta = checkpoint.load_meta(uri)
+    run = _dataset(placement.dataset_uri("train", config_from_dict(meta["config"]).data.path))
+    pairs = _dataset(data_uri) if data_uri else run
+    trained, m = checkpoint.trained_on(meta)["train"], pairs.manifest
+    if (m.resolution, m.input_channels, m.channels) != (trained["resolution"], trained["input_channels"],
+                                                         trained["channels"]):
+        raise UserError(f"{uri} translates {trained['resolution']}x{trained['resolution']}x"
+                        f"{trained['input_channels']} inputs into x{trained['channels']} images and {pairs.uri} holds "
+                        + (f"{m.resolution}x{m.resolution}x{m.input_channels} -> x{m.channels} pairs" if m.paired
+                           else "single images, not pairs") + "; pass pairs of the run's sizes with --data")
+    if features == "inception":
+        raise UserError("--features inception does not apply to a paired translator (it is judged against each "
+                        "target, and by the dataset's classifier); use --features auto or domain")
+    judge = PairedJudge(pairs, num, features, device, reference=run)
+    n = len(judge.targets_u8)
+    return Evaluation(uri, meta.get("step"), "paired", n, n, time.perf_counter() - started,
+                      judge.with_baselines(translator.net))
 
 
 def _dataset(uri: str) -> placement.Dataset:

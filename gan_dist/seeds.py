@@ -16,6 +16,7 @@ PURPOSES = frozenset({
     "pool",         # (rank, step): CycleGAN's image pool choices
     "patches",      # (rank, step, call): CUT's sampled patch locations
     "masks",        # (rank, step): inpainting's holes; (index): those of `gan-dist complete --mask random`
+    "dropout",      # (rank, step): the dropout of pix2pix's U-Net decoder
     "preview",      # the fixed inputs of the preview grids
     "epoch_order",  # (rank, epoch): the resident reader's permutation of a worker's rows
     "unit_order",   # (epoch): the streaming reader's order of row groups

@@ -25,7 +25,7 @@ from gan_dist.data.prepare import SkipReport
 from gan_dist.errors import UserError
 from gan_dist.eval.translation import DIRECTIONS, translate_u8
 from gan_dist.imaging import png_bytes
-from gan_dist.models import build_translator
+from gan_dist.models import build_translator, input_multiple
 from gan_dist.progress import Progress
 
 SIZES = ("model", "native")
@@ -40,7 +40,7 @@ class Translator:
     direction: str
     resolution: int  # what it was trained on
     in_channels: int  # of the input images
-    multiple: int  # input sides must be multiples of this (2 ** downsamplings)
+    multiple: int  # input sides must be multiples of this (one halving per downsampling)
 
 
 def is_translation(meta: dict) -> bool:
@@ -59,10 +59,10 @@ def load_translator(checkpoint_uri: str, direction: str, device: torch.device) -
     source, target = (saved.images.get(name) for name in DIRECTIONS[direction])
     if source is None or target is None:
         raise checkpoint.CorruptCheckpoint(f"{checkpoint_uri}: meta.json does not describe the images of {direction}")
-    net = build_translator(saved.model, source.channels, target.channels)
+    net = build_translator(saved.model, source.channels, target.channels, source.resolution)
     checkpoint.load_weights(net, checkpoint_uri, f"translator_{direction}")
     return Translator(net.to(device).eval(), direction, source.resolution, source.channels,
-                      2 ** saved.model.downsamplings)
+                      input_multiple(saved.model, source.resolution))
 
 
 def _native(image, translator: Translator) -> np.ndarray:

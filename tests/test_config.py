@@ -46,7 +46,7 @@ def test_bad_values_name_the_key(overrides, message):
 
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(UserError, match="presets: cifar10-sngan, cut-digits, cyclegan-digits, cyclegan-photo, "
-                                        "dcgan-64, dcgan-digits, digits-cond, inpaint-digits, photo, r3gan-cifar10, "
+                                        "dcgan-64, dcgan-digits, digits-cond, inpaint-digits, photo, pix2pix-digits, r3gan-cifar10, "
                                         "r3gan-digits, r3gan-ffhq64, resnet-sn-32"):
         load_config("no-such-preset")
 

@@ -150,14 +150,16 @@ def needed_overrides(key: str, text: str) -> tuple[dict[str, str], list[Place]]:
 
 
 def translation_companions(overrides: dict[str, str]) -> tuple[dict[str, str], str]:
-    """A translation or inpainting task needs the translator nets and the other way round: the companion key, and
-    the preset of that task to --set on (a generation preset's model keys are not a translator's)."""
+    """A task that trains other nets than generation's (translation, inpainting, pix2pix) needs its model family
+    and the other way round: the companion keys, and the preset of that task to --set on (a generation preset's
+    model keys are not a translator's)."""
     kind, arch = overrides.get("task.kind"), overrides.get("model.arch")
-    translator_tasks = [section.kind_name() for section in TASK_SECTIONS if "resnet_patchgan" in section.ARCHS]
-    if kind not in translator_tasks and arch != "resnet_patchgan":
+    sections = {section.kind_name(): section for section in TASK_SECTIONS}
+    if kind is None and arch is not None and arch not in sections["generation"].ARCHS:
+        kind = next(name for name, section in sections.items() if arch in section.ARCHS)  # its first task
+    if kind is None or kind == "generation":
         return {}, PRESET
-    kind = kind or "cyclegan"
-    return {"task.kind": kind, "model.arch": "resnet_patchgan"}, f"{kind}-digits"
+    return {"task.kind": kind, "model.arch": sections[kind].ARCHS[0]}, f"{kind}-digits"
 
 
 # ---- loading -----------------------------------------------------------------------------------------------------

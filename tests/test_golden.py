@@ -1,5 +1,5 @@
 """Golden numbers: the losses of the first steps of every task's preset on CPU (generation: dcgan-digits, resnet-sn-32,
-r3gan-digits; cyclegan-digits, cut-digits, inpaint-digits at tiny widths), pinned in
+r3gan-digits; cyclegan-digits, cut-digits, inpaint-digits, pix2pix-digits at tiny widths), pinned in
 tests/data/golden_losses.json. A refactor must leave them as they are; a deliberate change to the numerics
 rewrites the file in the same commit (GAN_DIST_UPDATE_GOLDEN=1) and says why.
 
@@ -17,8 +17,6 @@ import torch
 from gan_dist.config import load_config
 from gan_dist.runtime.launch import train
 
-pytestmark = pytest.mark.slow  # golden-loss runs of every task's preset
-
 GOLDEN = Path(__file__).parent / "data" / "golden_losses.json"
 STEPS = 20
 # resnet-sn-32 at its full widths takes seconds per step on a CPU; its layers, loss and step are the same narrower.
@@ -27,7 +25,7 @@ PRESETS = {
     "resnet-sn-32": {"model.g_channels": 32, "model.d_channels": 32, "train.batch_size": 16},
     "r3gan-digits": {"train.batch_size": 16},
     **{preset: {"model.g_channels": 8, "model.d_channels": 8, "train.batch_size": 4, "eval.features": "off"}
-       for preset in ("cyclegan-digits", "inpaint-digits")},
+       for preset in ("cyclegan-digits", "inpaint-digits", "pix2pix-digits")},
     "cut-digits": {"model.g_channels": 8, "model.d_channels": 8, "train.batch_size": 4, "eval.features": "off",
                    "task.num_patches": 32, "task.head_units": 32},
 }

@@ -37,8 +37,9 @@ class DataConfig(_Section):
     KEYS: ClassVar[dict[str, str]] = {"train": "path", "a": "a", "b": "b"}
     FLAGS: ClassVar[dict[str, str]] = {"path": "--data", "a": "--data-a", "b": "--data-b"}
 
-    path: str | None = Field(None, description="a prepared shard folder or s3:// URI (`--data`); null: the embedded "
-                             "digits, prepared once into ~/.cache/gan-dist (or $GAN_DIST_CACHE; a damaged copy there is "
+    path: str | None = Field(None, description="a prepared shard folder or s3:// URI (`--data`), or embedded:NAME for "
+                             "a built-in dataset (digits, typeset-digits, digit-edges); null: the embedded digits, "
+                             "prepared once into ~/.cache/gan-dist (or $GAN_DIST_CACHE; a damaged copy there is "
                              "checked by its content hash and prepared again)")
     a: str | None = Field(None, description="translation's dataset A (`--data-a`), read instead of `path`; any size; "
                           "null: the embedded handwritten digits")
@@ -118,7 +119,22 @@ class R3GANConfig(_ModelSection):
         return blocks
 
 
-MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig, R3GANConfig, TranslatorConfig)
+class UNetConfig(_Section):
+    """The nets of paired translation (pix2pix): a U-Net generator with skip connections and a PatchGAN that judges
+    (input, output) pairs."""
+
+    arch: Literal["unet_patchgan"] = Field("unet_patchgan", description="the paired translator nets: a U-Net "
+                                           "generator and a PatchGAN on (input, output) pairs, instance norm (pix2pix)")
+    g_channels: int = Field(64, ge=1, description="width of the U-Net's first stage (ngf); stages double it up to 8x")
+    d_channels: int = Field(64, ge=1, description="width of the discriminator's first stage (ndf)")
+    depth: int | None = Field(None, ge=2, description="the U-Net's stride-2 stages (inputs: multiples of 2^this); "
+                              "null: down to a 1x1 bottleneck, log2 of the image side (the reference's unet_256: 8)")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout in up to three decoder stages above the bottleneck "
+                           "(not the two next to the output), in training only (the reference's 0.5; 0: none)")
+    d_layers: int = Field(3, ge=1, description="stride-2 convs of the PatchGAN (3: 70x70 patches)")
+
+
+MODEL_SECTIONS = (DCGANConfig, ResNetSNConfig, R3GANConfig, TranslatorConfig, UNetConfig)
 
 
 def _tagged_union(sections: tuple[type[BaseModel], ...], field: str) -> Any:
@@ -139,12 +155,13 @@ ModelConfig = _tagged_union(MODEL_SECTIONS, "arch")
 
 class _TaskSection(_Section):
     """What every task's section says of its kind, as class-level facts the rules across sections read: the datasets
-    one step reads (by name; DataConfig.KEYS says which key configures each), the model families it trains, and
-    whether it takes train.n_dis D updates per step."""
+    one step reads (by name; DataConfig.KEYS says which key configures each), the model families it trains,
+    whether it takes train.n_dis D updates per step, and whether its rows are pairs (an input beside each image)."""
 
     DATASETS: ClassVar[tuple[str, ...]] = ("train",)
     ARCHS: ClassVar[tuple[str, ...]] = ()
     MULTIPLE_D_UPDATES: ClassVar[bool] = False
+    PAIRED: ClassVar[bool] = False
 
     @classmethod
     def kind_name(cls) -> str:
@@ -211,7 +228,19 @@ class InpaintTaskConfig(_TaskSection):
         return tuple(self.masks.split(","))
 
 
-TASK_SECTIONS = (GenerationTaskConfig, CycleGANTaskConfig, CUTTaskConfig, InpaintTaskConfig)
+class Pix2PixTaskConfig(_TaskSection):
+    """Paired translation (Isola et al. 2017): a U-Net from each row's input image to its image, judged by a PatchGAN
+    on (input, output) pairs; the adversarial loss plus L1 to the target. One paired dataset, `data.path`."""
+
+    ARCHS = ("unet_patchgan",)
+    PAIRED = True
+    DIRECTIONS: ClassVar[tuple[str, ...]] = ("a2b",)  # A: the rows' inputs, B: their images (pix2pix's AtoB)
+
+    kind: Literal["pix2pix"] = Field("pix2pix", description="the task: paired translation input -> image by pix2pix")
+    l1_weight: float = Field(100.0, ge=0, description="|G(input) - image|, the paper's lambda")
+
+
+TASK_SECTIONS = (GenerationTaskConfig, CycleGANTaskConfig, CUTTaskConfig, InpaintTaskConfig, Pix2PixTaskConfig)
 TaskConfig = _tagged_union(TASK_SECTIONS, "kind")
 
 

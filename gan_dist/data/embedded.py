@@ -34,6 +34,8 @@ def embedded(name: str, resolution: int = 32) -> str:
     """A built-in dataset (a name in EMBEDDED_SOURCES), prepared once into the cache and reused while it verifies.
     Written into a private folder and renamed into place, so processes preparing it at once (Ray workers on one
     node) never see each other's halves."""
+    if name not in EMBEDDED_SOURCES:
+        raise UserError(f"no built-in dataset '{name}'; the built-in ones are {', '.join(EMBEDDED_SOURCES)}")
     out = cache_dir() / f"{name}-{resolution}"
     if _sound(out, resolution):
         return str(out)

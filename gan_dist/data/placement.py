@@ -30,14 +30,17 @@ class Dataset:
     manifest: Manifest
 
 
+EMBEDDED = "embedded:"  # a configured dataset `embedded:NAME`: the built-in dataset NAME (e.g. embedded:digit-edges)
+
+
 def dataset_uri(name: str, configured: str | None) -> str:
     """The dataset's URI: the configured one, or the embedded default for its role (translation's B domain: the
-    typeset digits; everything else: the handwritten digits), prepared once into the cache."""
-    from gan_dist.data.embedded import embedded_digits, embedded_typeset_digits
+    typeset digits; everything else: the handwritten digits); an embedded one is prepared once into the cache."""
+    from gan_dist.data.embedded import embedded
 
-    if configured is not None:
-        return configured
-    return embedded_typeset_digits() if name == "b" else embedded_digits()
+    if configured is None:
+        configured = EMBEDDED + ("typeset-digits" if name == "b" else "digits")
+    return embedded(configured.removeprefix(EMBEDDED)) if configured.startswith(EMBEDDED) else configured
 
 
 def describe(name: str, data: Dataset) -> str:

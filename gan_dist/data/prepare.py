@@ -15,7 +15,7 @@ import numpy as np
 from gan_dist import storage
 from gan_dist.data.images import FILTERS, ImageSpec, Skip, encode, to_square_array
 from gan_dist.data.shards import FORMATS, Manifest
-from gan_dist.data.sources import ArraySource, PairedSource, Source, open_source
+from gan_dist.data.sources import ArraySource, PairedArrays, PairedSource, Source, open_source
 from gan_dist.data.writer import ShardWriter, check_dataset_out
 from gan_dist.errors import UserError
 from gan_dist.progress import Progress
@@ -176,11 +176,15 @@ def prepare(source: str, out: str, options: PrepareOptions, root: str | None = N
 
 
 def write_shards(images: np.ndarray, labels: np.ndarray | None, out: str, *, shard_size: int = 512,
-                 class_names: list[str] | None = None) -> Manifest:
-    """Arrays already at their final size (square uint8 N×R×R×C) -> raw shards, in order, nothing skipped."""
+                 class_names: list[str] | None = None, inputs: np.ndarray | None = None) -> Manifest:
+    """Arrays already at their final size (square uint8 N×R×R×C) -> raw shards, in order, nothing skipped; with
+    `inputs` (N×R×R×C'), a paired dataset."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != images.shape[2]:
         raise ValueError(f"expected uint8 images N×R×R×C, got {images.dtype} {images.shape}")
     spec = ImageSpec(resolution=images.shape[1], channels=images.shape[3])
     options = PrepareOptions(spec=spec, shard_size=shard_size, shuffle_seed=None)
-    manifest, _ = write_dataset(ArraySource(images, labels, list(class_names or []), "arrays"), out, options, progress=False)
+    names = list(class_names or [])
+    source = ArraySource(images, labels, names, "arrays") if inputs is None else \
+        PairedArrays(images, inputs, labels, names, "arrays")
+    manifest, _ = write_dataset(source, out, options, progress=False)
     return manifest

@@ -227,6 +227,23 @@ class ArraySource:
         return array_to_image(self.images[index])
 
 
+class PairedArrays(ArraySource):
+    """In-memory pairs: `inputs` beside `images` (targets), one input per image, each as ArraySource takes them."""
+
+    def __init__(self, images: np.ndarray, inputs: np.ndarray, labels: np.ndarray | None, class_names: list[str],
+                 name: str):
+        super().__init__(images, labels, class_names, name)
+        self.inputs = ArraySource(inputs, None, [], f"{name} inputs")
+        if len(self.inputs) != len(self):
+            raise UserError(f"{name}: {len(self.inputs)} inputs for {len(self)} images")
+
+    def input_grayscale(self) -> bool:
+        return self.inputs.grayscale()
+
+    def load_input(self, index: int, target: np.ndarray) -> Image.Image:
+        return self.inputs.load(index)
+
+
 def labels_to_classes(raw: np.ndarray, name: str) -> tuple[np.ndarray, list[str]]:
     """Labels as saved -> class indices 0..K-1 and the K class names: the distinct values in sorted order, so
     strings, whole floats and gaps (0, 5, 9) all give indices that match the names."""

@@ -12,7 +12,8 @@ from gan_dist.models.common import Family
 from gan_dist.models.spectral import update_spectral_norms
 
 __all__ = ["FAMILIES", "build_discriminator", "build_generator", "build_patch_discriminator", "build_translator",
-           "build_completer", "check_resolution", "check_translation_sizes", "update_spectral_norms"]
+           "build_completer", "check_resolution", "check_translation_sizes", "check_unet_sizes", "input_multiple",
+           "update_spectral_norms"]
 
 # arch (the `model.arch` of config.ModelConfig) -> family. A new family: its module here and its config section.
 FAMILIES: dict[str, Family] = {"dcgan": dcgan.FAMILY, "resnet_sn": resnet_sn.FAMILY, "r3gan": r3gan.FAMILY}
@@ -39,11 +40,27 @@ def build_discriminator(model: Any, resolution: int, channels: int, num_classes:
     return FAMILIES[model.arch].discriminator(model, resolution, channels, num_classes)
 
 
-# Translation: the ResNet generator and PatchGAN discriminator CycleGAN and CUT share (model.arch=resnet_patchgan).
-def build_translator(model: Any, in_channels: int, out_channels: int) -> nn.Module:
+# Translation: the ResNet generator and PatchGAN discriminator CycleGAN and CUT share (model.arch=resnet_patchgan),
+# and pix2pix's U-Net (model.arch=unet_patchgan).
+def build_translator(model: Any, in_channels: int, out_channels: int, resolution: int | None = None) -> nn.Module:
+    """The image-to-image generator `model` describes; `resolution`: the image side, for nets whose depth follows
+    it (a U-Net of model.depth=null)."""
+    if model.arch == "unet_patchgan":
+        from gan_dist.models import unet
+
+        return unet.build_generator(model, in_channels, out_channels, resolution)
     from gan_dist.models.translation import ResnetGenerator
 
     return ResnetGenerator(in_channels, out_channels, model.g_channels, model.blocks, model.downsamplings)
+
+
+def input_multiple(model: Any, resolution: int) -> int:
+    """A translator's input sides must be multiples of this (one halving per downsampling)."""
+    if model.arch == "unet_patchgan":
+        from gan_dist.models import unet
+
+        return unet.input_multiple(model, resolution)
+    return 2 ** model.downsamplings
 
 
 def build_completer(model: Any, channels: int) -> nn.Module:
@@ -73,6 +90,25 @@ def check_translation_sizes(model: Any, a: Any, b: Any) -> None:
     if a.resolution % multiple:
         raise UserError(f"the translators' {model.downsamplings} downsamplings need image sides divisible by "
                         f"{multiple}, and these are {a.resolution}; prepare the datasets at a multiple of {multiple}")
-    if patch_map_side(a.resolution, model.d_layers) < 1:
-        raise UserError(f"a PatchGAN with model.d_layers={model.d_layers} sees nothing of {a.resolution}x"
-                        f"{a.resolution} images; lower model.d_layers or prepare larger images")
+    _check_patchgan(model, a.resolution)
+
+
+def _check_patchgan(model: Any, side: int) -> None:
+    if patch_map_side(side, model.d_layers) < 1:
+        raise UserError(f"a PatchGAN with model.d_layers={model.d_layers} sees nothing of {side}x{side} images; "
+                        f"lower model.d_layers or prepare larger images")
+
+
+def check_unet_sizes(model: Any, manifest: Any) -> None:
+    """One line, before any work, when a paired dataset's images cannot train pix2pix's nets (manifest: its own)."""
+    from gan_dist.models import unet
+
+    side = manifest.resolution
+    if model.depth is None and side & (side - 1):
+        raise UserError(f"a U-Net down to a 1x1 bottleneck (model.depth=null) needs a power-of-two side, and these "
+                        f"images are {side}x{side}; set model.depth, or prepare the dataset at a power of two")
+    multiple = unet.input_multiple(model, side)
+    if side % multiple:
+        raise UserError(f"the U-Net's {model.depth} stages need image sides divisible by {multiple}, and these are "
+                        f"{side}; lower model.depth or prepare the dataset at a multiple of {multiple}")
+    _check_patchgan(model, side)

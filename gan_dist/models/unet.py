@@ -5,20 +5,24 @@ Networks only. Facts from the reference implementation (junyanz/pytorch-CycleGAN
 4x4 stride-2 convs down (LeakyReLU 0.2 before each but the first, a norm after each but the first and the
 innermost), 4x4 stride-2 transposed convs up (ReLU before each, a norm after each but the outermost, which ends in
 tanh), widths ngf, 2ngf, 4ngf, 8ngf, then 8ngf to the bottleneck, dropout 0.5 in the three decoder stages above
-the innermost, N(0, 0.02) initial weights. The reference's unet_256 and unet_128 go down to a 1x1 bottleneck (8 and
-7 downsamplings); here the depth follows the image side the same way. Instance norm in place of the paper's batch
-norm at batch size 1, which is instance norm; so the nets behave alike in training and evaluation, batch after
-batch, and hold no running statistics. Images in [-1, 1], N×C×H×W.
+the innermost (fewer in a shallow U-Net, see DROPOUT_STAGES), N(0, 0.02) initial weights. The reference's unet_256
+and unet_128 go down to a 1x1 bottleneck (8 and 7 downsamplings); here the depth follows the image side the same
+way. Instance norm in place of the paper's batch norm at batch size 1, which is instance norm; so the nets behave
+alike in training and evaluation, batch after batch, and hold no running statistics. Images in [-1, 1], N×C×H×W.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import nn
 
 from gan_dist.models.translation import PatchDiscriminator, _norm, init_weights
 
-DROPOUT_STAGES = 3  # decoder stages with dropout, right above the innermost (the reference's unet_256: three)
+# Decoder stages with dropout: up to three right above the innermost (the reference's unet_256: three), never the
+# two next to the output (in a shallow U-Net those would blur every output pixel).
+DROPOUT_STAGES = 3
 
 
 class UNetGenerator(nn.Module):
@@ -49,7 +53,7 @@ class UNetGenerator(nn.Module):
                 layers.append(nn.Tanh())
             else:
                 layers.append(_norm(outer))
-                if dropout and depth - 1 - DROPOUT_STAGES <= i < depth - 1:
+                if dropout and max(2, depth - 1 - DROPOUT_STAGES) <= i < depth - 1:
                     layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
         init_weights(self)
@@ -82,3 +86,17 @@ class PairDiscriminator(nn.Module):
 def unet_depth(resolution: int) -> int:
     """Stages down to a 1x1 bottleneck, as the reference's unet_256 (8) and unet_128 (7)."""
     return resolution.bit_length() - 1
+
+
+def build_generator(model: Any, in_channels: int, out_channels: int, resolution: int | None) -> UNetGenerator:
+    """The U-Net `model` (a config UNetConfig section) describes, for images of side `resolution`."""
+    if model.depth is None and resolution is None:
+        raise ValueError("a U-Net of model.depth=null takes its depth from the image side: pass the resolution")
+    depth = unet_depth(resolution) if model.depth is None else model.depth
+    return UNetGenerator(in_channels, out_channels, model.g_channels, depth, model.dropout)
+
+
+def input_multiple(model: Any, resolution: int) -> int:
+    """The U-Net's inputs have sides divisible by this: one halving per stage."""
+    return 2 ** (unet_depth(resolution) if model.depth is None else model.depth)
+

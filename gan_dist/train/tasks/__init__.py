@@ -12,8 +12,10 @@ from gan_dist.train.tasks.cut import CUTTask
 from gan_dist.train.tasks.cyclegan import CycleGANTask
 from gan_dist.train.tasks.generation import GenerationTask
 from gan_dist.train.tasks.inpaint import InpaintTask
+from gan_dist.train.tasks.pix2pix import Pix2PixTask
 
-TASKS: dict[str, type[Task]] = {task.kind(): task for task in (GenerationTask, CycleGANTask, CUTTask, InpaintTask)}
+TASKS: dict[str, type[Task]] = {task.kind(): task for task in (GenerationTask, CycleGANTask, CUTTask, InpaintTask,
+                                                               Pix2PixTask)}
 
 
 def task_class(cfg: Config) -> type[Task]:
