@@ -17,6 +17,8 @@ import torch
 from gan_dist.config import load_config
 from gan_dist.runtime.launch import train
 
+pytestmark = pytest.mark.slow  # golden-loss runs of every task's preset
+
 GOLDEN = Path(__file__).parent / "data" / "golden_losses.json"
 STEPS = 20
 # resnet-sn-32 at its full widths takes seconds per step on a CPU; its layers, loss and step are the same narrower.

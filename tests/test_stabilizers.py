@@ -232,7 +232,11 @@ def preset_file(preset: str) -> dict:
             for key, value in (values or {}).items()}
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+LARGE_PRESETS = {"r3gan-cifar10", "r3gan-ffhq64", "cyclegan-photo"}  # a step at the papers' widths: seconds here
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p.stem, marks=[pytest.mark.slow] if p.stem in LARGE_PRESETS else [])
+                                    for p in sorted(PRESET_DIR.glob("*.yaml"))])
 def test_every_preset_builds_its_recipe_and_takes_a_finite_step(preset, tiny_data, tmp_path):
     """The built task carries what the preset's file says (its loss, augmentation, ADA, R1/R2, LeCam, rates, EMA,
     n_dis, pools, masks: a setting the loader or the task drops fails here) and takes a finite step. At the preset's
