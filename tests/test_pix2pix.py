@@ -14,8 +14,9 @@ from PIL import Image
 
 from gan_dist import checkpoint, seeds
 from gan_dist.config import load_config
+from gan_dist.data.embedded import cache_dir
 from gan_dist.data.images import ImageSpec
-from gan_dist.data.placement import Dataset
+from gan_dist.data.placement import Dataset, dataset_uri
 from gan_dist.data.prepare import PrepareOptions, prepare, write_shards
 from gan_dist.data.reader import DataPosition, load_columns, read_manifest, resident_reader
 from gan_dist.data.shards import PAIRED_SCHEMA
@@ -58,6 +59,28 @@ def test_two_folders_prepare_as_pairs_by_name_and_every_reader_delivers_the_inpu
         assert sorted(batch) == ["image", "input", "label"]
         assert torch.equal(batch["input"], torch.from_numpy(columns["input"][:2]))
         assert torch.equal(batch["image"], torch.from_numpy(columns["image"][:2]))
+
+
+def test_the_ray_data_decode_delivers_the_input_too(tmp_path):
+    """The Ray backend's streamed path decodes in Ray Data tasks through the same decode function (no cluster
+    needed to check what it hands over)."""
+    from gan_dist.data.ray_stream import _BatchCollate, decode_block
+
+    inputs, targets = _pair_folders(tmp_path)
+    manifest, _ = prepare(targets, str(tmp_path / "out"), OPTIONS, progress=False, inputs=inputs)
+    batch = _BatchCollate()(decode_block(pq.read_table(tmp_path / "out" / manifest.shards[0]), manifest))
+    columns = load_columns(str(tmp_path / "out"), manifest)
+    assert sorted(batch) == ["image", "input", "label"]
+    assert all(torch.equal(batch[name], torch.from_numpy(columns[name])) for name in batch)
+
+
+def test_a_configured_dataset_may_name_a_built_in_one():
+    assert dataset_uri("train", "embedded:digit-edges") == str(cache_dir() / "digit-edges-32")
+    assert read_manifest(dataset_uri("train", "embedded:digit-edges")).paired
+    assert not read_manifest(dataset_uri("train", None)).paired  # the default stays the digits
+    with pytest.raises(UserError, match="no built-in dataset 'edges'; the built-in ones are digits, typeset-digits, "
+                                        "digit-edges"):
+        dataset_uri("train", "embedded:edges")
 
 
 def test_pairs_in_png_keep_their_columns_apart(tmp_path):
