@@ -33,6 +33,12 @@ class Dataset:
 EMBEDDED = "embedded:"  # a configured dataset `embedded:NAME`: the built-in dataset NAME (e.g. embedded:digit-edges)
 
 
+def built_in(configured: str | None) -> bool:
+    """Whether a configured dataset is a built-in one (none configured, or embedded:NAME): each node prepares its
+    own copy into its cache."""
+    return configured is None or configured.startswith(EMBEDDED)
+
+
 def dataset_uri(name: str, configured: str | None) -> str:
     """The dataset's URI: the configured one, or the embedded default for its role (translation's B domain: the
     typeset digits; everything else: the handwritten digits); an embedded one is prepared once into the cache."""

@@ -139,7 +139,7 @@ def worker_data(name: str, data_uri: str | None, manifest: Manifest) -> str:
         seen = None
     if seen == manifest.content_hash:
         return uri
-    if data_uri is None:
+    if placement.built_in(data_uri):
         raise UserError(f"the embedded dataset {name} prepared by {where} differs from the driver's (another "
                         f"scikit-learn, matplotlib or Pillow version?); install the same gan-dist environment on "
                         f"every node")
@@ -251,7 +251,8 @@ def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: 
     ensure_ray(cfg)
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
     configured = cfg.dataset_paths()
-    given = {name: {"uri": configured[name] and storage.absolute_uri(configured[name]), "manifest": vars(data.manifest)}
+    given = {name: {"uri": configured[name] if placement.built_in(configured[name]) else
+                    storage.absolute_uri(configured[name]), "manifest": vars(data.manifest)}
              for name, data in datasets.items()}
     probe = storage_probe(storage_path)
     forget_ray_checkpoint_record(run_uri)
