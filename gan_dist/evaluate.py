@@ -16,7 +16,6 @@ from gan_dist import checkpoint
 from gan_dist.complete import is_completion, load_completer, masks_for
 from gan_dist.config import EVAL_METRICS, EvalConfig, config_from_dict
 from gan_dist.data import placement
-from gan_dist.data.embedded import embedded_digits
 from gan_dist.data.opened import OpenedDataset
 from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
@@ -99,7 +98,7 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
     uri, generator = checkpoint.load_newest(checkpoint_uri, lambda c: load_generator(c, dev, raw),
                                             lambda warning: print(warning, file=sys.stderr))
     meta = checkpoint.load_meta(uri)
-    data = OpenedDataset(data_uri or meta.get("config", {}).get("data", {}).get("path") or embedded_digits())
+    data = OpenedDataset(data_uri or placement.dataset_uri("train", meta.get("config", {}).get("data", {}).get("path")))
     data_uri, manifest = data.uri, data.manifest
     trained_on = meta.get("data", {})
     if (trained_on.get("resolution"), trained_on.get("channels")) != (manifest.resolution, manifest.channels):
