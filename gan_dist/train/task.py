@@ -149,11 +149,13 @@ class Task:
         raise NotImplementedError
 
     def extra_state(self) -> dict[str, Any]:
-        """What a part keeps across steps besides nets and optimizers (EMA weights, ...): in the checkpoint."""
-        return {}
+        """What a part keeps across steps besides nets and optimizers, in the checkpoint: here a task's one
+        adversary's (ADA's p, LeCam's running means); a task with more (EMA weights, two adversaries) extends it."""
+        return {"adversary": self.adversaries[0].state_dict()} if len(self.adversaries) == 1 else {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+        if len(self.adversaries) == 1:
+            self.adversaries[0].load_state_dict(state.get("adversary", {}))
 
     # -- shared ---------------------------------------------------------------------------------------------
 

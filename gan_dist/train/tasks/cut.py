@@ -4,8 +4,6 @@ is kept without a second generator or a cycle. Lighter and faster than CycleGAN;
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -82,9 +80,3 @@ class CUTTask(TranslationTask):
         losses = [patch_nce_loss(q.float(), k.float(), len(source), task.nce_temperature)
                   for q, k in zip(queries, keys)]
         return task.nce_weight * torch.stack(losses).mean()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"adversary": self.adversary.state_dict()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.adversary.load_state_dict(state.get("adversary", {}))

@@ -179,13 +179,13 @@ class GenerationTask(Task):
         return {"generator": self.inference_generator.state_dict()}
 
     def extra_state(self) -> dict[str, Any]:
-        state = {"adversary": self.adversary.state_dict()}
+        state = super().extra_state()
         if self.ema is not None:
             state["ema"] = {"G": self.ema.net.state_dict()}
         return state
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.adversary.load_state_dict(state.get("adversary", {}))
+        super().load_extra_state(state)
         if self.ema is not None:  # a checkpoint of a run without EMA starts the average at its G
             self.ema.net.load_state_dict(state["ema"]["G"] if "ema" in state else state["nets"]["G"])
 

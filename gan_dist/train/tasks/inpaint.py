@@ -113,9 +113,3 @@ class InpaintTask(Task):
 
     def export(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"completer": self.G.state_dict()}
-
-    def extra_state(self) -> dict:
-        return {"adversary": self.adversary.state_dict()}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.adversary.load_state_dict(state.get("adversary", {}))

@@ -125,9 +125,3 @@ class Pix2PixTask(Task):
 
     def export(self) -> dict[str, dict[str, torch.Tensor]]:
         return {"translator_a2b": self.G.state_dict()}
-
-    def extra_state(self) -> dict:
-        return {"adversary": self.adversary.state_dict()}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.adversary.load_state_dict(state.get("adversary", {}))
