@@ -12,7 +12,6 @@ from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train.context import WorkerContext
 from gan_dist.train.parts import Checkpoints, Evaluation, MetricWindow, NonFiniteRecovery, Part, PreviewGrids
 from gan_dist.train.resume import restore_newest
-from gan_dist.train.schedule import Schedule
 from gan_dist.train.state import StepRecord, TrainState
 from gan_dist.train.task import Task
 from gan_dist.train.tasks import build_task, task_class
@@ -73,13 +72,11 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
                          NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker),
                          Checkpoints(task, ctx, cfg, checkpoint_meta(ctx, task))]
     images_per_step = t.real_per_step * ctx.world_size
-    schedule = Schedule(cfg, images_per_step)
     batches = ctx.batches(task.datasets, state.positions)
     checkpoint_seconds = 0.0
     while state.step < t.steps:
         data, positions = next(batches)
-        task.follow_schedule(schedule.at(state.step, state.images_seen))
-        out = task.train_step(data, state.step)
+        out = task.step(data, state.step, state.images_seen)
         state = TrainState(state.step + 1, state.images_seen + images_per_step, positions)
         record = StepRecord(state, out, checkpoint_seconds)
         for part in parts:

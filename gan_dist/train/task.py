@@ -22,7 +22,7 @@ from gan_dist.data.shards import Manifest
 from gan_dist.imaging import to_model_range
 from gan_dist.train import collective, speed
 from gan_dist.train.ema import EMA
-from gan_dist.train.schedule import Hyperparameters
+from gan_dist.train.schedule import Hyperparameters, Schedule
 from gan_dist.train.speed import StepFeatures
 
 if TYPE_CHECKING:  # the adversary imports `frozen` from here; the context is the loop's, above the tasks
@@ -128,7 +128,14 @@ class Task:
         self.adversaries: list[Adversary] = []  # one per discriminator: the schedules set their gamma and p
         self.ema: EMA | None = None  # the generator's average, where the task keeps one
         self.scheduled: dict[str, float] = {}  # the scheduled values of the current step, logged beside the rates
+        self.schedule = Schedule(cfg, cfg.train.real_per_step * world_size)  # by the images seen over all ranks
         self.nonfinite = NonFiniteCounter(device)
+
+    def step(self, batches: dict[str, Batch], step: int, images_seen: int) -> dict[str, torch.Tensor]:
+        """What the loop calls: the schedules' values for this step (a function of the images seen before it), then
+        the step."""
+        self.follow_schedule(self.schedule.at(step, images_seen))
+        return self.train_step(batches, step)
 
     def train_step(self, batches: dict[str, Batch], step: int) -> dict[str, torch.Tensor]:
         """Every update of one step; device tensors out (the loop reads them at log steps only)."""
