@@ -15,8 +15,7 @@ import torch
 
 from gan_dist import checkpoint, seeds
 from gan_dist.data import placement
-from gan_dist.data.reader import load_columns, read_manifest
-from gan_dist.data.shards import NO_LABEL, Manifest
+from gan_dist.data.shards import NO_LABEL
 from gan_dist.errors import UserError
 from gan_dist.eval.classifier import fit_classifier, predict
 from gan_dist.eval.features import DOMAIN_STEPS
@@ -97,14 +96,14 @@ def measure_augmentation(checkpoint_uri: str, held_out: str, data: str | None = 
                         f"model.conditional=true")
     meta = checkpoint.load_meta(uri)
     data = data or placement.dataset_uri("train", meta.get("config", {}).get("data", {}).get("path"))
-    manifests = {flag: _checked_manifest(u, flag, generator) for flag, u in (("--data", data),
-                                                                            ("--held-out", held_out))}
+    datasets = {flag: _checked_dataset(u, flag, generator) for flag, u in (("--data", data),
+                                                                          ("--held-out", held_out))}
     trained_on = checkpoint.trained_on(meta)["train"].get("content_hash")
-    if manifests["--held-out"].content_hash in (manifests["--data"].content_hash, trained_on):
+    if datasets["--held-out"].manifest.content_hash in (datasets["--data"].manifest.content_hash, trained_on):
         raise UserError(f"--held-out {held_out} holds the images the classifiers or the generator train on; pass a "
                         f"split held out from both")
-    x, y = _labeled_columns(data, manifests["--data"])
-    test = _labeled_columns(held_out, manifests["--held-out"])
+    x, y = _labeled_columns(datasets["--data"])
+    test = _labeled_columns(datasets["--held-out"])
     real = len(stratified_subset(y, real_fraction, seed))  # the same size for every seed: per-class counts
     synthetic = synthetic or max(SYNTHETIC_PER_REAL * real, len(x))
     runs: dict[str, list[float]] = {name: [] for name in SETTINGS}
@@ -134,9 +133,10 @@ def format_augmentation(result: AugmentationResult) -> str:
     return "\n".join(lines)
 
 
-def _checked_manifest(uri: str, flag: str, generator: Generator) -> Manifest:
-    """The manifest of a labeled dataset of the generator's image size and classes, else a one-line UserError."""
-    manifest = read_manifest(uri)
+def _checked_dataset(uri: str, flag: str, generator: Generator) -> placement.Dataset:
+    """A labeled dataset of the generator's image size and classes, else a one-line UserError."""
+    data = placement.Dataset.open(uri)
+    manifest = data.manifest
     if not manifest.class_names:
         raise UserError(f"{flag} {uri} has no class labels; the augmentation study trains classifiers on labeled "
                         f"images (prepare them from class subfolders or an .npz with labels)")
@@ -147,14 +147,14 @@ def _checked_manifest(uri: str, flag: str, generator: Generator) -> Manifest:
         raise UserError(f"{flag} {uri} holds {manifest.resolution}x{manifest.resolution}x{manifest.channels} images "
                         f"and the generator makes {generator.resolution}x{generator.resolution}x"
                         f"{generator.channels}; pass images of the size it was trained on")
-    return manifest
+    return data
 
 
-def _labeled_columns(uri: str, manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
-    columns = load_columns(uri, manifest)
+def _labeled_columns(data: placement.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    columns = data.columns()
     labeled = columns["label"] != NO_LABEL
     if not labeled.any():
-        raise UserError(f"{uri} has class names but no labeled images; prepare it again with labels")
+        raise UserError(f"{data.uri} has class names but no labeled images; prepare it again with labels")
     return columns["image"][labeled], columns["label"][labeled]
 
 

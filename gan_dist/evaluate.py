@@ -16,12 +16,10 @@ from gan_dist import checkpoint
 from gan_dist.complete import is_completion, load_completer, masks_for
 from gan_dist.config import EVAL_METRICS, EvalConfig, config_from_dict
 from gan_dist.data import placement
-from gan_dist.data.opened import OpenedDataset
-from gan_dist.data.reader import read_manifest
 from gan_dist.errors import UserError
 from gan_dist.eval.completion import BASELINES, CompletionJudge
 from gan_dist.eval.completion import MEANINGS as COMPLETION_MEANINGS
-from gan_dist.eval.measure import MEANINGS, check_sizes, compare, copies_rows, feature_kind, feature_network
+from gan_dist.eval.measure import MEANINGS, check_sizes, compare, feature_kind, feature_network, plan_rows
 from gan_dist.eval.paired import BASELINES as PAIRED_BASELINES
 from gan_dist.eval.paired import MEANINGS as PAIRED_MEANINGS
 from gan_dist.eval.paired import PairedJudge
@@ -98,19 +96,19 @@ def evaluate(checkpoint_uri: str, data_uri: str | None = None, num: int = 10_000
     uri, generator = checkpoint.load_newest(checkpoint_uri, lambda c: load_generator(c, dev, raw),
                                             lambda warning: print(warning, file=sys.stderr))
     meta = checkpoint.load_meta(uri)
-    data = OpenedDataset(data_uri or placement.dataset_uri("train", meta.get("config", {}).get("data", {}).get("path")))
-    data_uri, manifest = data.uri, data.manifest
+    data = placement.Dataset.open(
+        data_uri or placement.dataset_uri("train", meta.get("config", {}).get("data", {}).get("path")))
+    manifest = data.manifest
     trained_on = meta.get("data", {})
     if (trained_on.get("resolution"), trained_on.get("channels")) != (manifest.resolution, manifest.channels):
         raise UserError(f"{uri} generates {trained_on.get('resolution')}x{trained_on.get('resolution')}x"
-                        f"{trained_on.get('channels')} images and {data_uri} holds {manifest.resolution}x"
+                        f"{trained_on.get('channels')} images and {data.uri} holds {manifest.resolution}x"
                         f"{manifest.resolution}x{manifest.channels}; pass the run's dataset with --data")
     check_sizes(names, num, manifest, "--num")
-    image_bytes = manifest.resolution ** 2 * manifest.channels
-    data.plan(max(num, copies_rows(image_bytes) if "copies" in names else 0))  # one load for every consumer
+    plan_rows(data, num, names)
     features = feature_kind(features, manifest, unlabeled="inception")
-    net = feature_network(features, data_uri, manifest, dev, inception_weights, opened=data)
-    real = real_features(net, data_uri, manifest, num, dev, opened=data)
+    net = feature_network(features, data, dev, inception_weights)
+    real = real_features(net, data, num, dev)
 
     classes = list(range(len(generator.class_names)))
     progress = Progress(num, label="generate + embed")
@@ -159,10 +157,12 @@ def evaluate_translation(checkpoint_uri: str, given: dict[str, str | None], num:
     meta = checkpoint.load_meta(uri)
     cfg = config_from_dict(meta["config"])
     trained = checkpoint.trained_on(meta)
+    # One Dataset per domain, handed to both directions (the source of one, the target of the other): its rows load
+    # once for both.
     run, sources = {}, {}
     for name, configured in cfg.dataset_paths().items():
-        run[name] = _dataset(placement.dataset_uri(name, configured))
-        sources[name] = _dataset(given[name]) if given[name] else run[name]
+        run[name] = placement.Dataset.open(placement.dataset_uri(name, configured))
+        sources[name] = placement.Dataset.open(given[name]) if given[name] else run[name]
         saved, manifest = trained[name], sources[name].manifest
         if (saved["resolution"], saved["channels"]) != (manifest.resolution, manifest.channels):
             raise UserError(f"{uri} translates {saved['resolution']}x{saved['resolution']}x{saved['channels']} "
@@ -172,7 +172,7 @@ def evaluate_translation(checkpoint_uri: str, given: dict[str, str | None], num:
     found = judges(cfg, sources, run, names, num, features, device, inception_weights, unlabeled="inception")
     metrics = judge_all(found, translators)
     kinds = sorted({judge.kind for judge in found.values()})
-    num = min(len(judge.source_u8) for judge in found.values())
+    num = min(judge.num for judge in found.values())
     real = min((len(judge.real) for judge in found.values() if judge.net is not None), default=0)
     return Evaluation(uri, meta.get("step"), "/".join(kinds), num, real, time.perf_counter() - started, metrics)
 
@@ -190,8 +190,8 @@ def evaluate_paired(checkpoint_uri: str, data_uri: str | None, num: int, feature
     uri, translator = checkpoint.load_newest(checkpoint_uri, lambda c: load_translator(c, "a2b", device),
                                              lambda warning: print(warning, file=sys.stderr))
     meta = checkpoint.load_meta(uri)
-    run = _dataset(placement.dataset_uri("train", config_from_dict(meta["config"]).data.path))
-    pairs = _dataset(data_uri) if data_uri else run
+    run = placement.Dataset.open(placement.dataset_uri("train", config_from_dict(meta["config"]).data.path))
+    pairs = placement.Dataset.open(data_uri) if data_uri else run
     trained, m = checkpoint.trained_on(meta)["train"], pairs.manifest
     if (m.resolution, m.input_channels, m.channels) != (trained["resolution"], trained["input_channels"],
                                                          trained["channels"]):
@@ -208,10 +208,6 @@ def evaluate_paired(checkpoint_uri: str, data_uri: str | None, num: int, feature
                       judge.with_baselines(translator.net))
 
 
-def _dataset(uri: str) -> placement.Dataset:
-    return placement.Dataset(uri, read_manifest(uri))
-
-
 def evaluate_completion(checkpoint_uri: str, data_uri: str | None, num: int, features: str, device: torch.device,
                         mask: str, seed: int, started: float) -> Evaluation:
     """The completion net on the first `num` images of `data_uri` (e.g. a held-out split; by default the run's
@@ -220,8 +216,8 @@ def evaluate_completion(checkpoint_uri: str, data_uri: str | None, num: int, fea
     uri, completer = checkpoint.load_newest(checkpoint_uri, lambda c: load_completer(c, device),
                                             lambda warning: print(warning, file=sys.stderr))
     meta = checkpoint.load_meta(uri)
-    run = _dataset(placement.dataset_uri("train", config_from_dict(meta["config"]).data.path))
-    source = _dataset(data_uri) if data_uri else run
+    run = placement.Dataset.open(placement.dataset_uri("train", config_from_dict(meta["config"]).data.path))
+    source = placement.Dataset.open(data_uri) if data_uri else run
     if (completer.resolution, completer.in_channels) != (source.manifest.resolution, source.manifest.channels):
         raise UserError(f"{uri} completes {completer.resolution}x{completer.resolution}x{completer.in_channels} "
                         f"images and {source.uri} holds {source.manifest.resolution}x{source.manifest.resolution}x"

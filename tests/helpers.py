@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,26 @@ import torch
 from gan_dist.config import Config, load_config
 
 # ---- tiny data ----------------------------------------------------------------------------------------------------
+
+
+def count_dataset_reads(monkeypatch) -> Counter:
+    """Counts, from now on, each read of a dataset's manifest and each load of its rows, by (reader function,
+    dataset URI), wherever gan_dist imported the reader functions."""
+    from gan_dist.data import reader
+
+    reads: Counter = Counter()
+    for name in ("read_manifest", "load_columns"):
+        original = getattr(reader, name)
+
+        def counted(uri, *args, _original=original, _name=name, **kwargs):
+            reads[_name, str(uri)] += 1
+            return _original(uri, *args, **kwargs)
+
+        for module in [m for m in sys.modules.values() if m.__name__.startswith("gan_dist")]:
+            if getattr(module, name, None) is original:
+                monkeypatch.setattr(module, name, counted)
+    return reads
+
 
 
 def numbered_images(n: int, resolution: int = 16, channels: int = 1) -> np.ndarray:

@@ -4,9 +4,8 @@ workers, and the one-line errors."""
 
 import json
 import os
+import pickle
 import shutil
-import sys
-from collections import Counter
 
 import pytest
 import torch
@@ -16,14 +15,14 @@ import torch.nn.functional as F
 from gan_dist import checkpoint
 from gan_dist.cli import main
 from gan_dist.data.embedded import embedded_digits
+from gan_dist.data.placement import Dataset
 from gan_dist.data.prepare import write_shards
-from gan_dist.data import reader
-from gan_dist.data.reader import load_columns, read_manifest
+from gan_dist.data.reader import read_manifest
 from gan_dist.eval import metrics
 from gan_dist.eval.features import EVAL_DIR, domain_features
 from gan_dist.eval.stats import embed
 from gan_dist.runtime.launch import train
-from helpers import numbered_images, s3_client, tiny_config
+from helpers import count_dataset_reads, numbered_images, s3_client, tiny_config
 
 EVAL_ON = {"eval.features": "domain", "eval.num": 64, "eval.metrics": "fid,kid,pr,swd"}
 
@@ -98,9 +97,9 @@ def test_keep_best_by_fid(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_fid_grows_with_corruption_and_a_held_out_split_is_closest():
     data = embedded_digits()
-    manifest = read_manifest(data)
-    net = domain_features(data, manifest, torch.device("cpu"))
-    images = torch.from_numpy(load_columns(data, manifest)["image"])
+    dataset = Dataset.open(data)
+    net = domain_features(dataset, torch.device("cpu"))
+    images = torch.from_numpy(dataset.images())
     train_split, held_out = images[:900], images[900:]
     real = embed(net, train_split, torch.device("cpu"))
 
@@ -217,24 +216,28 @@ def test_auto_features_are_inception_for_an_unlabeled_dataset(run, tmp_path, cap
     assert json.loads((tmp_path / "eval.json").read_text())["features"] == "inception"
 
 
+def test_a_dataset_loads_its_rows_once_and_a_pickle_of_it_carries_none(tiny_data, monkeypatch):
+    """What a command opens it hands on, rows included; what travels to a Ray worker is the dataset's URI and manifest,
+    the worker loading the rows it needs itself."""
+    data = Dataset.open(tiny_data)
+    reads = count_dataset_reads(monkeypatch)
+    data.plan(100)
+    assert data.images(10).shape == (10, 16, 16, 1) and len(data.columns(100)["label"]) == 100
+    assert len(data.images()) == 256  # more rows than the first load read: loaded again
+    assert reads == {("load_columns", tiny_data): 2}
+    travelled = pickle.loads(pickle.dumps(data))
+    assert travelled == data
+    assert (travelled.images(5) == data.images(5)).all() and reads == {("load_columns", tiny_data): 3}
+
+
 def test_one_evaluation_opens_the_dataset_once(run, tiny_data, tmp_path, monkeypatch, capsys):
     """One manifest read and one load of the image columns, shared by the real features, SWD and the near-copy
     search (and the domain classifier where it is trained): each used to read the dataset on its own."""
     data = str(tmp_path / "data")  # a copy whose real features are not cached yet: computed from the images
     shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("features-*"))
-    reads = Counter()
-    for name in ("read_manifest", "load_columns"):
-        original = getattr(reader, name)
-
-        def counted(*args, _original=original, _name=name, **kwargs):
-            reads[_name] += 1
-            return _original(*args, **kwargs)
-
-        for module in [m for m in sys.modules.values() if m.__name__.startswith("gan_dist")]:
-            if getattr(module, name, None) is original:
-                monkeypatch.setattr(module, name, counted)
+    reads = count_dataset_reads(monkeypatch)
     code, out, err = evaluate(capsys, run, "--data", data, "--num", 64)
     assert code == 0, err
     assert all(any(line.startswith(f"{name} ") for line in out.splitlines()) for name in ("fid", "swd_16", "copies"))
     assert any(name.startswith("features-") for name in os.listdir(os.path.join(data, EVAL_DIR)))
-    assert reads == {"read_manifest": 1, "load_columns": 1}
+    assert reads == {("read_manifest", data): 1, ("load_columns", data): 1}

@@ -2,6 +2,7 @@
 pool and the schedule, `gan-dist translate` and `gan-dist evaluate` on its checkpoints, and the refusals."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from gan_dist.train.tasks import build_task
 from gan_dist.train.pool import ImagePool
 from gan_dist.train.schedule import Hyperparameters, lr_factor
 from gan_dist.translate import load_translator
-from helpers import assert_same_state, tiny_translation_config
+from helpers import assert_same_state, count_dataset_reads, tiny_translation_config
 
 CPU = torch.device("cpu")
 
@@ -238,6 +239,26 @@ def test_evaluate_a_translator_on_held_out_images(trained, tiny_data, tmp_path, 
     assert result["num"] == 12  # the held-out A set's size, below --num (b2a translates 50 of the run's B)
     assert main(["evaluate", str(trained / "cyclegan"), "--data", str(held_out)]) == 2
     assert "pass its domains with --data-a and --data-b" in capsys.readouterr().err
+
+
+def test_one_evaluation_of_a_translator_opens_each_domain_once(tiny_data, tiny_domain_b, tmp_path, monkeypatch,
+                                                               capsys):
+    """Each domain is the source of one direction and the target of the other: one manifest read and one load of
+    its rows serve both (its classifier trained now, its real features, SWD, the near-copy search, the images
+    translated), and again once everything is cached; each domain used to be read by every one of them."""
+    domains = {name: str(tmp_path / name) for name in ("a", "b")}  # copies with nothing cached beside them
+    for name, data in zip(domains, (tiny_data, tiny_domain_b)):
+        shutil.copytree(data, domains[name], ignore=shutil.ignore_patterns("_eval"))
+    train(tiny_translation_config(domains["a"], domains["b"], str(tmp_path / "runs"), **{"run.name": "cyclegan"}))
+    for cached in (False, True):
+        reads = count_dataset_reads(monkeypatch)
+        assert main(["evaluate", str(tmp_path / "runs" / "cyclegan"), "--num", "64"]) == 0
+        out, err = capsys.readouterr()
+        assert ("training the domain classifier" in err) is not cached, err
+        for name in ("a2b_fid", "a2b_swd_16", "a2b_copies", "a2b_labels", "b2a_fid", "b2a_copies", "b2a_labels"):
+            assert f"\n{name} " in out, out
+        assert reads == {(reader, uri): 1 for reader in ("read_manifest", "load_columns") for uri in domains.values()}
+        monkeypatch.undo()
 
 
 # ---- refusals before any work -----------------------------------------------------------------------------------

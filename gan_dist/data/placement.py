@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from gan_dist.config import Config, DataConfig
-from gan_dist.data.reader import Batch, DataPosition, resident_reader
+from gan_dist.data.reader import Batch, DataPosition, load_columns, read_manifest, resident_reader
 from gan_dist.data.shards import Manifest
 from gan_dist.data.stream import StreamReader
 
@@ -22,12 +23,54 @@ class Reader(Protocol):
     def batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]: ...
 
 
+@dataclass
+class _Rows:
+    """What a Dataset has loaded: its first rows, and how many its first load reads."""
+
+    prefetch: int = 0
+    columns: dict[str, np.ndarray] | None = None
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """One prepared dataset of a run, by the name its task reads it under ("train"; "a" and "b")."""
+    """One prepared dataset of a run or a command, by the name its task reads it under ("train"; "a" and "b"):
+    opened once (its manifest read once) and handed to whoever needs its images, which it loads once for all of
+    them (a domain classifier trained on it, its real features, SWD, the near-copy search, the images judged)."""
 
     uri: str
     manifest: Manifest
+    # Not state: a copy (pickled to a Ray worker, dataclasses.replace) starts without the rows and loads its own.
+    _rows: _Rows = field(default_factory=_Rows, init=False, repr=False, compare=False)
+
+    @classmethod
+    def open(cls, uri: str) -> Dataset:
+        return cls(uri, read_manifest(uri))
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"uri": self.uri, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for name, value in {**state, "_rows": _Rows()}.items():
+            object.__setattr__(self, name, value)
+
+    def plan(self, rows: int) -> None:
+        """The first load reads at least the first `rows` rows: a command sizes it to the most any of its
+        consumers asks for, so that one load serves them all."""
+        self._rows.prefetch = max(self._rows.prefetch, min(rows, self.manifest.count))
+
+    def columns(self, rows: int | None = None) -> dict[str, np.ndarray]:
+        """The first `rows` rows (all when None, or when the dataset has fewer), from the one load: read again
+        only for more rows than it read."""
+        rows = self.manifest.count if rows is None else min(rows, self.manifest.count)
+        loaded = self._rows.columns
+        if loaded is None or len(loaded["image"]) < rows:
+            loaded = self._rows.columns = load_columns(self.uri, self.manifest,
+                                                       range(max(rows, self._rows.prefetch)))
+        return {name: column[:rows] for name, column in loaded.items()}
+
+    def images(self, rows: int | None = None) -> np.ndarray:
+        """The first `rows` images: prepare wrote the rows in shuffled order, so they are a random sample."""
+        return self.columns(rows)["image"]
 
 
 EMBEDDED = "embedded:"  # a configured dataset `embedded:NAME`: the built-in dataset NAME (e.g. embedded:digit-edges)

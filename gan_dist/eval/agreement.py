@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from gan_dist import storage
 from gan_dist.data.embedded import embedded_digits
-from gan_dist.data.reader import load_columns, read_manifest
+from gan_dist.data.placement import Dataset
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.eval.classifier import predict, train_classifier
@@ -129,12 +129,13 @@ def run(samples_uri: str, data_uri: str | None = None, steps: int | None = None,
     """Check everything the user gave first (cheap), then train the classifier (the slow part) and score.
     `data_uri`: the labeled dataset the generator learned (default: the embedded digits)."""
     data_uri, steps = data_uri or embedded_digits(), steps or DEFAULT_STEPS
-    manifest = read_manifest(data_uri)
+    data = Dataset.open(data_uri)
+    manifest = data.manifest
     if not manifest.class_names:
         raise UserError(f"the dataset at {data_uri} has no class labels; prepare it from class subfolders (or an "
                         ".npz with labels) to measure class agreement")
     images, asked = read_samples(samples_uri, manifest)
-    columns = load_columns(data_uri, manifest)
+    columns = data.columns()
     print(f"training the classifier on {len(columns['image'])} real images ({steps} steps)", file=sys.stderr,
           flush=True)
     model, accuracy = train_classifier(columns["image"], columns["label"], len(manifest.class_names), steps=steps,

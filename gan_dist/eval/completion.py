@@ -13,7 +13,6 @@ from torch import nn
 
 from gan_dist.config import Config
 from gan_dist.data.placement import Dataset
-from gan_dist.data.reader import load_columns
 from gan_dist.data.shards import Manifest
 from gan_dist.eval.features import domain_features
 from gan_dist.imaging import to_model_range, to_uint8
@@ -105,15 +104,15 @@ class CompletionJudge:
     def __init__(self, source: Dataset, reference: Dataset, num: int, features: str, device: torch.device,
                  masks: torch.Tensor | None = None):
         self.device = device
-        columns = load_columns(source.uri, source.manifest, range(min(num, source.manifest.count)))
+        same_classes = source.manifest.class_names == reference.manifest.class_names
+        # The classifier before the images: trained now, it loads all of the run's rows, which then serve the
+        # images too where they are the run's (one load).
+        judged = judges_labels(features, reference.manifest) and same_classes
+        self.classifier = domain_features(reference, device) if judged else None
+        columns = source.columns(num)
         self.images_u8 = torch.from_numpy(columns["image"])
         self.masks = center_masks(len(self.images_u8), source.manifest.resolution) if masks is None else masks
-        self.labels = None
-        self.classifier = None
-        same_classes = source.manifest.class_names == reference.manifest.class_names
-        if judges_labels(features, reference.manifest) and same_classes:
-            self.labels = torch.from_numpy(columns["label"].astype(np.int64))
-            self.classifier = domain_features(reference.uri, reference.manifest, device)
+        self.labels = torch.from_numpy(columns["label"].astype(np.int64)) if judged else None
 
     def __call__(self, net: nn.Module | None, fill: str | None = None) -> dict[str, float]:
         completed = complete_u8(net, self.images_u8, self.masks, self.device, FILLS.get(fill))

@@ -12,9 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_dist import storage
-from gan_dist.data.opened import OpenedDataset
-from gan_dist.data.reader import load_columns
-from gan_dist.data.shards import Manifest
+from gan_dist.data.placement import Dataset
 from gan_dist.errors import UserError
 from gan_dist.eval.classifier import (ClassifierMeta, DomainClassifier, load_classifier, save_classifier,
                                      train_classifier)
@@ -45,16 +43,15 @@ class DomainFeatures(nn.Module):
         return F.softmax(self.classifier(to_model_range(images_u8)), dim=1)
 
 
-def domain_features(data_uri: str, manifest: Manifest, device: torch.device,
-                    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr), *,
-                    opened: OpenedDataset | None = None) -> DomainFeatures:
+def domain_features(data: Dataset, device: torch.device,
+                    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> DomainFeatures:
     """The dataset's classifier: from the cache beside the dataset when it was trained on these shards (the
-    manifest's content hash), else trained now on the dataset's labels and cached for next time. `opened`: the
-    same dataset as a command opened it, whose rows it then trains on."""
+    manifest's content hash), else trained now on the dataset's labels (all its rows) and cached for next time."""
+    manifest = data.manifest
     if not manifest.class_names:
-        raise UserError(f"--features domain needs a labeled dataset and {data_uri} has no classes; use --features "
+        raise UserError(f"--features domain needs a labeled dataset and {data.uri} has no classes; use --features "
                         f"inception")
-    directory = storage.join(data_uri, EVAL_DIR, f"classifier-{manifest.content_hash[:16]}")
+    directory = storage.join(data.uri, EVAL_DIR, f"classifier-{manifest.content_hash[:16]}")
     try:
         classifier, meta = load_classifier(directory)
         if meta.content_hash == manifest.content_hash:
@@ -62,7 +59,7 @@ def domain_features(data_uri: str, manifest: Manifest, device: torch.device,
     except UserError:  # not cached yet, or damaged: train it again
         pass
     log(f"evaluate: training the domain classifier on {manifest.count} labeled images ({DOMAIN_STEPS} steps)")
-    columns = opened.columns() if opened else load_columns(data_uri, manifest)
+    columns = data.columns()
     classifier, accuracy = train_classifier(columns["image"], columns["label"], len(manifest.class_names),
                                             steps=DOMAIN_STEPS)
     meta = ClassifierMeta(list(manifest.class_names), manifest.content_hash, accuracy)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_dist.data.opened import OpenedDataset
+from gan_dist.data.placement import Dataset
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.eval import metrics as m
@@ -46,6 +46,12 @@ def copies_rows(image_bytes: int) -> int:
     return COPIES_MAX_BYTES // image_bytes
 
 
+def plan_rows(data: Dataset, num: int, names: tuple[str, ...] | list[str]) -> None:
+    """Size the real dataset's first load to the most a comparison reads of it (`num` for its real features and SWD,
+    more for the near-copy search), so that one load serves them all."""
+    data.plan(max(num, copies_rows(data.manifest.image_bytes) if "copies" in names else 0))
+
+
 def check_sizes(names: tuple[str, ...] | list[str], num: int, manifest: Manifest, where: str) -> None:
     """One line, before any work, for a comparison the metrics cannot make."""
     if min(num, manifest.count) < MIN_IMAGES:
@@ -65,13 +71,12 @@ def feature_kind(features: str, manifest: Manifest, unlabeled: str = "off") -> s
     return features
 
 
-def feature_network(kind: str, data_uri: str, manifest: Manifest, device: torch.device,
-                    inception_weights: str | None, *, opened: OpenedDataset | None = None) -> nn.Module:
-    """`opened`: the same dataset as a command opened it, whose rows a domain classifier then trains on."""
+def feature_network(kind: str, data: Dataset, device: torch.device, inception_weights: str | None) -> nn.Module:
+    """The features of `kind` for the dataset `data`: its domain classifier's, or Inception's."""
     if kind not in FEATURES:
         raise UserError(f"--features {kind!r}: choose {' or '.join(FEATURES)}")
     if kind == "domain":
-        return domain_features(data_uri, manifest, device, opened=opened)
+        return domain_features(data, device)
     from gan_dist.eval.inception import INCEPTION_ID, load_inception
 
     net = load_inception(device, inception_weights)

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from gan_dist.data.placement import Dataset
-from gan_dist.data.reader import load_columns
 from gan_dist.data.shards import INPUT, NO_LABEL, Manifest
 from gan_dist.eval.features import domain_features
 from gan_dist.eval.measure import class_metrics, feature_kind
@@ -54,15 +53,18 @@ class PairedJudge:
     def __init__(self, pairs: Dataset, num: int, features: str, device: torch.device,
                  reference: Dataset | None = None):
         self.device = device
-        columns = load_columns(pairs.uri, pairs.manifest, range(min(num, pairs.manifest.count)))
-        self.inputs_u8, self.targets_u8 = torch.from_numpy(columns[INPUT]), torch.from_numpy(columns["image"])
-        labels = torch.from_numpy(columns["label"])
         reference = reference or pairs
         self.net = None
-        if (feature_kind(features, reference.manifest) == "domain" and bool((labels != NO_LABEL).all())
+        # The classifier before the pairs: trained now, it loads all of the run's rows, which then serve the pairs
+        # too where they are the run's (one load). It judges labels only where every pair judged has one.
+        if (feature_kind(features, reference.manifest) == "domain" and bool(pairs.manifest.class_names)
                 and pairs.manifest.class_names == reference.manifest.class_names):
-            self.net = domain_features(reference.uri, reference.manifest, device)
-        self.labels = labels
+            self.net = domain_features(reference, device)
+        columns = pairs.columns(num)
+        self.inputs_u8, self.targets_u8 = torch.from_numpy(columns[INPUT]), torch.from_numpy(columns["image"])
+        self.labels = torch.from_numpy(columns["label"])
+        if not bool((self.labels != NO_LABEL).all()):
+            self.net = None
 
     def _judge(self, outputs_u8: torch.Tensor) -> dict[str, float]:
         out = distances(outputs_u8, self.targets_u8)

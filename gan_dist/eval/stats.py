@@ -14,9 +14,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from gan_dist import storage
-from gan_dist.data.opened import OpenedDataset
-from gan_dist.data.reader import load_columns
-from gan_dist.data.shards import Manifest
+from gan_dist.data.placement import Dataset
 from gan_dist.eval.features import EVAL_DIR
 from gan_dist.progress import Progress
 
@@ -35,26 +33,18 @@ def embed(net: nn.Module, images_u8: np.ndarray | torch.Tensor, device: torch.de
     return torch.cat(out) if out else torch.empty(0, net.num_features)
 
 
-def real_images(data_uri: str, manifest: Manifest, num: int) -> np.ndarray:
-    """The first `num` images (all, if the dataset has fewer): prepare wrote them in shuffled order, so the
-    first rows are a random sample of the dataset."""
-    return load_columns(data_uri, manifest, range(min(num, manifest.count)))["image"]
-
-
-def real_features(net: nn.Module, data_uri: str, manifest: Manifest, num: int, device: torch.device,
-                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr), *,
-                  opened: OpenedDataset | None = None) -> torch.Tensor:
-    """The first `num` images' features, from the cache or computed now (`opened`: the same dataset as a command
-    opened it, whose rows are then embedded)."""
-    count = min(num, manifest.count)
-    uri = storage.join(data_uri, EVAL_DIR, f"features-{net.id}-{manifest.content_hash[:16]}-{count}.safetensors")
+def real_features(net: nn.Module, data: Dataset, num: int, device: torch.device,
+                  log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> torch.Tensor:
+    """The first `num` images' features, from the cache or computed now."""
+    count = min(num, data.manifest.count)
+    uri = storage.join(data.uri, EVAL_DIR, f"features-{net.id}-{data.manifest.content_hash[:16]}-{count}.safetensors")
     try:
         cached = load_safetensors(storage.read_bytes(uri))["features"]
         if cached.shape == (count, net.num_features):
             return cached
     except (FileNotFoundError, SafetensorError, KeyError):  # not cached yet, or a damaged file: computed again
         pass
-    images = opened.images(count) if opened else real_images(data_uri, manifest, count)
+    images = data.images(count)
     features = embed(net, images, device, Progress(count, label="real features"))
     try:
         storage.write_bytes(uri, save_safetensors({"features": features.contiguous()}))

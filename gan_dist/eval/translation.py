@@ -10,10 +10,9 @@ from torch import nn
 
 from gan_dist.config import Config
 from gan_dist.data.placement import Dataset
-from gan_dist.data.reader import load_columns
 from gan_dist.eval.features import DomainFeatures
-from gan_dist.eval.measure import EVAL_LOGGED, check_sizes, compare, feature_kind, feature_network
-from gan_dist.eval.stats import embed, real_features, real_images
+from gan_dist.eval.measure import EVAL_LOGGED, check_sizes, compare, feature_kind, feature_network, plan_rows
+from gan_dist.eval.stats import embed, real_features
 from gan_dist.imaging import to_model_range, to_uint8
 
 DIRECTIONS = {"a2b": ("a", "b"), "b2a": ("b", "a")}  # direction -> (source, target)
@@ -52,39 +51,41 @@ def translate_u8(net: nn.Module, images_u8: np.ndarray | torch.Tensor, device: t
 
 
 class DirectionJudge:
-    """Everything about one direction that does not change during training, computed once: the source images (the
-    first `num` of the source dataset) and their labels, the target's feature network and real features."""
+    """Everything about one direction that does not change during training, computed once: the target's feature
+    network and real features; the source images (the first `num` of the source dataset) and their labels are the
+    source dataset's rows, read at the first judging: after every direction's target network is built, so that a
+    domain's rows, loaded once for its classifier, serve it as the other direction's source too."""
 
     def __init__(self, source: Dataset, target: Dataset, names: tuple[str, ...], num: int, features: str,
                  device: torch.device, seed: int, inception_weights: str | None = None, unlabeled: str = "off"):
-        self.target, self.names, self.device, self.seed = target, names, device, seed
-        columns = load_columns(source.uri, source.manifest, range(min(num, source.manifest.count)))
-        self.source_u8 = torch.from_numpy(columns["image"])
+        self.source, self.target, self.names, self.device, self.seed = source, target, names, device, seed
+        self.num = min(num, source.manifest.count)
         # Labels count as kept only where both domains name the same classes (the digits 0-9 on both sides).
-        same_classes = source.manifest.class_names and source.manifest.class_names == target.manifest.class_names
-        self.labels = torch.from_numpy(columns["label"]) if same_classes else None
+        self.same_classes = (bool(source.manifest.class_names)
+                             and source.manifest.class_names == target.manifest.class_names)
         self.kind = feature_kind(features, target.manifest, unlabeled)
         self.net = None
         if self.kind != "off":
-            check_sizes(names, len(self.source_u8), target.manifest, "the evaluation")
-            self.net = feature_network(self.kind, target.uri, target.manifest, device, inception_weights)
-            self.real = real_features(self.net, target.uri, target.manifest, len(self.source_u8), device)
+            check_sizes(names, self.num, target.manifest, "the evaluation")
+            self.net = feature_network(self.kind, target, device, inception_weights)
+            self.real = real_features(self.net, target, self.num, device)
 
     def __call__(self, forward: nn.Module, back: nn.Module | None) -> dict[str, float]:
-        translated = translate_u8(forward, self.source_u8, self.device)
+        columns = self.source.columns(self.num)
+        source_u8 = torch.from_numpy(columns["image"])
+        translated = translate_u8(forward, source_u8, self.device)
         out: dict[str, float] = {}
         if self.net is not None:
             fake = embed(self.net, translated, self.device)
-            t = self.target
-            out = compare(self.names, self.net, self.real, fake, lambda n: real_images(t.uri, t.manifest, n),
-                          translated, self.labels, self.seed)
+            labels = torch.from_numpy(columns["label"]) if self.same_classes else None
+            out = compare(self.names, self.net, self.real, fake, self.target.images, translated, labels, self.seed)
             if "agreement" in out:
                 out["labels"] = out.pop("agreement")
             if isinstance(self.net, DomainFeatures):
                 out["classifier"] = self.net.meta.accuracy
         if back is not None:
             returned = translate_u8(back, translated, self.device)
-            out["cycle"] = (returned.float() - self.source_u8.float()).abs().mean().item() / 255
+            out["cycle"] = (returned.float() - source_u8.float()).abs().mean().item() / 255
         return out
 
 
@@ -92,7 +93,11 @@ def judges(cfg: Config, sources: dict[str, Dataset], targets: dict[str, Dataset]
            features: str, device: torch.device, inception_weights: str | None = None,
            unlabeled: str = "off") -> dict[str, DirectionJudge]:
     """A judge per direction of the task: translating the first `num` images of the source domain's `sources`
-    entry, judged by the target domain's `targets` entry (its classifier and real features: the run's own data)."""
+    entry, judged by the target domain's `targets` entry (its classifier and real features: the run's own data).
+    Each dataset's first load covers all its uses in either direction: a domain's rows load once for both."""
+    for source, target in (DIRECTIONS[d] for d in directions(cfg)):
+        sources[source].plan(num)
+        plan_rows(targets[target], num, names)
     return {d: DirectionJudge(sources[DIRECTIONS[d][0]], targets[DIRECTIONS[d][1]], names, num, features, device,
                               cfg.train.seed, inception_weights, unlabeled) for d in directions(cfg)}
 

@@ -14,8 +14,8 @@ from gan_dist.data.reader import Batch, worker_rows
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.eval.features import DomainFeatures
-from gan_dist.eval.measure import EVAL_LOGGED, check_sizes, compare, feature_kind, feature_network
-from gan_dist.eval.stats import embed, real_features, real_images
+from gan_dist.eval.measure import EVAL_LOGGED, check_sizes, compare, feature_kind, feature_network, plan_rows
+from gan_dist.eval.stats import embed, real_features
 from gan_dist.imaging import grid_image, to_model_range, to_uint8
 from gan_dist.models import build_discriminator, build_generator, check_resolution
 from gan_dist.train import collective, speed
@@ -201,15 +201,16 @@ class GenerationMeasure:
         if kind == "off":
             return None
         check_sizes(cfg.eval.metric_names(), cfg.eval.num, data.manifest, "eval.num")
+        plan_rows(data, cfg.eval.num, cfg.eval.metric_names())
         # Rank 0 first: it trains and caches the domain classifier once (and computes the real features, which only
         # it needs); the others then load the classifier from the cache.
         real = None
         if ctx.rank == 0:
-            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
-            real = real_features(net, data.uri, data.manifest, cfg.eval.num, ctx.device)
+            net = feature_network(kind, data, ctx.device, None)
+            real = real_features(net, data, cfg.eval.num, ctx.device)
         collective.barrier()
         if ctx.rank != 0:
-            net = feature_network(kind, data.uri, data.manifest, ctx.device, None)
+            net = feature_network(kind, data, ctx.device, None)
         return cls(task, ctx, cfg, net, real)
 
     def __init__(self, task: GenerationTask, ctx: WorkerContext, cfg: Config, net: torch.nn.Module,
@@ -232,6 +233,5 @@ class GenerationMeasure:
             return None
         features, images_u8, asked = (None if parts[0] is None else torch.cat(parts)
                                       for parts in zip(*gathered))
-        return compare(e.metric_names(), self.net, self.real, features,
-                       lambda n: real_images(self.data.uri, self.data.manifest, n), images_u8, asked,
+        return compare(e.metric_names(), self.net, self.real, features, self.data.images, images_u8, asked,
                        self.cfg.train.seed)
