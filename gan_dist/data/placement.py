@@ -60,12 +60,16 @@ class Dataset:
 
     def columns(self, rows: int | None = None) -> dict[str, np.ndarray]:
         """The first `rows` rows (all when None, or when the dataset has fewer), from the one load: read again
-        only for more rows than it read."""
+        only for more rows than were planned."""
         rows = self.manifest.count if rows is None else min(rows, self.manifest.count)
         loaded = self._rows.columns
         if loaded is None or len(loaded["image"]) < rows:
-            loaded = self._rows.columns = load_columns(self.uri, self.manifest,
-                                                       range(max(rows, self._rows.prefetch)))
+            planned = self._rows.prefetch
+            loaded = load_columns(self.uri, self.manifest, range(max(rows, planned)))
+            # Kept: the planned rows only. A consumer of more (a classifier training on every row) gets them without
+            # the dataset holding them for the rest of a training run.
+            self._rows.columns = {name: column[:planned].copy() if planned < len(column) else column
+                                  for name, column in loaded.items()} if planned else None
         return {name: column[:rows] for name, column in loaded.items()}
 
     def images(self, rows: int | None = None) -> np.ndarray:
