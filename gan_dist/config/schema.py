@@ -156,11 +156,12 @@ ModelConfig = _tagged_union(MODEL_SECTIONS, "arch")
 class _TaskSection(_Section):
     """What every task's section says of its kind, as class-level facts the rules across sections read: the datasets
     one step reads (by name; DataConfig.KEYS says which key configures each), the model families it trains,
-    and whether it takes train.n_dis D updates per step."""
+    whether it takes train.n_dis D updates per step, and whether its rows are pairs (an input beside each image)."""
 
     DATASETS: ClassVar[tuple[str, ...]] = ("train",)
     ARCHS: ClassVar[tuple[str, ...]] = ()
     MULTIPLE_D_UPDATES: ClassVar[bool] = False
+    PAIRED: ClassVar[bool] = False
 
     @classmethod
     def kind_name(cls) -> str:
@@ -232,6 +233,7 @@ class Pix2PixTaskConfig(_TaskSection):
     on (input, output) pairs; the adversarial loss plus L1 to the target. One paired dataset, `data.path`."""
 
     ARCHS = ("unet_patchgan",)
+    PAIRED = True
     DIRECTIONS: ClassVar[tuple[str, ...]] = ("a2b",)  # A: the rows' inputs, B: their images (pix2pix's AtoB)
 
     kind: Literal["pix2pix"] = Field("pix2pix", description="the task: paired translation input -> image by pix2pix")

@@ -19,6 +19,7 @@ from gan_dist.config import Config
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch, load_columns
 from gan_dist.data.shards import Manifest
+from gan_dist.errors import UserError
 from gan_dist.imaging import to_model_range
 from gan_dist.train import collective, speed
 from gan_dist.train.ema import EMA
@@ -101,7 +102,12 @@ class Task:
 
     @classmethod
     def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
-        """Refuse, in one line before any work, data the task's nets cannot take (sizes, classes)."""
+        """Refuse, in one line before any work, data the task's nets cannot take (sizes, classes). Here: single
+        images where the task's section says its rows are pairs; a task's own checks extend this."""
+        for data in datasets.values():
+            if cls.section.PAIRED and not data.manifest.paired:
+                raise UserError(f"task.kind={cls.kind()} reads pairs and {data.uri} holds single images; prepare a "
+                                f"paired dataset (gan-dist prepare TARGETS OUT --inputs INPUTS)")
 
     @classmethod
     def measured(cls, cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ class GenerationTask(Task):
 
     @classmethod
     def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
+        super().check_data(cfg, datasets)
         data = datasets["train"]
         check_resolution(data.manifest.resolution, cfg.model.arch)
         num_classes(cfg, data.manifest, data.uri)  # conditional needs a labeled dataset

@@ -39,6 +39,7 @@ class InpaintTask(Task):
 
     @classmethod
     def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
+        super().check_data(cfg, datasets)
         manifest = datasets["train"].manifest  # the input and the output are images of the one dataset
         check_translation_sizes(cfg.model, manifest, manifest)
 

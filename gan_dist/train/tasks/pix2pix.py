@@ -14,7 +14,6 @@ from gan_dist.config.schema import Pix2PixTaskConfig
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch, load_columns
 from gan_dist.data.shards import INPUT, Manifest
-from gan_dist.errors import UserError
 from gan_dist.eval.paired import PairedJudge, paired_logged
 from gan_dist.imaging import grid_image, to_model_range, to_uint8
 from gan_dist.models import build_translator, check_unet_sizes
@@ -46,11 +45,8 @@ class Pix2PixTask(Task):
 
     @classmethod
     def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
-        data = datasets["train"]
-        if not data.manifest.paired:
-            raise UserError(f"task.kind=pix2pix reads pairs and {data.uri} holds single images; prepare a paired "
-                            f"dataset (gan-dist prepare TARGETS OUT --inputs INPUTS) or use embedded:digit-edges")
-        check_unet_sizes(cfg.model, data.manifest)
+        super().check_data(cfg, datasets)
+        check_unet_sizes(cfg.model, datasets["train"].manifest)
 
     @classmethod
     def measured(cls, cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ class TranslationTask(Task):
 
     @classmethod
     def check_data(cls, cfg: Config, datasets: dict[str, Dataset]) -> None:
+        super().check_data(cfg, datasets)
         check_translation_sizes(cfg.model, datasets["a"].manifest, datasets["b"].manifest)
 
     @classmethod
