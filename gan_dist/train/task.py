@@ -30,9 +30,6 @@ if TYPE_CHECKING:  # the adversary imports `frozen` from here; the context is th
     from gan_dist.train.adversary import Adversary
     from gan_dist.train.context import WorkerContext
 
-# What a task's export serves: `gan-dist sample`, `explore`, `translate`, `complete`, and `evaluate`.
-INFERENCE_USES = ("sample", "explore", "translate", "complete", "evaluate")
-
 
 def replicated(net: nn.Module, device: torch.device, world_size: int, features: StepFeatures,
                compile: bool = True) -> nn.Module:
@@ -87,8 +84,8 @@ class Task:
     section: ClassVar[type]  # its config section (config/schema.py): task.kind, DATASETS, ARCHS
     datasets: ClassVar[tuple[str, ...]]  # the named datasets one step reads a batch of each: the section's
     METRICS: ClassVar[tuple[str, ...]] = ()  # what train_step returns, plus lr_<optimizer>: logged at log steps
-    # Each file export() writes (by name) and the inference uses it serves (INFERENCE_USES): meta.json records it,
-    # and `gan-dist sample|explore|translate|complete|evaluate` ask it whether a checkpoint can do what they do.
+    # Each file export() writes (by name) and the inference uses it serves: meta.json records them, and `gan-dist
+    # sample|explore|translate|complete|evaluate` ask it whether a checkpoint can do what they do.
     EXPORTS: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
