@@ -4,6 +4,8 @@ augmentation probability. The task keeps the optimizer and runs the updates (`n_
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -16,10 +18,22 @@ from gan_dist.models import update_spectral_norms
 from gan_dist.train import collective, losses, speed
 from gan_dist.train.augment import AdaptiveProbability, augment
 from gan_dist.train.speed import StepFeatures
-from gan_dist.train.task import frozen
 
 Labels = torch.Tensor | None
 
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """No weight gradients for `module` inside: the G step needs gradients through D, not of D."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 class LeCam:
     """LeCam regularization (Tseng et al. 2021): D(real) is pulled down toward the running mean of D(fake) and D(fake)

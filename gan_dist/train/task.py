@@ -22,12 +22,12 @@ from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
 from gan_dist.imaging import to_model_range
 from gan_dist.train import collective, speed
+from gan_dist.train.adversary import Adversary
 from gan_dist.train.ema import EMA
 from gan_dist.train.schedule import Hyperparameters, Schedule
 from gan_dist.train.speed import StepFeatures
 
-if TYPE_CHECKING:  # the adversary imports `frozen` from here; the context is the loop's, above the tasks
-    from gan_dist.train.adversary import Adversary
+if TYPE_CHECKING:  # the context is the loop's, above the tasks
     from gan_dist.train.context import WorkerContext
 
 
@@ -37,19 +37,6 @@ def replicated(net: nn.Module, device: torch.device, world_size: int, features: 
     if world_size > 1:
         net = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     return speed.compiled(net, features) if compile else net
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """No weight gradients for `module` inside: the G step needs gradients through D, not of D."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 class NonFiniteCounter:
@@ -173,6 +160,19 @@ class Task:
         """The speed switches that apply on this device to these nets (concatenated D forwards need a D without
         batch norm)."""
         self.features = speed.resolve(self.cfg.train, self.device, discriminator)
+
+    def adversarial_pair(self, G: nn.Module, D: nn.Module, *trained_with_g: nn.Module) -> None:
+        """The shape most tasks have: `G` (and nets trained with it, e.g. CUT's head) against one `D` through its
+        Adversary, each side with its Adam; `G_step` what the step calls (DDP when distributed, compiled)."""
+        t = self.cfg.train
+        self.G, self.D = G, D
+        self.resolve_features(D)
+        self.G_step = replicated(G, self.device, self.world_size, self.features)
+        self.adversary = Adversary(t, D, self.features, self.device, self.rank, self.world_size)
+        self.adversaries = [self.adversary]
+        g_params = [p for net in (G, *trained_with_g) for p in net.parameters()]
+        self.opt_g, self.opt_d = self.adam(g_params, t.lr_g), self.adam(D.parameters(), t.lr_d)
+        self.nets, self.optimizers = {"G": G, "D": D}, {"G": self.opt_g, "D": self.opt_d}
 
     def adam(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
         t = self.cfg.train

@@ -12,7 +12,6 @@ from gan_dist.config import Config, CUTTaskConfig
 from gan_dist.data.placement import Dataset
 from gan_dist.data.reader import Batch
 from gan_dist.models.translation import PatchSampleMLP, ResnetGenerator, patch_nce_loss
-from gan_dist.train.adversary import Adversary
 from gan_dist.train.tasks.unpaired import TranslationTask
 
 
@@ -28,21 +27,14 @@ class CUTTask(TranslationTask):
     def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
                  world_size: int = 1):
         super().__init__(cfg, datasets, device, rank, world_size)
-        t, m, task = cfg.train, cfg.model, cfg.task
-        self.G = self.translator("a", "b").to(device)
-        self.D = self.discriminator("b").to(device)
+        m, task = cfg.model, cfg.task
+        G, D = self.translator("a", "b").to(device), self.discriminator("b").to(device)
         self.layers = ResnetGenerator.nce_layers(m.blocks, m.downsamplings)
-        self.head = PatchSampleMLP(self.G.layer_channels(self.layers), task.head_units).to(device)
-        self.resolve_features(self.D)
-        self.G_step = self.distributed(self.G)
+        self.head = PatchSampleMLP(G.layer_channels(self.layers), task.head_units).to(device)
+        self.adversarial_pair(G, D, self.head)  # the head trains with G, by G's optimizer
+        self.nets["head"] = self.head
         # The head's gradients need averaging across ranks like G's; it is not compiled (it samples patches).
         self.head_ddp = self.distributed(self.head, compile=False)
-        self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
-        self.opt_g = self.adam([*self.G.parameters(), *self.head.parameters()], t.lr_g)
-        self.opt_d = self.adam(self.D.parameters(), t.lr_d)
-        self.nets = {"G": self.G, "D": self.D, "head": self.head}
-        self.optimizers = {"G": self.opt_g, "D": self.opt_d}
-        self.adversaries = [self.adversary]
         # The identity term translates real B: only where G can take B's images.
         self.identity = task.nce_identity and self.channels["a"] == self.channels["b"]
         self.draws = torch.Generator(device=device)

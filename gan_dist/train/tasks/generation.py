@@ -19,10 +19,9 @@ from gan_dist.eval.stats import embed, real_features
 from gan_dist.imaging import grid_image, to_model_range, to_uint8
 from gan_dist.models import build_discriminator, build_generator, check_resolution
 from gan_dist.train import collective, speed
-from gan_dist.train.adversary import Adversary
 from gan_dist.train.context import WorkerContext
 from gan_dist.train.ema import EMA
-from gan_dist.train.task import Measure, Task, replicated
+from gan_dist.train.task import Measure, Task
 
 GRID_COLUMNS = 8
 GRID_ROWS = 8  # unconditional grids; conditional ones have a row per class
@@ -69,16 +68,9 @@ class GenerationTask(Task):
         m, t, manifest = cfg.model, cfg.train, datasets["train"].manifest
         self.resolution, self.channels = manifest.resolution, manifest.channels
         self.num_classes = num_classes(cfg, manifest)
-        self.G = build_generator(m, self.resolution, self.channels, self.num_classes).to(device)
-        self.D = build_discriminator(m, self.resolution, self.channels, self.num_classes).to(device)
-        self.resolve_features(self.D)
-        self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
-        self.adversaries = [self.adversary]
-        self.opt_g, self.opt_d = self.adam(self.G.parameters(), t.lr_g), self.adam(self.D.parameters(), t.lr_d)
-        self.nets, self.optimizers = {"G": self.G, "D": self.D}, {"G": self.opt_g, "D": self.opt_d}
-        # What the step calls: G's DDP wrapper when distributed, compiled when asked. G/D stay plain for previews,
-        # state dicts and checks.
-        self.G_step = replicated(self.G, device, world_size, self.features)
+        # G and D stay plain for previews, state dicts and checks; the step calls G_step.
+        self.adversarial_pair(build_generator(m, self.resolution, self.channels, self.num_classes).to(device),
+                              build_discriminator(m, self.resolution, self.channels, self.num_classes).to(device))
         self.noise = torch.Generator(device=device)
         self.ema = EMA(self.G, t.ema_half_life_kimg, t.ema_rampup, t.batch_size * world_size) if t.ema else None
         self.grid_z, self.grid_labels = self._grid_inputs(t.seed)

@@ -16,9 +16,8 @@ from gan_dist.imaging import grid_image, to_model_range, to_uint8
 from gan_dist.masks import complete, draw_masks
 from gan_dist.models import build_completer, build_patch_discriminator, check_translation_sizes
 from gan_dist.train import speed
-from gan_dist.train.adversary import Adversary
 from gan_dist.train.context import WorkerContext
-from gan_dist.train.task import Measure, Task, first_images, replicated
+from gan_dist.train.task import Measure, Task, first_images
 
 PREVIEW_IMAGES = 8
 
@@ -63,15 +62,8 @@ class InpaintTask(Task):
         t, data = cfg.train, datasets["train"]
         self.kinds = cfg.task.mask_kinds()
         self.size, channels = data.manifest.resolution, data.manifest.channels
-        self.G = build_completer(cfg.model, channels).to(device)
-        self.D = build_patch_discriminator(cfg.model, channels).to(device)
-        self.resolve_features(self.D)
-        self.G_step = replicated(self.G, device, world_size, self.features)
-        self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
-        self.opt_g, self.opt_d = self.adam(self.G.parameters(), t.lr_g), self.adam(self.D.parameters(), t.lr_d)
-        self.nets = {"G": self.G, "D": self.D}
-        self.optimizers = {"G": self.opt_g, "D": self.opt_d}
-        self.adversaries = [self.adversary]
+        self.adversarial_pair(build_completer(cfg.model, channels).to(device),
+                              build_patch_discriminator(cfg.model, channels).to(device))
         self.preview_images = first_images(data, PREVIEW_IMAGES, device)
         draws = torch.Generator().manual_seed(seeds.derive(t.seed, "preview"))
         self.preview_masks = draw_masks(self.kinds, len(self.preview_images), self.size, draws, device)

@@ -21,7 +21,7 @@ from gan_dist.models.unet import PairDiscriminator
 from gan_dist.train import speed
 from gan_dist.train.adversary import Adversary
 from gan_dist.train.context import WorkerContext
-from gan_dist.train.task import Measure, Task, replicated
+from gan_dist.train.task import Measure, Task
 
 PREVIEW_IMAGES = 8
 
@@ -65,17 +65,11 @@ class Pix2PixTask(Task):
     def __init__(self, cfg: Config, datasets: dict[str, Dataset], device: torch.device, rank: int = 0,
                  world_size: int = 1):
         super().__init__(cfg, device, rank, world_size)
-        t, manifest = cfg.train, datasets["train"].manifest
+        manifest = datasets["train"].manifest
         in_channels, out_channels = manifest.input_channels, manifest.channels
-        self.G = build_translator(cfg.model, in_channels, out_channels, manifest.resolution).to(device)
-        self.D = PairDiscriminator(in_channels, out_channels, cfg.model.d_channels, cfg.model.d_layers).to(device)
-        self.resolve_features(self.D)
-        self.G_step = replicated(self.G, device, world_size, self.features)
-        self.adversary = Adversary(t, self.D, self.features, device, rank, world_size)
-        self.opt_g, self.opt_d = self.adam(self.G.parameters(), t.lr_g), self.adam(self.D.parameters(), t.lr_d)
-        self.nets = {"G": self.G, "D": self.D}
-        self.optimizers = {"G": self.opt_g, "D": self.opt_d}
-        self.adversaries = [self.adversary]
+        self.adversarial_pair(
+            build_translator(cfg.model, in_channels, out_channels, manifest.resolution).to(device),
+            PairDiscriminator(in_channels, out_channels, cfg.model.d_channels, cfg.model.d_layers).to(device))
         data = datasets["train"]
         rows = load_columns(data.uri, manifest, range(min(PREVIEW_IMAGES, manifest.count)))
         self.preview_pairs = [to_model_range(torch.from_numpy(rows[name]).to(device)) for name in (INPUT, "image")]
