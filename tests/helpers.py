@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,25 @@ def local_ctx(cfg: Config, run_dir):
 
 
 # ---- exact resume -------------------------------------------------------------------------------------------------
+
+
+# What a resume test turns on, so that every part of the state has moved by the compared step: the linear LR
+# decay, augmentation with ADA's p (moved at step 4, half an interval observed at 6), LeCam's running means.
+RESUME_STABILIZERS = {"train.lr_decay_start": 0.3, "train.augment": "translation,cutout", "train.ada_target": 0.2,
+                      "train.ada_interval": 4, "train.ada_kimg": 0.1, "train.lecam_weight": 0.1}
+
+
+def straight_and_resumed(config: Callable[..., Config], storage: Path) -> tuple[dict, dict]:
+    """A tiny run's 6 steps straight, and 6 steps of a run started from the straight run's step-3 checkpoint, both
+    with RESUME_STABILIZERS (`config(**overrides)` builds the task's tiny config): their step-6 states."""
+    from gan_dist import checkpoint
+    from gan_dist.runtime.launch import train
+
+    train(config(**RESUME_STABILIZERS, **{"run.name": "straight"}))
+    result = train(config(**RESUME_STABILIZERS, **{
+        "run.name": "halves", "run.resume_from": str(storage / "straight" / "checkpoint_000000003")}))
+    assert result.resumed_from == 3
+    return tuple(checkpoint.load_state(str(storage / run / "checkpoint_000000006")) for run in ("straight", "halves"))
 
 
 def assert_same_state(a: Any, b: Any, path: str = "state") -> None:

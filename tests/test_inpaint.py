@@ -20,7 +20,7 @@ from gan_dist.eval.completion import complete_u8, harmonic_fill, hole_errors, me
 from gan_dist.masks import MASK_KINDS, center_masks, complete, draw_masks
 from gan_dist.runtime.launch import train
 from gan_dist.train.tasks import build_task
-from helpers import assert_same_state, s3_client, tiny_inpaint_config
+from helpers import assert_same_state, s3_client, straight_and_resumed, tiny_inpaint_config
 
 CPU = torch.device("cpu")
 
@@ -104,14 +104,8 @@ def test_inpainting_learns_to_fill_holes_from_their_surroundings(tmp_path):
 def test_a_resumed_inpainting_run_matches_an_uninterrupted_one_bit_for_bit(tiny_data, tmp_path):
     """Every tensor of the state, ADA's p (moved at step 4, half an interval observed at 6) and LeCam's means
     included."""
-    stabilized = {"train.lr_decay_start": 0.3, "train.augment": "translation,cutout", "train.ada_target": 0.2,
-                  "train.ada_interval": 4, "train.ada_kimg": 0.1, "train.lecam_weight": 0.1}
-    train(tiny_inpaint_config(tiny_data, str(tmp_path), **stabilized, **{"run.name": "straight"}))
-    result = train(tiny_inpaint_config(tiny_data, str(tmp_path), **stabilized, **{
-        "run.name": "halves", "run.resume_from": str(tmp_path / "straight" / "checkpoint_000000003")}))
-    assert result.resumed_from == 3
-    a = checkpoint.load_state(str(tmp_path / "straight" / "checkpoint_000000006"))
-    b = checkpoint.load_state(str(tmp_path / "halves" / "checkpoint_000000006"))
+    a, b = straight_and_resumed(lambda **overrides: tiny_inpaint_config(tiny_data, str(tmp_path), **overrides),
+                                tmp_path)
     assert_same_state(a, b)
     adversary = a["adversary"]  # not a default: it moved before the resume and between it and the end
     assert adversary["ada"]["p"] > 0 and adversary["ada"]["updates"] == 2 and adversary["lecam"]["seen"] == 6

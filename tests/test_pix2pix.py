@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gan_dist import checkpoint, seeds
+from gan_dist import seeds
 from gan_dist.config import load_config
 from gan_dist.data.embedded import cache_dir
 from gan_dist.data.images import ImageSpec
@@ -27,7 +27,7 @@ from gan_dist.evaluate import evaluate
 from gan_dist.models.unet import UNetGenerator, unet_depth
 from gan_dist.runtime.launch import train
 from gan_dist.train.tasks import build_task
-from helpers import assert_same_state, numbered_images, run
+from helpers import assert_same_state, numbered_images, run, straight_and_resumed
 
 OPTIONS = PrepareOptions(ImageSpec(16, None), shuffle_seed=None)
 
@@ -274,14 +274,8 @@ def test_a_resumed_pix2pix_run_matches_an_uninterrupted_one_bit_for_bit(tiny_pai
     """6 steps straight against a run started from the straight run's step-3 checkpoint: every tensor of the state
     (both nets, both optimizers and their decayed rates, ADA's p, LeCam's means, the RNG states), the dropout of
     steps 4-6 included."""
-    stabilized = {"train.lr_decay_start": 0.3, "train.augment": "translation,cutout", "train.ada_target": 0.2,
-                  "train.ada_interval": 4, "train.ada_kimg": 0.1, "train.lecam_weight": 0.1}
-    train(tiny_pix2pix_config(tiny_pairs, str(tmp_path), **stabilized, **{"run.name": "straight"}))
-    result = train(tiny_pix2pix_config(tiny_pairs, str(tmp_path), **stabilized, **{
-        "run.name": "halves", "run.resume_from": str(tmp_path / "straight" / "checkpoint_000000003")}))
-    assert result.resumed_from == 3
-    a = checkpoint.load_state(str(tmp_path / "straight" / "checkpoint_000000006"))
-    b = checkpoint.load_state(str(tmp_path / "halves" / "checkpoint_000000006"))
+    a, b = straight_and_resumed(lambda **overrides: tiny_pix2pix_config(tiny_pairs, str(tmp_path), **overrides),
+                                tmp_path)
     assert_same_state(a, b)
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from gan_dist import checkpoint
 from gan_dist.cli import main
-from gan_dist.config import load_config
+from gan_dist.config import Config, load_config
 from gan_dist.data.placement import Dataset
 from gan_dist.data.prepare import write_shards
 from gan_dist.data.reader import read_manifest
@@ -23,7 +23,7 @@ from gan_dist.train.tasks import build_task
 from gan_dist.train.pool import ImagePool
 from gan_dist.train.schedule import Hyperparameters, lr_factor
 from gan_dist.translate import load_translator
-from helpers import assert_same_state, count_dataset_reads, tiny_translation_config
+from helpers import assert_same_state, count_dataset_reads, straight_and_resumed, tiny_translation_config
 
 CPU = torch.device("cpu")
 
@@ -74,18 +74,12 @@ def test_a_resumed_translation_run_matches_an_uninterrupted_one_bit_for_bit(kind
     """6 steps straight against a run started from the straight run's step-3 checkpoint: every tensor of the state,
     the optimizers' decayed rates, the image pools (full at step 2, swapping after), ADA's p (moved at step 4, half
     an interval observed at 6) and LeCam's means included."""
-    stabilized = {"train.lr_decay_start": 0.3, "train.augment": "translation,cutout", "train.ada_target": 0.2,
-                  "train.ada_interval": 4, "train.ada_kimg": 0.1, "train.lecam_weight": 0.1}
-    straight = tiny_translation_config(tiny_data, tiny_domain_b, str(tmp_path), kind, **stabilized,
-                                       **{"run.name": "straight"})
-    train(straight)
-    result = train(tiny_translation_config(tiny_data, tiny_domain_b, str(tmp_path), kind, **stabilized, **{
-        "run.name": "halves", "run.resume_from": str(tmp_path / "straight" / "checkpoint_000000003")}))
-    assert result.resumed_from == 3
-    a = checkpoint.load_state(str(tmp_path / "straight" / "checkpoint_000000006"))
-    b = checkpoint.load_state(str(tmp_path / "halves" / "checkpoint_000000006"))
+    def config(**overrides) -> Config:
+        return tiny_translation_config(tiny_data, tiny_domain_b, str(tmp_path), kind, **overrides)
+
+    a, b = straight_and_resumed(config, tmp_path)
     assert_same_state(a, b)
-    assert a["optimizers"]["G"]["param_groups"][0]["lr"] < straight.train.lr_g  # the decay had started
+    assert a["optimizers"]["G"]["param_groups"][0]["lr"] < config().train.lr_g  # the decay had started
     # what was compared is not a default: the adversary's state moved before the resume and between it and the end
     adversary = a["adversary"] if kind == "cut" else a["adversaries"]["a"]
     assert adversary["ada"]["p"] > 0 and adversary["ada"]["updates"] == 2 and adversary["lecam"]["seen"] == 6
