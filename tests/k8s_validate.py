@@ -1,11 +1,13 @@
 """Offline checks for the manifests in k8s/: a small kustomize renderer (only the features k8s/ uses), strict
-validation of RayJob/RayCluster against the KubeRay CRD schemas, the rules KubeRay only checks at runtime, and
-core kinds (Secret, ConfigMap) through kubernetes-validate. Used by tests/test_k8s_manifests.py."""
+validation of RayJob/RayCluster against the KubeRay CRD schemas, the rules KubeRay only checks at runtime, the
+rules of spot worker groups, the training worker range against the worker groups, and core kinds (Secret,
+ConfigMap) through kubernetes-validate. Used by tests/test_k8s_manifests.py."""
 
 from __future__ import annotations
 
 import copy
 import re
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,20 @@ GPU_RESOURCE = "nvidia.com/gpu"
 SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|API_KEY|ACCESS_KEY", re.IGNORECASE)
 RAY_IMAGE = re.compile(r"^(?:docker\.io/)?rayproject/(ray(?:-ml)?):(\d+\.\d+\.\d+)")
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "images", "patches"}
+MAX_REPLICAS_DEFAULT = 2**31 - 1  # the CRD's default maxReplicas
+# How GKE, EKS managed node groups, AKS and Karpenter label (and, where the pool is tainted, taint) the nodes the
+# cloud may reclaim: a pod that requires one of these runs on spot capacity.
+SPOT_NODE_LABELS = {"cloud.google.com/gke-spot": "true", "eks.amazonaws.com/capacityType": "SPOT",
+                    "kubernetes.azure.com/scalesetpriority": "spot", "karpenter.sh/capacity-type": "spot"}
+# After SIGTERM, `ray start` (Ray 2.60) marks its node as draining for this long (default 30 s) before it stops;
+# Kubernetes kills the pod at terminationGracePeriodSeconds (default 30 s).
+DRAIN_VARIABLE = "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"
+DEFAULT_DRAIN_S = "30"
+DEFAULT_GRACE_S = 30
+# The training workers jobs/train.py passes to `gan-dist train --num-workers` unless the entrypoint names them.
+NUM_WORKERS_VARIABLE = "GAN_DIST_NUM_WORKERS"
+NUM_WORKERS_FLAG = "--num-workers"
+WORKER_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
 # The CRDs are 2 MB of trusted data: the C parser (when built) loads them several times faster.
 _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -211,7 +227,7 @@ class ManifestValidator:
             # The runtime rules assume the types the schema guarantees, so they run on schema-valid objects only.
             problems = self._schema_errors(obj) or ray_runtime_errors(obj)
         else:
-            problems = core_errors(obj)
+            problems = core_errors(obj) + _config_map_secret_errors(obj)
         return [f"{label}: {problem}" for problem in problems]
 
     def _schema_errors(self, obj: dict) -> list[str]:
@@ -238,15 +254,28 @@ def core_errors(obj: dict) -> list[str]:
 
 def ray_runtime_errors(obj: dict) -> list[str]:
     """The rules KubeRay checks only once the resource exists (the RayJob then ends ValidationFailed), plus
-    secrets and GPU limits, which the schema cannot express."""
-    spec = obj.get("spec", {})
+    secrets, GPU limits, drain timing and spot groups, which the schema cannot express."""
     problems = _rayjob_errors(obj) if obj["kind"] == "RayJob" else []
-    cluster = spec.get("rayClusterSpec") if obj["kind"] == "RayJob" else spec
+    cluster = cluster_spec(obj)
     if cluster:
-        problems += _ray_version_errors(cluster)
+        problems += (_ray_version_errors(cluster) + _replica_errors(cluster) + _drain_errors(cluster)
+                     + spot_errors(cluster))
     for container in containers(obj):
         problems += _gpu_errors(container) + _literal_secret_errors(container)
     return problems
+
+
+def cluster_spec(obj: dict) -> dict:
+    """The RayCluster spec of a RayCluster, or the one a RayJob creates."""
+    spec = obj.get("spec", {})
+    return (spec.get("rayClusterSpec") if obj["kind"] == "RayJob" else spec) or {}
+
+
+def pod_templates(cluster: dict) -> Iterator[tuple[str, dict | None, dict]]:
+    """(what it is, its worker group or None for the head, its pod spec) for every pod template of a cluster."""
+    yield "head", None, cluster.get("headGroupSpec", {}).get("template", {}).get("spec", {})
+    for group in cluster.get("workerGroupSpecs", []):
+        yield f"worker group {group.get('groupName')}", group, group.get("template", {}).get("spec", {})
 
 
 def _rayjob_errors(rayjob: dict) -> list[str]:
@@ -301,6 +330,39 @@ def _ray_version_errors(cluster: dict) -> list[str]:
     return problems
 
 
+def replica_bounds(group: dict) -> tuple[int, int]:
+    """A worker group's (minReplicas, maxReplicas), defaulted as the CRD defaults them."""
+    return group.get("minReplicas", 0), group.get("maxReplicas", MAX_REPLICAS_DEFAULT)
+
+
+def _replica_errors(cluster: dict) -> list[str]:
+    problems = []
+    for group in cluster.get("workerGroupSpecs", []):
+        low, high = replica_bounds(group)
+        if low > high:
+            problems.append(f"worker group {group.get('groupName')} has minReplicas {low} greater than maxReplicas "
+                            f"{high}")
+    return problems
+
+
+def _drain_errors(cluster: dict) -> list[str]:
+    # A drain that outlasts the grace period is cut off by SIGKILL: Ray never finishes stopping the node's processes.
+    problems = []
+    for name, _, pod in pod_templates(cluster):
+        drains = [var["value"] for c in pod.get("containers", []) for var in c.get("env", [])
+                  if var.get("name") == DRAIN_VARIABLE and "value" in var]
+        if not drains and "terminationGracePeriodSeconds" not in pod:
+            continue  # Ray's and Kubernetes' defaults, not a choice made here
+        grace = pod.get("terminationGracePeriodSeconds", DEFAULT_GRACE_S)
+        for drain in drains or [DEFAULT_DRAIN_S]:
+            if not re.fullmatch(r"\d+(\.\d+)?", drain):
+                problems.append(f"{name}: {DRAIN_VARIABLE} {drain!r} is not a number of seconds")
+            elif float(drain) >= grace:
+                problems.append(f"{name}: {DRAIN_VARIABLE} ({drain} s) must end before terminationGracePeriodSeconds "
+                                f"({grace} s)")
+    return problems
+
+
 def _gpu_errors(container: dict) -> list[str]:
     resources = container.get("resources", {})
     requested = resources.get("requests", {}).get(GPU_RESOURCE)
@@ -320,3 +382,132 @@ def _literal_secret_errors(container: dict) -> list[str]:
         for var in container.get("env", [])
         if "value" in var and SECRET_NAME.search(var.get("name", ""))
     ]
+
+
+def _config_map_secret_errors(obj: dict) -> list[str]:
+    if obj.get("kind") != "ConfigMap":
+        return []
+    return [f"data.{key} looks like a secret: a ConfigMap is stored and shown in plain text; use a Secret"
+            for key in obj.get("data", {}) if SECRET_NAME.search(key)]
+
+
+# --- spot worker groups ----------------------------------------------------------------------------------------
+
+
+def spot_groups(cluster: dict) -> list[dict]:
+    """The worker groups whose pods require spot nodes."""
+    return [group for _, group, pod in pod_templates(cluster) if group is not None and _requires_spot(pod)]
+
+
+def spot_errors(cluster: dict) -> list[str]:
+    """A spot group must tolerate every cloud's spot taint, start at its minReplicas and, to grow, have the
+    autoscaler; beside it, the head and the other groups must be kept off spot nodes (the head's loss ends the run,
+    the other groups are the floor the run counts on)."""
+    spot = spot_groups(cluster)
+    if not spot:
+        return []
+    problems = []
+    for name, group, pod in pod_templates(cluster):
+        if any(group is g for g in spot):
+            problems += [f"{name} runs on spot nodes but does not tolerate the taint {key}={value}:NoSchedule"
+                         for key, value in SPOT_NODE_LABELS.items() if not _tolerates(pod, key, value)]
+            low, high = replica_bounds(group)
+            if group.get("replicas", 0) > low:
+                problems.append(f"{name} starts with replicas {group['replicas']}, above its minReplicas {low}: a "
+                                "RayJob starts only once every starting pod runs, so it would wait for spot capacity")
+            if low < high and not cluster.get("enableInTreeAutoscaling"):
+                # Without the autoscaler KubeRay keeps `replicas` pods: the group would never grow or be refilled.
+                problems.append(f"{name} can grow from {low} to {high} pods only with enableInTreeAutoscaling: true")
+        else:
+            problems += [f"{name} may land on spot nodes beside a spot group: no required node affinity excludes "
+                         f"{key}={value}" for key, value in SPOT_NODE_LABELS.items() if not _avoids(pod, key, value)]
+    return problems
+
+
+def _required_terms(pod: dict) -> list[list[dict]]:
+    """The match expressions of each required node-selector term (the terms are alternatives)."""
+    affinity = pod.get("affinity", {}).get("nodeAffinity", {})
+    terms = affinity.get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [])
+    return [term.get("matchExpressions", []) for term in terms]
+
+
+def _requires_spot(pod: dict) -> bool:
+    def spot_only(expression: dict) -> bool:
+        key = expression.get("key")
+        return (key in SPOT_NODE_LABELS and expression.get("operator") == "In"
+                and set(expression.get("values", [])) == {SPOT_NODE_LABELS[key]})
+
+    selector = pod.get("nodeSelector", {})
+    terms = _required_terms(pod)
+    return (any(selector.get(key) == value for key, value in SPOT_NODE_LABELS.items())
+            or bool(terms) and all(any(spot_only(e) for e in term) for term in terms))
+
+
+def _avoids(pod: dict, key: str, value: str) -> bool:
+    def excludes(expression: dict) -> bool:
+        return expression.get("key") == key and (
+            expression.get("operator") == "DoesNotExist"
+            or expression.get("operator") == "NotIn" and value in expression.get("values", []))
+
+    terms = _required_terms(pod)
+    return bool(terms) and all(any(excludes(e) for e in term) for term in terms)
+
+
+def _tolerates(pod: dict, key: str, value: str) -> bool:
+    def matches(toleration: dict) -> bool:
+        if toleration.get("effect") not in (None, "", "NoSchedule"):
+            return False
+        if toleration.get("operator") == "Exists":
+            return toleration.get("key") in (None, "", key)
+        return toleration.get("key") == key and toleration.get("value") == value
+
+    return any(matches(toleration) for toleration in pod.get("tolerations", []))
+
+
+# --- the training worker range ---------------------------------------------------------------------------------
+
+
+def worker_range_errors(resources: list[dict]) -> list[str]:
+    """Each Ray workload's training workers (its entrypoint's --num-workers, else GAN_DIST_NUM_WORKERS as the job
+    driver on the head sees it: N or MIN-MAX) against its worker groups: MIN must be the pods the cluster keeps (the
+    sum of minReplicas) and MAX the most it may hold (the sum of maxReplicas). A MIN above the floor waits for pods
+    that may never come; a MAX out of reach trains every worker with a larger share of the global batch for good;
+    either one lower leaves GPUs idle."""
+    maps = config_maps(resources)
+    problems = []
+    for obj in (o for o in resources if o["kind"] in CRD_FILES):
+        label = f"{obj['kind']}/{obj['metadata']['name']}"
+        values = {environment(container, maps).get(NUM_WORKERS_VARIABLE) for container in containers(obj)}
+        if len(values) > 1:
+            problems.append(f"{label}: its pods disagree on {NUM_WORKERS_VARIABLE}: {sorted(map(str, values))}")
+            continue
+        tokens = shlex.split(obj["spec"].get("entrypoint", ""))
+        given = tokens[tokens.index(NUM_WORKERS_FLAG) + 1] if NUM_WORKERS_FLAG in tokens[:-1] else values.pop()
+        match = WORKER_RANGE.fullmatch(given or "")
+        if not match:
+            problems.append(f"{label}: training workers {given!r} are not N or MIN-MAX (set {NUM_WORKERS_VARIABLE} "
+                            f"or the entrypoint's {NUM_WORKERS_FLAG})")
+            continue
+        wanted = (int(match[1]), int(match[2] or match[1]))
+        bounds = [replica_bounds(group) for group in cluster_spec(obj).get("workerGroupSpecs", [])]
+        held = (sum(low for low, _ in bounds), sum(high for _, high in bounds))
+        if wanted != held:
+            problems.append(f"{label}: training workers {given} but the worker groups hold {held[0]}-{held[1]} pods "
+                            "(minReplicas-maxReplicas, summed): make them agree")
+    return problems
+
+
+def config_maps(resources: list[dict]) -> dict[str, dict]:
+    """The data of each ConfigMap among the resources, by name."""
+    return {obj["metadata"]["name"]: obj.get("data", {}) for obj in resources if obj["kind"] == "ConfigMap"}
+
+
+def environment(container: dict, maps: dict[str, dict]) -> dict[str, str]:
+    """The variables a container gets written out or from one of `maps` (those from Secrets are left out)."""
+    values = {}
+    for var in container.get("env", []):
+        ref = var.get("valueFrom", {}).get("configMapKeyRef")
+        value = var.get("value") if ref is None else maps.get(ref.get("name"), {}).get(ref.get("key"))
+        if value is not None:
+            values[var["name"]] = value
+    return values
