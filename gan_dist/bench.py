@@ -199,7 +199,7 @@ class _RayReader:
     def batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]:
         from gan_dist.data.ray_stream import shard_dataset, stream_batches
 
-        return stream_batches(shard_dataset(self.cfg, self.data.manifest, self.data.uri).iterator(), self.cfg, 0,
+        return stream_batches(shard_dataset(self.cfg, self.data.manifest, self.data.uri).iterator(), self.cfg, 0, 1,
                               self.device, start)
 
 

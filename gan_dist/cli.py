@@ -97,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
                                         "typeset digits)")
     train.add_argument("--backend", choices=["auto", "local", "ray"],
                        help="local: this process; ray: TorchTrainer (default: ray when --num-workers > 1 or --address)")
-    train.add_argument("--num-workers", type=_positive_int, help="training workers (Ray backend)")
+    train.add_argument("--num-workers", metavar="N|MIN-MAX",
+                       help="training workers (Ray backend); MIN-MAX: elastic, goes on with as few as MIN when "
+                            "workers are lost and grows back to MAX")
     train.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
     train.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
     train.add_argument("--storage", help="where runs live: local path or s3://bucket/prefix (default ./runs)")

@@ -287,7 +287,10 @@ def expected_value(key: str, text: str) -> Any:
         return ENUMERATED[key, text]
     for kind in (int, float):
         if kind in args:
-            return kind(text)
+            try:
+                return kind(text)
+            except ValueError:  # `int | str` (run.num_workers: 2-4) reads other text as text
+                continue
     return text
 
 

@@ -58,7 +58,8 @@ class HalfSquareD(torch.nn.Module):
 
 def adversary(D: torch.nn.Module, **train) -> Adversary:
     t = load_config(None, {f"train.{k}": v for k, v in {"loss": "rpgan", "r1_every": 1, **train}.items()}).train
-    return Adversary(t, D, speed.resolve(t, CPU, torch.nn.Linear(1, 1)), CPU, rank=0, world_size=1)
+    return Adversary(t, D, speed.resolve(t, CPU, torch.nn.Linear(1, 1)), CPU, rank=0, world_size=1,
+                     global_batch=t.batch_size)
 
 
 def images(seed: int, n: int = 4) -> torch.Tensor:

@@ -111,7 +111,7 @@ def adversary(**overrides) -> Adversary:
     """The default preset's train section with its R1 off unless asked for."""
     t = load_config(None, {f"train.{k}": v for k, v in {"r1_gamma": 0.0, **overrides}.items()}).train
     features = speed.resolve(t, CPU, torch.nn.Linear(1, 1))
-    return Adversary(t, Linear(16), features, CPU, rank=0, world_size=1)
+    return Adversary(t, Linear(16), features, CPU, rank=0, world_size=1, global_batch=t.batch_size)
 
 
 def test_lazy_r1_runs_every_kth_update_scaled_by_k():

@@ -14,6 +14,8 @@ PRESET_DIR = Path(__file__).parent.parent / "configs"
 DEFAULT_PRESET = "dcgan-digits"
 # A run name is one directory under run.storage: it must not climb out of it or hide.
 RUN_NAME = re.compile(r"(?!.*\.\.)[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+WORKER_RANGE = re.compile(r"(\d+)(?:-(\d+))?")
+ELASTIC_RESTARTS = 10  # an elastic run's default worker-group restarts: lost nodes are expected, a bug is not
 
 
 class _Section(BaseModel):
@@ -400,7 +402,10 @@ class RunConfig(_Section):
     backend: Literal["auto", "local", "ray"] = Field("auto", description="where the loop runs: local (this process, no "
                                                      "Ray) or ray (Ray Train); auto: ray when `num_workers` > 1 or "
                                                      "`ray_address` is set, else local")
-    num_workers: int = Field(1, ge=1, description="training workers (DDP ranks)")
+    num_workers: int | str = Field(1, description="training workers (DDP ranks): N, or MIN-MAX for an elastic run "
+                                   "that goes on with as few as MIN when workers are lost and grows back to MAX "
+                                   "(Ray backend; the global batch, `train.batch_size` × MAX, stays the same at every "
+                                   "size, split as evenly as it goes: docs/runs-and-resume.md)")
     gpu: bool = Field(False, description="one GPU per worker")
     ray_address: str | None = Field(None, description="join this Ray cluster (`auto`: the running one); null: start a "
                                     "local Ray when the Ray backend needs one")
@@ -412,7 +417,10 @@ class RunConfig(_Section):
     keep_best: str | None = Field(None, description="also keep the best checkpoint by this logged metric")
     keep_best_mode: Literal["min", "max"] = Field("min", description="which way `keep_best`'s metric is better")
     resume_from: str | None = Field(None, description="start from this checkpoint (or run) when the run has none")
-    max_failures: int = Field(0, ge=0, description="Ray worker-group restarts before the run gives up")
+    max_failures: int | None = Field(None, ge=0, description="Ray worker-group restarts before the run gives up; "
+                                     f"null: 0 for a fixed size, {ELASTIC_RESTARTS} for an elastic range")
+    resize_check_s: float = Field(60.0, gt=0, description="an elastic run's seconds between Ray's checks for room to "
+                                  "grow back to MAX workers (Ray's `elastic_resize_monitor_interval_s`)")
 
     @field_validator("name")
     @classmethod
@@ -422,16 +430,53 @@ class RunConfig(_Section):
                              "(it is a directory in run.storage)")
         return name
 
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _count_or_range(cls, given: Any) -> int | str:
+        """N or MIN-MAX, kept as an int or as "MIN-MAX" (a range of one size is that size)."""
+        if isinstance(given, bool):
+            raise ValueError("expected a number, not true/false")
+        if isinstance(given, int):
+            low = high = given
+        elif isinstance(given, str) and (match := WORKER_RANGE.fullmatch(given.strip())):
+            low, high = int(match[1]), int(match[2] or match[1])
+        else:
+            raise ValueError(f"expected a number of workers (2) or a range MIN-MAX (2-4), not {given!r}")
+        if low < 1:
+            raise ValueError("at least 1 worker")
+        if low > high:
+            raise ValueError(f"MIN {low} is above MAX {high}; write MIN-MAX with MIN <= MAX")
+        return low if low == high else f"{low}-{high}"
+
     @model_validator(mode="after")
     def _local_is_one_process(self) -> "RunConfig":
-        if self.backend == "local" and self.num_workers > 1:
-            raise ValueError("the local backend runs one process; use --backend ray for --num-workers > 1")
+        if self.backend == "local" and self.max_workers > 1:
+            raise ValueError(f"the local backend runs one process; use --backend ray for --num-workers "
+                             f"{self.num_workers}")
         return self
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.num_workers, str)
+
+    @property
+    def min_workers(self) -> int:
+        return int(str(self.num_workers).split("-")[0])
+
+    @property
+    def max_workers(self) -> int:
+        return int(str(self.num_workers).split("-")[-1])
+
+    def restarts(self) -> int:
+        """Worker-group restarts allowed: an elastic run expects to lose workers."""
+        if self.max_failures is not None:
+            return self.max_failures
+        return ELASTIC_RESTARTS if self.elastic else 0
 
     def resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
-        return "ray" if self.num_workers > 1 or self.ray_address else "local"
+        return "ray" if self.max_workers > 1 or self.ray_address else "local"
 
 
 class LogConfig(_Section):
@@ -496,6 +541,17 @@ class Config(_Section):
             raise ValueError("choose one learning-rate schedule: train.lr_decay_start (linear) or schedule.lr_g / "
                              "schedule.lr_d (cosine)")
         return self
+
+    def global_batch(self, workers: int) -> int:
+        """Images of one D update over all `workers`: train.batch_size each, or for an elastic run train.batch_size
+        × MAX at every size, so the recipe (images per step, every schedule by images seen) stays the same."""
+        return self.train.batch_size * (self.run.max_workers if self.run.elastic else workers)
+
+    def step_share(self, rank: int, workers: int) -> slice:
+        """The rows of a step over all workers (the global batch for each of train.n_dis D updates, in order) that
+        this worker trains on: equal numbers of images, ±1 where the workers do not divide the global batch."""
+        total, updates = self.global_batch(workers), self.train.n_dis
+        return slice(updates * (total * rank // workers), updates * (total * (rank + 1) // workers))
 
     def dataset_names(self) -> tuple[str, ...]:
         """The datasets one step reads a batch of each: the task's."""

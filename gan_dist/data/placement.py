@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from gan_dist.config import Config, DataConfig
-from gan_dist.data.reader import Batch, DataPosition, load_columns, read_manifest, resident_reader
+from gan_dist.data.reader import Batch, DataPosition, load_columns, read_manifest, resident_reader, shared_order_reader
 from gan_dist.data.shards import Manifest
 from gan_dist.data.stream import StreamReader
 
@@ -136,8 +136,12 @@ def _gb(n: float) -> str:
 
 def open_reader(cfg: Config, data_uri: str, manifest: Manifest, rank: int, world_size: int, device: torch.device,
                 resident: bool) -> Reader:
-    """A worker's reader of one dataset: its rows resident on the device, or streamed by reader processes."""
+    """A worker's reader of one dataset: its rows resident on the device (an elastic run's workers: every row, in
+    one order they split), or streamed by reader processes."""
     t = cfg.train
+    if resident and cfg.run.elastic:
+        return shared_order_reader(data_uri, manifest, cfg.global_batch(world_size) * t.n_dis,
+                                   cfg.step_share(rank, world_size), t.seed, cfg.data.shuffle, device)
     if resident:
         return resident_reader(data_uri, manifest, t.real_per_step, rank, world_size, t.seed, cfg.data.shuffle, device)
     return StreamReader(data_uri, manifest, t.real_per_step, rank, world_size, t.seed, cfg.data.shuffle, device,

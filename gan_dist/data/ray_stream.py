@@ -50,14 +50,15 @@ def _ray_seed(seed: int, purpose: str, *indexes: int) -> int:
     return seeds.derive(seed, purpose, *indexes) % 2**32  # Ray hands its seeds to numpy's legacy 32-bit RNG
 
 
-def stream_batches(shard: DataIterator, cfg: Config, rank: int, device: torch.device,
+def stream_batches(shard: DataIterator, cfg: Config, rank: int, world_size: int, device: torch.device,
                    start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]:
     """Training batches from a Ray Data iterator, epoch after epoch, on `device`: pinned and copied ahead on a GPU.
     Ray Data does not replay an epoch's order, so a resume starts the next epoch rather than skipping into a
     different order of the interrupted one."""
     def host_batches() -> Iterator[tuple[Batch, DataPosition]]:
         epoch = start.epoch + (1 if start.batch else 0)
-        size = cfg.train.real_per_step
+        share = cfg.step_share(rank, world_size)
+        size = share.stop - share.start
         per_chunk = max(1, STREAM_CHUNK_ROWS // size)
         while True:
             seed = _ray_seed(cfg.train.seed, "ray_shuffle", rank, epoch)
@@ -80,8 +81,8 @@ def stream_batches(shard: DataIterator, cfg: Config, rank: int, device: torch.de
 class RayStreamReader:
     """A worker's shard of a Ray Data dataset, with the readers' `batches(start)`."""
 
-    def __init__(self, shard: DataIterator, cfg: Config, rank: int, device: torch.device):
-        self.shard, self.cfg, self.rank, self.device = shard, cfg, rank, device
+    def __init__(self, shard: DataIterator, cfg: Config, rank: int, world_size: int, device: torch.device):
+        self.shard, self.cfg, self.rank, self.world_size, self.device = shard, cfg, rank, world_size, device
 
     def batches(self, start: DataPosition) -> Iterator[tuple[Batch, DataPosition]]:
-        return stream_batches(self.shard, self.cfg, self.rank, self.device, start)
+        return stream_batches(self.shard, self.cfg, self.rank, self.world_size, self.device, start)

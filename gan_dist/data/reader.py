@@ -93,14 +93,19 @@ class DataPosition:
 
 
 class InMemoryReader:
-    """A worker's rows held as uint8 (and label) tensors on its device; each epoch one seeded permutation of them.
-    On a GPU the batches are gathered there: no host work, no copies per step."""
+    """Rows held as uint8 (and label) tensors on a worker's device; each epoch one seeded permutation of them. On a
+    GPU the batches are gathered there: no host work, no copies per step.
+
+    A fixed-size run's worker holds its own share and orders it by its rank. An elastic run's workers each hold
+    every row and follow one order (`rank` 0) of batches of all workers' rows together, each taking its share
+    (`take`) of every batch: the rows a step trains on are the same whatever the number of workers, so a resize
+    mid-epoch neither skips a row nor repeats one."""
 
     def __init__(self, columns: dict[str, np.ndarray], batch_size: int, seed: int, shuffle: bool,
-                 device: torch.device | str = "cpu", rank: int = 0):
+                 device: torch.device | str = "cpu", rank: int = 0, take: slice = slice(None)):
         self.columns = {name: torch.from_numpy(array).to(device) for name, array in columns.items()}
         self.rows = len(columns["image"])
-        self.batch_size, self.seed, self.shuffle, self.rank = batch_size, seed, shuffle, rank
+        self.batch_size, self.seed, self.shuffle, self.rank, self.take = batch_size, seed, shuffle, rank, take
         self.batches_per_epoch = self.rows // batch_size
         if self.batches_per_epoch == 0:
             raise UserError(f"a worker holds {self.rows} images, fewer than one batch of {batch_size}; "
@@ -119,7 +124,7 @@ class InMemoryReader:
         while True:
             order = self._epoch_order(epoch)
             while batch < self.batches_per_epoch:
-                index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+                index = order[batch * self.batch_size : (batch + 1) * self.batch_size][self.take]
                 batch += 1
                 yield {name: column[index] for name, column in self.columns.items()}, DataPosition(epoch, batch)
             epoch, batch = epoch + 1, 0
@@ -130,3 +135,10 @@ def resident_reader(data_uri: str, manifest: Manifest, batch_size: int, rank: in
     """A worker's contiguous share of the rows, read once and kept on its device."""
     columns = load_columns(data_uri, manifest, worker_rows(manifest.count, rank, world_size))
     return InMemoryReader(columns, batch_size, seed, shuffle, device, rank)
+
+
+def shared_order_reader(data_uri: str, manifest: Manifest, step_rows: int, take: slice, seed: int, shuffle: bool,
+                        device: torch.device | str) -> InMemoryReader:
+    """An elastic run's worker: every row kept on its device, one order for all workers, `take` of each step's
+    `step_rows` its share."""
+    return InMemoryReader(load_columns(data_uri, manifest), step_rows, seed, shuffle, device, 0, take)

@@ -95,14 +95,19 @@ def resume_from(cfg: Config, datasets: dict[str, Dataset]) -> tuple[str, int] | 
 
 
 def check_batch_fits(cfg: Config, name: str, manifest: Manifest) -> None:
-    share = manifest.count // cfg.run.num_workers  # the smallest worker's rows
-    t = cfg.train
-    if share < t.real_per_step:
-        batch = f"one batch of {t.batch_size}" if t.n_dis == 1 else f"one step's {t.n_dis} batches of {t.batch_size}"
+    """Every worker reads at least one step's batch of its rows: a fixed-size run's workers hold a share each, an
+    elastic run's all hold every row (one epoch order, split by the workers of the moment)."""
+    r, t = cfg.run, cfg.train
+    if r.elastic:
+        rows, need, holder = manifest.count, t.real_per_step * r.max_workers, "the run"
+    else:
+        rows, need, holder = manifest.count // r.num_workers, t.real_per_step, f"each of {r.num_workers} worker(s)"
+    if rows < need:
+        batch = f"one batch of {need // t.n_dis}" if t.n_dis == 1 else f"one step's {t.n_dis} batches of " \
+                f"{need // t.n_dis}"
         dataset = "the dataset" if name == "train" else f"dataset {name}"
-        raise UserError(f"each of {cfg.run.num_workers} worker(s) gets {share} of {dataset}'s {manifest.count} "
-                        f"images, fewer than {batch}; lower --batch-size (or use fewer workers"
-                        f"{'' if t.n_dis == 1 else ', or a lower train.n_dis'})")
+        raise UserError(f"{holder} gets {rows} of {dataset}'s {manifest.count} images, fewer than {batch}; lower "
+                        f"--batch-size (or use fewer workers{'' if t.n_dis == 1 else ', or a lower train.n_dis'})")
 
 
 def warn_unlogged_best(cfg: Config, datasets: dict[str, Dataset]) -> None:

@@ -43,9 +43,10 @@ class RayContext:
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         self.placements, self.readers = {}, {}
+        holders = 1 if cfg.run.elastic else self.world_size  # an elastic run's workers each hold every row
         for name, data in datasets.items():
-            self.placements[name] = self._agree(placement.choose(cfg.data, data.manifest, self.world_size,
-                                                                 self.device, name, len(datasets)))
+            self.placements[name] = self._agree(placement.choose(cfg.data, data.manifest, holders, self.device,
+                                                                 name, len(datasets)))
             self.readers[name] = self._reader(name, data)
 
     def _reader(self, name: str, data: Dataset) -> placement.Reader:
@@ -56,7 +57,7 @@ class RayContext:
         if self.placements[name].resident:
             return placement.open_reader(self.cfg, data.uri, data.manifest, self.rank, self.world_size, self.device,
                                          True)
-        return RayStreamReader(ray.train.get_dataset_shard(name), self.cfg, self.rank, self.device)
+        return RayStreamReader(ray.train.get_dataset_shard(name), self.cfg, self.rank, self.world_size, self.device)
 
     def _agree(self, chosen: placement.Placement) -> placement.Placement:
         """Resident only if every worker's device can hold its share: all ranks must take the same path."""
@@ -169,7 +170,7 @@ def check_storage_visible(probe: str | None) -> None:
 
 
 def check_cluster(cfg: Config) -> None:
-    check_ray(cfg.run.ray_address, cfg.run.num_workers, cfg.run.gpu)
+    check_ray(cfg.run.ray_address, cfg.run.min_workers, cfg.run.gpu)
 
 
 def check_ray(address: str | None, num_workers: int, gpu: bool) -> None:
@@ -196,7 +197,7 @@ def check_ray(address: str | None, num_workers: int, gpu: bool) -> None:
 
 
 def ensure_ray(cfg: Config) -> None:
-    start_ray(cfg.run.ray_address, cfg.run.num_workers, cfg.run.gpu, cfg.run.cpus_per_worker)
+    start_ray(cfg.run.ray_address, cfg.run.max_workers, cfg.run.gpu, cfg.run.cpus_per_worker)
 
 
 def start_ray(address: str | None, num_workers: int, gpu: bool, cpus_per_worker: float = 1.0) -> None:
@@ -260,12 +261,11 @@ def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: 
         _worker_entry,
         train_loop_config={"cfg": cfg.model_dump(), "datasets": given, "run_uri": run_uri, "loop": loop,
                            "storage_probe": probe},
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=cfg.run.gpu,
-                                     resources_per_worker={"CPU": cfg.run.cpus_per_worker}),
+        scaling_config=scaling(cfg),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.run.restarts()),
             # Retention (newest K plus the best by a metric) is the loop's own, the same for both backends.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
@@ -284,6 +284,16 @@ def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: 
     return result.return_value
 
 
+def scaling(cfg: Config) -> ScalingConfig:
+    """A fixed number of workers, or Ray Train's elastic range: Ray starts as many as the cluster has room for
+    (at least MIN), restarts the group with those that remain when a worker is lost, and restarts it larger when it
+    finds room at a resize check."""
+    r = cfg.run
+    workers = (r.min_workers, r.max_workers) if r.elastic else r.num_workers
+    return ScalingConfig(num_workers=workers, use_gpu=r.gpu, resources_per_worker={"CPU": r.cpus_per_worker},
+                         elastic_resize_monitor_interval_s=r.resize_check_s)
+
+
 def forget_ray_checkpoint_record(run_uri: str) -> None:
     """Delete Ray's record of the checkpoints earlier attempts reported. gan-dist finds checkpoints in storage
     itself, and Ray refuses to start from a record that names checkpoints our retention has since deleted."""
@@ -300,7 +310,7 @@ def _failed_run_message(err: Exception, cfg: Config, run_uri: str) -> str:
         after = "before its first checkpoint; nothing to resume: fix the cause and rerun"
     else:
         after = f"the newest complete checkpoint is kept: rerun with --resume --name {name} to continue"
-    return f"training failed ({_first_line(err)}) after {cfg.run.max_failures} restart(s), {after}"
+    return f"training failed ({_first_line(err)}) after {cfg.run.restarts()} restart(s), {after}"
 
 
 def _first_line(err: Exception) -> str:

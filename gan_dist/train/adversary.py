@@ -74,7 +74,7 @@ class Adversary:
     draws its augmentation from its own streams."""
 
     def __init__(self, t: TrainConfig, D: nn.Module, features: StepFeatures, device: torch.device, rank: int,
-                 world_size: int, index: int | None = None):
+                 world_size: int, global_batch: int, index: int | None = None):
         self.t, self.D, self.features, self.device, self.rank = t, D, features, device, rank
         self.index = () if index is None else (index,)
         self.D_ddp = D
@@ -89,7 +89,7 @@ class Adversary:
         self.transforms = t.augmentations()
         adaptive = bool(self.transforms) and t.ada_target is not None
         start_p = t.augment_p if t.augment_p is not None else (0.0 if adaptive else 1.0)
-        self.ada = AdaptiveProbability(start_p, t.ada_target, t.ada_interval, t.ada_kimg, t.batch_size * world_size,
+        self.ada = AdaptiveProbability(start_p, t.ada_target, t.ada_interval, t.ada_kimg, global_batch,
                                        device) if adaptive else None
         self.fixed_p = torch.tensor(start_p, device=device)  # the schedule's to move, when not adaptive
         self.lecam = LeCam(t.lecam_weight, t.lecam_decay, device) if t.lecam_weight else None

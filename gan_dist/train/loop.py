@@ -17,7 +17,8 @@ from gan_dist.train.task import Task
 from gan_dist.train.tasks import build_task, task_class
 
 # What a log step records: the loop's own keys and the task's (and the evaluation's, when it runs).
-LOOP_METRICS = ("step", "images_seen", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch", "gpu_mem_gb")
+LOOP_METRICS = ("step", "images_seen", "workers", "img_per_s", "skipped_updates", "checkpoint_seconds", "epoch",
+                "gpu_mem_gb")
 
 
 def logged_metrics(cfg: Config, manifests: dict[str, Manifest]) -> tuple[str, ...]:
@@ -53,6 +54,8 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     found = restore_newest(task, ctx, cfg, skipped)
     if found is not None:
         state = found[1]
+    resized_from = state.on_workers(ctx.world_size)
+    images_per_step = cfg.global_batch(ctx.world_size) * t.n_dis  # an elastic run's: the same at every size
     tracker = None
     if ctx.rank == 0:
         data = {name: {"count": d.manifest.count, "resolution": d.manifest.resolution,
@@ -66,23 +69,26 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
             tracker.message(f"warning: skipping {reason}")
         if found is not None:
             tracker.message(f"resumed from step {state.step} ({found[0]})")
+        if resized_from is not None:
+            tracker.log_event({"event": "resize", "step": state.step, "workers": ctx.world_size,
+                               "workers_before": resized_from, "images_per_step": images_per_step})
 
     # In this order: each part reads the step's record as the parts before it left it.
     parts: list[Part] = [Evaluation(task, ctx, cfg, tracker), MetricWindow(task, ctx, cfg, tracker),
                          NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker),
                          Checkpoints(task, ctx, cfg, checkpoint_meta(ctx, task))]
-    images_per_step = t.real_per_step * ctx.world_size
     batches = ctx.batches(task.datasets, state.positions)
     checkpoint_seconds = 0.0
     while state.step < t.steps:
         data, positions = next(batches)
         out = task.step(data, state.step, state.images_seen)
-        state = TrainState(state.step + 1, state.images_seen + images_per_step, positions)
+        state = TrainState(state.step + 1, state.images_seen + images_per_step, positions, state.workers)
         record = StepRecord(state, out, checkpoint_seconds)
         for part in parts:
             restored = part(record)
             if restored is not None:  # back to a checkpoint: the rest of this step's parts do not apply
                 state, batches = restored, ctx.batches(task.datasets, restored.positions)
+                state.on_workers(ctx.world_size)  # a checkpoint from before a resize
                 break
         checkpoint_seconds = record.checkpoint_seconds
     if tracker:

@@ -58,7 +58,7 @@ class Checkpoints:
             payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states, "ranks": rank_states,
                        ckpt.EXPORTS: task.export()}
         meta = {"step": state.step, "metrics": self.metrics, "config": self.cfg.model_dump(),
-                "rank_divergence": divergence, "world_size": ctx.world_size, **self.meta,
+                "rank_divergence": divergence, "world_size": ctx.world_size, "workers": state.workers, **self.meta,
                 "wandb_run_id": wandb_run_id(ctx.run_uri)}
         ctx.save_checkpoint(state.step, payload, meta)
         if ctx.rank == 0:
@@ -73,7 +73,7 @@ class MetricWindow:
 
     def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None):
         self.task, self.ctx, self.cfg, self.tracker = task, ctx, cfg, tracker
-        self.images_per_step = cfg.train.real_per_step * ctx.world_size
+        self.images_per_step = cfg.global_batch(ctx.world_size) * cfg.train.n_dis
         self.started, self.images, self.skipped_before = time.perf_counter(), 0, 0.0
 
     def __call__(self, record: StepRecord) -> None:
@@ -86,7 +86,8 @@ class MetricWindow:
         # Training throughput: an evaluation in this window is timed on its own (eval_seconds).
         elapsed = time.perf_counter() - self.started - evaluated.get("eval_seconds", 0.0)
         skipped_total = self.task.nonfinite.total.item()
-        metrics = {"step": state.step, "images_seen": state.images_seen, **{k: v.item() for k, v in out.items()},
+        metrics = {"step": state.step, "images_seen": state.images_seen, "workers": self.ctx.world_size,
+                   **{k: v.item() for k, v in out.items()},
                    "img_per_s": self.images / max(elapsed, 1e-9),
                    "skipped_updates": skipped_total - self.skipped_before,
                    "checkpoint_seconds": record.checkpoint_seconds,

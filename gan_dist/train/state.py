@@ -19,16 +19,25 @@ class TrainState:
     step: int = 0
     images_seen: int = 0
     positions: Positions = field(default_factory=dict)
+    workers: list[list[int]] = field(default_factory=list)  # [step, workers from that step], one per size change
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "images_seen": self.images_seen,
-                "positions": {name: vars(at) for name, at in self.positions.items()}}
+                "positions": {name: vars(at) for name, at in self.positions.items()}, "workers": self.workers}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "TrainState":
         # Checkpoints written before datasets had names hold one "position": the train dataset's.
         positions = raw["positions"] if "positions" in raw else {"train": raw["position"]}
-        return cls(raw["step"], raw["images_seen"], {name: DataPosition(**at) for name, at in positions.items()})
+        return cls(raw["step"], raw["images_seen"], {name: DataPosition(**at) for name, at in positions.items()},
+                   [list(change) for change in raw.get("workers", [])])
+
+    def on_workers(self, count: int) -> int | None:
+        """Record that the run goes on with `count` workers from this step; the count before, when it changed."""
+        before = self.workers[-1][1] if self.workers else None
+        if before != count:
+            self.workers.append([self.step, count])
+        return before if before not in (None, count) else None
 
 
 @dataclass
@@ -41,4 +50,5 @@ class StepRecord:
     out: dict[str, torch.Tensor]
     checkpoint_seconds: float = 0.0  # the run's time writing checkpoints so far: the loop carries it on
     evaluated: dict[str, float] = field(default_factory=dict)
+    evaluating: tuple[int, ...] = ()  # steps whose evaluation off the training path has not landed yet
     logged: dict[str, float] = field(default_factory=dict)

@@ -118,7 +118,12 @@ class Task:
         self.adversaries: list[Adversary] = []  # one per discriminator: the schedules set their gamma and p
         self.ema: EMA | None = None  # the generator's average, where the task keeps one
         self.scheduled: dict[str, float] = {}  # the scheduled values of the current step, logged beside the rates
-        self.schedule = Schedule(cfg, cfg.train.real_per_step * world_size)  # by the images seen over all ranks
+        self.global_batch = cfg.global_batch(world_size)  # of one D update, over all ranks
+        self.schedule = Schedule(cfg, self.global_batch * cfg.train.n_dis)  # by the images seen over all ranks
+        # This rank's losses weigh by its share of the global batch: DDP's mean over the ranks is then the mean over
+        # every image, also where an elastic run's workers' batches differ by one.
+        share = cfg.step_share(rank, world_size)
+        self.loss_weight = (share.stop - share.start) * world_size / (self.global_batch * cfg.train.n_dis)
         self.nonfinite = NonFiniteCounter(device)
 
     def step(self, batches: dict[str, Batch], step: int, images_seen: int) -> dict[str, torch.Tensor]:
@@ -168,7 +173,7 @@ class Task:
         self.G, self.D = G, D
         self.resolve_features(D)
         self.G_step = replicated(G, self.device, self.world_size, self.features)
-        self.adversary = Adversary(t, D, self.features, self.device, self.rank, self.world_size)
+        self.adversary = Adversary(t, D, self.features, self.device, self.rank, self.world_size, self.global_batch)
         self.adversaries = [self.adversary]
         g_params = [p for net in (G, *trained_with_g) for p in net.parameters()]
         self.opt_g, self.opt_d = self.adam(g_params, t.lr_g), self.adam(D.parameters(), t.lr_d)
@@ -181,7 +186,7 @@ class Task:
     def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One guarded update of `optimizer`'s parameters from `loss`: (gradient norm, skipped)."""
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * self.loss_weight if self.loss_weight != 1 else loss).backward()
         return self.guarded_update(optimizer)
 
     def finish_step(self, step: int, out: dict[str, torch.Tensor], skipped: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -36,8 +36,8 @@ class CycleGANTask(TranslationTask):
         self.resolve_features(self.D_a)
         self.G_ab_step, self.G_ba_step = self.distributed(self.G_ab), self.distributed(self.G_ba)
         # D_b judges translations into B, D_a those into A; each with its own augmentation streams.
-        self.adversary_b = Adversary(t, self.D_b, self.features, device, rank, world_size, index=0)
-        self.adversary_a = Adversary(t, self.D_a, self.features, device, rank, world_size, index=1)
+        self.adversary_b = Adversary(t, self.D_b, self.features, device, rank, world_size, self.global_batch, index=0)
+        self.adversary_a = Adversary(t, self.D_a, self.features, device, rank, world_size, self.global_batch, index=1)
         self.opt_g = self.adam([*self.G_ab.parameters(), *self.G_ba.parameters()], t.lr_g)
         self.opt_d = self.adam([*self.D_a.parameters(), *self.D_b.parameters()], t.lr_d)
         self.nets = {"G_ab": self.G_ab, "G_ba": self.G_ba, "D_a": self.D_a, "D_b": self.D_b}

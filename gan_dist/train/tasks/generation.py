@@ -72,7 +72,7 @@ class GenerationTask(Task):
         self.adversarial_pair(build_generator(m, self.resolution, self.channels, self.num_classes).to(device),
                               build_discriminator(m, self.resolution, self.channels, self.num_classes).to(device))
         self.noise = torch.Generator(device=device)
-        self.ema = EMA(self.G, t.ema_half_life_kimg, t.ema_rampup, t.batch_size * world_size) if t.ema else None
+        self.ema = EMA(self.G, t.ema_half_life_kimg, t.ema_rampup, self.global_batch) if t.ema else None
         self.grid_z, self.grid_labels = self._grid_inputs(t.seed)
 
     def latents(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor | None]:
