@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` sta
 
 METRICS_FILE = "metrics.jsonl"
 # Shown on the console; everything else still goes to metrics.jsonl and W&B.
-CONSOLE_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "img_per_s")
+CONSOLE_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "img_per_s", "workers")
 
 
 def wandb_mode(configured: str) -> str:
