@@ -19,7 +19,7 @@ import platform
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,14 +100,16 @@ def publish(run_uri: str, step: int, state: dict[str, Any], meta: dict[str, Any]
 
 
 def prune(run_uri: str, keep_last: int, current_step: int, best_metric: str | None = None,
-          best_mode: str = "min") -> list[int]:
+          best_mode: str = "min", pending: Collection[int] = ()) -> list[int]:
     """Delete complete checkpoints up to `current_step` but the newest `keep_last` and, with `best_metric`, the
-    best one by that metric. Incomplete folders are neither counted nor deleted, and neither is anything past
-    `current_step` (left by an interrupted attempt; this run overwrites it when it gets there). Returns the
+    best one by that metric and those whose evaluation is `pending` (still running off the training path: its
+    numbers may make one the best). Incomplete folders are neither counted nor deleted, and neither is anything
+    past `current_step` (left by an interrupted attempt; this run overwrites it when it gets there). Returns the
     steps kept."""
     steps = [s for s in list_checkpoints(run_uri) if s <= current_step and is_complete(_uri(run_uri, s))]
     keep = set(steps[-keep_last:])
     if best_metric:
+        keep |= set(pending)
         scored = []
         for step in steps:
             value = load_meta(_uri(run_uri, step)).get("metrics", {}).get(best_metric)
@@ -120,6 +122,21 @@ def prune(run_uri: str, keep_last: int, current_step: int, best_metric: str | No
         if step not in keep:
             fs.delete_dir(f"{path}/{checkpoint_name(step)}")
     return sorted(keep)
+
+
+def add_metrics(run_uri: str, step: int, metrics: dict[str, float]) -> bool:
+    """Merge numbers measured after checkpoint_<step> was written (an evaluation off the training path) into its
+    meta.json "metrics", which retention reads. meta.json is replaced whole (a local file by rename, an object by one
+    PUT): a reader sees the old or the new one, never a torn one, and the checkpoint stays complete (meta.json lists
+    the other files, not itself). False when there is no complete checkpoint of that step (never written, or
+    deleted by retention)."""
+    uri = _uri(run_uri, step)
+    if not is_complete(uri):
+        return False
+    meta = load_meta(uri)
+    meta["metrics"] = {**meta.get("metrics", {}), **metrics}
+    storage.write_bytes(storage.join(uri, META_FILE), json.dumps(meta, indent=2, default=str).encode())
+    return True
 
 
 def _uri(run_uri: str, step: int) -> str:
