@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 
 from gan_dist import storage
 from gan_dist.errors import UserError
-from gan_dist.tracking import METRICS_FILE
+from gan_dist.tracking import LANDED_STEP, METRICS_FILE
 
 PANELS = (
     ("losses (penalty_D: D's regularizers)", ("loss_D", "loss_G", "penalty_D"), False),
@@ -48,7 +48,8 @@ def panel_curves(metrics: RunMetrics) -> list[tuple[str, dict[str, list[tuple[in
 
 def read_metrics(run_uri: str) -> RunMetrics:
     """A run's metrics.jsonl as the report draws it. A run killed mid-write leaves a torn line: skipped and counted.
-    A resumed run logs again the steps after its checkpoint: for each step the record written last wins."""
+    A resumed run logs again the steps after its checkpoint: for each step the record written last wins, but an
+    evaluation that landed after its step (LANDED_STEP) adds its numbers to that step's record."""
     uri = storage.join(run_uri, METRICS_FILE)
     storage.check_bucket(run_uri)
     fs, path = storage.resolve(run_uri)
@@ -63,7 +64,9 @@ def read_metrics(run_uri: str) -> RunMetrics:
         except FileNotFoundError:
             raise UserError(f"no {METRICS_FILE} in {run_uri}; pass a run directory (e.g. runs/NAME)") from None
     records = [_record(line) for line in lines if line.strip()]
-    rows = {r["step"]: r for r in records if r is not None and "event" not in r}  # later records supersede
+    rows: dict[int, dict] = {}
+    for r in (r for r in records if r is not None and "event" not in r):  # later records supersede
+        rows[r["step"]] = {**rows.get(r["step"], {}), **r} if LANDED_STEP in r else r
     events = sorted((r for r in records if r is not None and "event" in r), key=lambda r: r["step"])
     return RunMetrics([rows[step] for step in sorted(rows)], events, records.count(None))
 

@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # torch only where a tensor is handled: `gan-dist report` sta
     import torch
 
 METRICS_FILE = "metrics.jsonl"
+# An evaluation that finished after its step: W&B plots its numbers against this, and metrics.jsonl's line of that
+# step names the step it landed at with LANDED_STEP.
+EVALUATED_STEP = "evaluated_step"
+LANDED_STEP = "landed_step"
 # Shown on the console; everything else still goes to metrics.jsonl and W&B.
 CONSOLE_KEYS = ("loss_D", "loss_G", "D_real", "D_fake", "img_per_s", "workers")
 
@@ -43,6 +47,9 @@ class WandbSink:
     def __init__(self, cfg: LogConfig, run_id: str, name: str, config: dict[str, Any], directory: str | None,
                  console: TextIO, job_type: str | None = None):
         self.run, self.console = None, console
+        self.against: set[str] = set()  # keys plotted against a step metric of their own (define_metric)
+        self.rows_against: list[dict[str, Any]] = []  # rows of past steps' numbers waiting for a W&B step
+        self.step = self.against_at = -1  # the newest W&B step logged at; the newest holding such a row
         mode = wandb_mode(cfg.wandb)
         if mode == "disabled":
             return
@@ -65,12 +72,39 @@ class WandbSink:
             self.run.log(payload, step=step)
         except Exception as exc:  # noqa: BLE001
             self._switch_off(exc)
+        self.step = max(self.step, step)
+        self._next_against(step)
+
+    def log_against(self, axis: str, value: int, payload: dict[str, Any], step: int) -> None:
+        """`payload` plotted against `axis` = `value`, logged at `step` (or the first later step free of such a
+        row): for numbers of a past step, since W&B's own step only goes up."""
+        if self.run is None:
+            return
+        try:
+            if not self.against:
+                self.run.define_metric(axis, hidden=True)
+            for key in payload.keys() - self.against:
+                self.run.define_metric(key, step_metric=axis)
+        except Exception as exc:  # noqa: BLE001
+            self._switch_off(exc)
+            return
+        self.against |= payload.keys()
+        self.rows_against.append({axis: value, **payload})
+        self._next_against(step)
+
+    def _next_against(self, step: int) -> None:
+        """One row of past numbers per W&B step: two logged at one step would merge, the later numbers winning."""
+        if self.rows_against and step > self.against_at:
+            self.against_at = step
+            self.log(self.rows_against.pop(0), step)
 
     def image(self, key: str, image_chw_u8: torch.Tensor, step: int) -> None:
         if self.run is not None:
             self.log({key: self._image(image_chw_u8.permute(1, 2, 0).cpu().numpy())}, step)
 
     def finish(self) -> None:
+        while self.rows_against:  # after the last step: a step each
+            self._next_against(max(self.step, self.against_at) + 1)
         if self.run is not None:
             try:
                 self.run.finish()
@@ -116,6 +150,12 @@ class RunTracker:
         self.losses = "".join(f" | {key} {metrics[key]:.4g}" for key in CONSOLE_KEYS if key in metrics)
         step = metrics["step"]
         self._bar(step).update(step, final=step == self.total_steps, note=self.losses)
+
+    def log_evaluation(self, step: int, metrics: dict[str, float], landed_step: int) -> None:
+        """The numbers of an evaluation of `step` that finished at `landed_step` (off the training path): a line of
+        that step in metrics.jsonl, and in W&B against EVALUATED_STEP."""
+        self._append(json.dumps({"step": step, **metrics, LANDED_STEP: landed_step}))
+        self.wandb.log_against(EVALUATED_STEP, step, metrics, landed_step)
 
     def log_event(self, event: dict[str, Any]) -> None:
         """Something a person must know about (a restore, a skipped update): a JSON line and a console warning."""
