@@ -197,7 +197,7 @@ def test_two_workers_evaluate_during_training_into_metrics_and_wandb(ray_cluster
     cfg = tiny_config(tiny_data, str(tmp_path), **{"run.num_workers": 2, "run.name": "evaluated", "train.steps": 4,
                                                     "train.checkpoint_every": 2, "train.log_every": 2,
                                                     "eval.features": "domain", "eval.num": 40,
-                                                    "log.wandb": "offline"})
+                                                    "eval.where": "inline", "log.wandb": "offline"})
     assert train(cfg).step == 4
     run_dir = tmp_path / "evaluated"
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -234,7 +234,7 @@ def test_a_two_worker_inpainting_run_trains_and_evaluates_on_rank_0(ray_cluster,
     checkpoint while rank 1 waits: the replicas never differ and the numbers reach metrics.jsonl and meta.json."""
     train(tiny_inpaint_config(tiny_data, str(tmp_path), **{
         "run.num_workers": 2, "train.steps": 4, "train.checkpoint_every": 2, "eval.features": "auto",
-        "eval.num": 20}))
+        "eval.num": 20, "eval.where": "inline"}))
     for step in (2, 4):
         meta = checkpoint.load_meta(str(tmp_path / "tiny" / checkpoint.checkpoint_name(step)))
         assert meta["world_size"] == 2 and meta["rank_divergence"] == 0.0

@@ -383,6 +383,13 @@ class EvalConfig(_Section):
     every: int = Field(0, ge=0, description="steps between evaluations; 0: at each checkpoint")
     num: int = Field(1000, ge=4, description="generated images per evaluation, over all workers")
     metrics: str = Field("fid", description="comma-separated: " + ", ".join(EVAL_METRICS))
+    where: Literal["auto", "inline", "ray"] = Field(
+        "auto", description="where evaluation during training runs: inline (in the training workers, which wait for "
+        "it) or ray (a Ray actor of its own measures a copy of the exported nets while training goes on; the Ray "
+        "backend only); auto: ray on the Ray backend, inline on the local backend")
+    cpus: float = Field(1.0, ge=0, description="CPUs the evaluation actor reserves (eval.where=ray)")
+    gpus: float = Field(0.0, ge=0, description="GPUs the evaluation actor reserves (eval.where=ray): one that no "
+                        "training worker holds; 0: it evaluates on CPUs")
 
     @field_validator("metrics")
     @classmethod

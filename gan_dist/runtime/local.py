@@ -40,11 +40,22 @@ class LocalContext:
     def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
         checkpoint.publish(self.run_uri, step, state, meta)
 
+    def off_path_evaluations(self, cfg: Config) -> None:
+        """None: evaluation runs inline here (eval.where=ray is refused)."""
+        check_evaluation(cfg)
+
 
 def check_local(cfg: Config) -> None:
     """What the local backend cannot do, refused before any work."""
     if cfg.run.gpu and not torch.cuda.is_available():
         raise UserError("--gpu was given but torch sees no CUDA device; drop --gpu to train on the CPU")
+    check_evaluation(cfg)
+
+
+def check_evaluation(cfg: Config) -> None:
+    if cfg.eval.where == "ray":
+        raise UserError("eval.where=ray evaluates in a Ray actor and the local backend runs no Ray; set eval.where="
+                        "inline (or auto), or train with --backend ray")
 
 
 def run_local(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: str) -> LoopResult:

@@ -30,8 +30,10 @@ from gan_dist.data.ray_stream import RayStreamReader, shard_dataset
 from gan_dist.data.reader import Batch, read_manifest
 from gan_dist.data.shards import Manifest
 from gan_dist.errors import UserError
+from gan_dist.runtime.offpath_eval import RayEvaluations, place_evaluation
 from gan_dist.train import collective
 from gan_dist.train.loop import LoopResult
+from gan_dist.train.tasks import task_class
 
 T = TypeVar("T")
 
@@ -87,6 +89,10 @@ class RayContext:
             checkpoint.write_local(directory, state, meta)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                              checkpoint_dir_name=name)
+
+    def off_path_evaluations(self, cfg: Config) -> RayEvaluations:
+        """A Ray actor of the run's own (eval.cpus, eval.gpus), started at rank 0's first submission."""
+        return RayEvaluations(cfg, self.datasets)
 
 
 @dataclass
@@ -250,6 +256,8 @@ def _failure_message(err: Exception) -> str | None:
 def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: str) -> LoopResult:
     """Datasets the config does not name are the embedded ones, which each worker prepares on its own node."""
     ensure_ray(cfg)
+    measures = task_class(cfg).measured(cfg, {name: data.manifest for name, data in datasets.items()})
+    cfg = place_evaluation(cfg, bool(measures))
     storage_path, name = storage.absolute_uri(cfg.run.storage), os.path.basename(run_uri.rstrip("/"))
     configured = cfg.dataset_paths()
     given = {name: {"uri": configured[name] if placement.built_in(configured[name]) else

@@ -74,7 +74,8 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
                                "workers_before": resized_from, "images_per_step": images_per_step})
 
     # In this order: each part reads the step's record as the parts before it left it.
-    parts: list[Part] = [Evaluation(task, ctx, cfg, tracker), MetricWindow(task, ctx, cfg, tracker),
+    evaluation = Evaluation(task, ctx, cfg, tracker)
+    parts: list[Part] = [evaluation, MetricWindow(task, ctx, cfg, tracker),
                          NonFiniteRecovery(task, ctx, cfg, tracker), PreviewGrids(task, cfg, tracker),
                          Checkpoints(task, ctx, cfg, checkpoint_meta(ctx, task))]
     batches = ctx.batches(task.datasets, state.positions)
@@ -91,6 +92,7 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
                 state.on_workers(ctx.world_size)  # a checkpoint from before a resize
                 break
         checkpoint_seconds = record.checkpoint_seconds
+    evaluation.finish(state.step)
     if tracker:
         tracker.close()
     return LoopResult(state.step, found and found[1].step)

@@ -14,7 +14,8 @@ from gan_dist.config import Config
 from gan_dist.errors import UserError
 from gan_dist.tracking import RunTracker, wandb_run_id
 from gan_dist.train import collective, rng
-from gan_dist.train.context import WorkerContext
+from gan_dist.train.context import Landed, WorkerContext
+from gan_dist.train.offpath import record_landed, snapshot
 from gan_dist.train.resume import restore_newest
 from gan_dist.train.state import StepRecord, TrainState
 from gan_dist.train.task import Task
@@ -43,10 +44,10 @@ class Checkpoints:
         self.metrics.update(record.evaluated)
         if due(record.state.step, self.cfg.train.checkpoint_every, self.cfg.train.steps):
             started = time.perf_counter()
-            self.save(record.state)
+            self.save(record.state, record.evaluating)
             record.checkpoint_seconds += time.perf_counter() - started
 
-    def save(self, state: TrainState) -> None:
+    def save(self, state: TrainState, evaluating: tuple[int, ...] = ()) -> None:
         ctx, task = self.ctx, self.task
         divergence = task.rank_divergence()  # collectives first: every rank takes part
         rng_states = rng.gather_all()
@@ -63,7 +64,7 @@ class Checkpoints:
         ctx.save_checkpoint(state.step, payload, meta)
         if ctx.rank == 0:
             r = self.cfg.run
-            ckpt.prune(ctx.run_uri, r.keep_checkpoints, state.step, r.keep_best, r.keep_best_mode)
+            ckpt.prune(ctx.run_uri, r.keep_checkpoints, state.step, r.keep_best, r.keep_best_mode, evaluating)
 
 
 class MetricWindow:
@@ -149,16 +150,24 @@ class PreviewGrids:
 
 
 class Evaluation:
-    """Every eval.every steps (0: at each checkpoint) and at the last: the task's measurement. The numbers go to the
-    step's record, whence the metrics line and the checkpoint's meta.json take them."""
+    """Every eval.every steps (0: at each checkpoint) and at the last: the task's measurement. Inline, the numbers go
+    to the step's record, whence the metrics line and the checkpoint's meta.json take them. Off the training path
+    (eval.where; the backend's evaluator), rank 0 hands over a CPU copy of the task's exports and goes on; each
+    result that lands later goes to that step's metrics line and checkpoint (train/offpath.py); the record names the
+    steps still being evaluated, whose checkpoints retention keeps."""
 
     def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None):
-        self.cfg, self.tracker = cfg, tracker
+        self.task, self.ctx, self.cfg, self.tracker = task, ctx, cfg, tracker
         self.every = cfg.eval.every or cfg.train.checkpoint_every
-        self.measure = task.measure(ctx)
+        measures = task.measured(cfg, {name: data.manifest for name, data in ctx.datasets.items()})
+        self.off_path = ctx.off_path_evaluations(cfg) if measures and cfg.eval.where != "inline" else None
+        self.measure = None if self.off_path else task.measure(ctx)
 
     def __call__(self, record: StepRecord) -> None:
         step = record.state.step
+        if self.off_path is not None:
+            self._hand_over(record)
+            return
         if self.measure is None or not due(step, self.every, self.cfg.train.steps):
             return
         started = time.perf_counter()
@@ -168,3 +177,26 @@ class Evaluation:
         record.evaluated = {**result, "eval_seconds": time.perf_counter() - started}
         if self.tracker and not due(step, self.cfg.train.log_every, self.cfg.train.steps):
             self.tracker.log({"step": step, **record.evaluated})  # a step without a metrics line of its own
+
+    def _hand_over(self, record: StepRecord) -> None:
+        """Rank 0: record what has landed, submit this step's exports when an evaluation is due."""
+        if self.ctx.rank != 0:
+            return
+        step = record.state.step
+        self._record(self.off_path.landed(), step)
+        if due(step, self.every, self.cfg.train.steps):
+            self.off_path.submit(step, snapshot(self.task))
+        record.evaluating = self.off_path.pending()
+
+    def finish(self, step: int) -> None:
+        """After the last step: the run ends when its last evaluation has landed."""
+        if self.off_path is None or self.ctx.rank != 0:
+            return
+        pending = self.off_path.pending()
+        if pending:
+            self.tracker.message(f"waiting for the evaluation of step(s) {', '.join(map(str, pending))}")
+        self._record(self.off_path.landed(wait=True), step)
+
+    def _record(self, landed: list[Landed], step: int) -> None:
+        if landed:
+            record_landed(landed, self.tracker, self.ctx.run_uri, self.cfg, step, self.off_path.pending())
