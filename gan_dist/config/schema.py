@@ -554,9 +554,13 @@ class Config(_Section):
         × MAX at every size, so the recipe (images per step, every schedule by images seen) stays the same."""
         return self.train.batch_size * (self.run.max_workers if self.run.elastic else workers)
 
+    def step_images(self, workers: int) -> int:
+        """Images one step reads over all `workers`: the global batch for each of train.n_dis D updates."""
+        return self.global_batch(workers) * self.train.n_dis
+
     def step_share(self, rank: int, workers: int) -> slice:
-        """The rows of a step over all workers (the global batch for each of train.n_dis D updates, in order) that
-        this worker trains on: equal numbers of images, ±1 where the workers do not divide the global batch."""
+        """The rows of a step's images (in D updates' order) that this worker trains on: equal numbers of images
+        per update, ±1 where the workers do not divide the global batch."""
         total, updates = self.global_batch(workers), self.train.n_dis
         return slice(updates * (total * rank // workers), updates * (total * (rank + 1) // workers))
 

@@ -140,7 +140,7 @@ def open_reader(cfg: Config, data_uri: str, manifest: Manifest, rank: int, world
     one order they split), or streamed by reader processes."""
     t = cfg.train
     if resident and cfg.run.elastic:
-        return shared_order_reader(data_uri, manifest, cfg.global_batch(world_size) * t.n_dis,
+        return shared_order_reader(data_uri, manifest, cfg.step_images(world_size),
                                    cfg.step_share(rank, world_size), t.seed, cfg.data.shuffle, device)
     if resident:
         return resident_reader(data_uri, manifest, t.real_per_step, rank, world_size, t.seed, cfg.data.shuffle, device)

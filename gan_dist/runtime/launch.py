@@ -99,7 +99,7 @@ def check_batch_fits(cfg: Config, name: str, manifest: Manifest) -> None:
     elastic run's all hold every row (one epoch order, split by the workers of the moment)."""
     r, t = cfg.run, cfg.train
     if r.elastic:
-        rows, need, holder = manifest.count, t.real_per_step * r.max_workers, "the run"
+        rows, need, holder = manifest.count, cfg.step_images(r.max_workers), "the run"
     else:
         rows, need, holder = manifest.count // r.num_workers, t.real_per_step, f"each of {r.num_workers} worker(s)"
     if rows < need:

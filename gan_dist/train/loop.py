@@ -55,7 +55,7 @@ def train_loop(ctx: WorkerContext, cfg: Config) -> LoopResult:
     if found is not None:
         state = found[1]
     resized_from = state.on_workers(ctx.world_size)
-    images_per_step = cfg.global_batch(ctx.world_size) * t.n_dis  # an elastic run's: the same at every size
+    images_per_step = cfg.step_images(ctx.world_size)  # an elastic run's: the same at every size
     tracker = None
     if ctx.rank == 0:
         data = {name: {"count": d.manifest.count, "resolution": d.manifest.resolution,

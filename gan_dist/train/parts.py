@@ -74,7 +74,7 @@ class MetricWindow:
 
     def __init__(self, task: Task, ctx: WorkerContext, cfg: Config, tracker: RunTracker | None):
         self.task, self.ctx, self.cfg, self.tracker = task, ctx, cfg, tracker
-        self.images_per_step = cfg.global_batch(ctx.world_size) * cfg.train.n_dis
+        self.images_per_step = cfg.step_images(ctx.world_size)
         self.started, self.images, self.skipped_before = time.perf_counter(), 0, 0.0
 
     def __call__(self, record: StepRecord) -> None:

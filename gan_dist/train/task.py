@@ -119,11 +119,11 @@ class Task:
         self.ema: EMA | None = None  # the generator's average, where the task keeps one
         self.scheduled: dict[str, float] = {}  # the scheduled values of the current step, logged beside the rates
         self.global_batch = cfg.global_batch(world_size)  # of one D update, over all ranks
-        self.schedule = Schedule(cfg, self.global_batch * cfg.train.n_dis)  # by the images seen over all ranks
+        self.schedule = Schedule(cfg, cfg.step_images(world_size))  # by the images seen over all ranks
         # This rank's losses weigh by its share of the global batch: DDP's mean over the ranks is then the mean over
         # every image, also where an elastic run's workers' batches differ by one.
         share = cfg.step_share(rank, world_size)
-        self.loss_weight = (share.stop - share.start) * world_size / (self.global_batch * cfg.train.n_dis)
+        self.loss_weight = (share.stop - share.start) * world_size / cfg.step_images(world_size)
         self.nonfinite = NonFiniteCounter(device)
 
     def step(self, batches: dict[str, Batch], step: int, images_seen: int) -> dict[str, torch.Tensor]:
