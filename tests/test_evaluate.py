@@ -153,7 +153,8 @@ def _evaluate_on_ranks(rank, world_size, port, cfg_dict, data, out):
 def test_the_same_generator_gets_the_same_numbers_from_one_or_two_workers(tiny_data, tmp_path):
     from helpers import free_port
 
-    cfg = tiny_config(tiny_data, str(tmp_path), **{**EVAL_ON, "model.conditional": True, "eval.num": 50})
+    cfg = tiny_config(tiny_data, str(tmp_path), **{**EVAL_ON, "model.conditional": True, "eval.num": 50,
+                                                   "eval.where": "inline"})  # the training ranks measure
     results = []
     for world_size in (1, 2):
         out = str(tmp_path / f"eval-{world_size}.pt")

@@ -118,7 +118,7 @@ def test_off_path_numbers_land_at_their_steps_in_metrics_wandb_and_meta_and_keep
                                                                                         tmp_path):
     from wandb_records import history, records
 
-    common = {"train.steps": 6, "train.checkpoint_every": 2, "train.log_every": 3, "run.keep_checkpoints": 1,
+    common = {"train.steps": 6, "train.checkpoint_every": 2, "train.log_every": 2, "run.keep_checkpoints": 1,
               "run.keep_best": "fid", **EVALUATED}
     inline_cfg = tiny_config(tiny_data, str(tmp_path), **common, **{"run.name": "inline", "eval.where": "inline"})
     train_loop(local_ctx(inline_cfg, tmp_path / "inline"), inline_cfg)
