@@ -4,6 +4,7 @@ PIDs mid-run: the run goes on with one worker and finishes; the node started aga
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,21 +96,23 @@ class Cluster:
 
     def kill_node(self) -> None:
         """SIGKILL to each process of the second node, by PID: a machine gone, not a node shut down politely."""
-        for pid in [self.node.pid, *descendants(self.node.pid)]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.node.wait()
+        kill_all(self.node)
 
     def stop(self) -> None:
+        """Both nodes and everything they started (a polite `ray stop` of two nodes takes half a minute here)."""
         for process in (self.node, self.head):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+            if process is not None:
+                kill_all(process)
+        shutil.rmtree(self.session, ignore_errors=True)
+
+
+def kill_all(process: subprocess.Popen) -> None:
+    for pid in [process.pid, *descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
 
 
 @pytest.fixture(scope="module")
