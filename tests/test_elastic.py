@@ -146,3 +146,16 @@ def test_the_state_records_each_change_of_size_and_carries_it_through_a_checkpoi
     assert state.workers == [[0, 2], [10, 1], [20, 2]]
     assert TrainState.from_dict(state.to_dict()).workers == state.workers
     assert TrainState.from_dict({"step": 3, "images_seen": 9, "positions": {}}).workers == []  # older checkpoints
+
+
+def test_data_smaller_than_one_global_batch_is_refused_in_one_line(tiny_data):
+    from gan_dist.data.reader import read_manifest
+    from gan_dist.runtime.launch import check_batch_fits
+
+    cfg = load_config(None, {"run.num_workers": "2-4", "train.batch_size": 65})  # 260 > tiny_data's 256 rows
+    with pytest.raises(UserError) as refused:
+        check_batch_fits(cfg, "train", read_manifest(tiny_data))
+    assert str(refused.value) == ("the dataset's 256 images are fewer than one step of the global batch "
+                                  "(train.batch_size 65 × MAX 4 workers × n_dis 1); lower --batch-size or MAX")
+    check_batch_fits(load_config(None, {"run.num_workers": "2-4", "train.batch_size": 64}), "train",
+                     read_manifest(tiny_data))  # exactly one global batch: fits

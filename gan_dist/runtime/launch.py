@@ -98,16 +98,17 @@ def check_batch_fits(cfg: Config, name: str, manifest: Manifest) -> None:
     """Every worker reads at least one step's batch of its rows: a fixed-size run's workers hold a share each, an
     elastic run's all hold every row (one epoch order, split by the workers of the moment)."""
     r, t = cfg.run, cfg.train
-    if r.elastic:
-        rows, need, holder = manifest.count, cfg.step_images(r.max_workers), "the run"
-    else:
-        rows, need, holder = manifest.count // r.num_workers, t.real_per_step, f"each of {r.num_workers} worker(s)"
-    if rows < need:
-        batch = f"one batch of {need // t.n_dis}" if t.n_dis == 1 else f"one step's {t.n_dis} batches of " \
-                f"{need // t.n_dis}"
-        dataset = "the dataset" if name == "train" else f"dataset {name}"
-        raise UserError(f"{holder} gets {rows} of {dataset}'s {manifest.count} images, fewer than {batch}; lower "
-                        f"--batch-size (or use fewer workers{'' if t.n_dis == 1 else ', or a lower train.n_dis'})")
+    dataset = "the dataset" if name == "train" else f"dataset {name}"
+    fewer = "" if t.n_dis == 1 else ", or a lower train.n_dis"
+    if r.elastic and manifest.count < cfg.step_images(r.max_workers):
+        raise UserError(f"{dataset}'s {manifest.count} images are fewer than one step of the global batch "
+                        f"(train.batch_size {t.batch_size} × MAX {r.max_workers} workers × n_dis {t.n_dis}); lower "
+                        f"--batch-size or MAX{fewer}")
+    share = manifest.count // r.max_workers  # the smallest worker's rows (a fixed size: MAX is the size)
+    if not r.elastic and share < t.real_per_step:
+        batch = f"one batch of {t.batch_size}" if t.n_dis == 1 else f"one step's {t.n_dis} batches of {t.batch_size}"
+        raise UserError(f"each of {r.num_workers} worker(s) gets {share} of {dataset}'s {manifest.count} images, "
+                        f"fewer than {batch}; lower --batch-size (or use fewer workers{fewer})")
 
 
 def warn_unlogged_best(cfg: Config, datasets: dict[str, Dataset]) -> None:
