@@ -188,4 +188,5 @@ def test_auto_evaluates_inline_where_the_cluster_has_no_room_beside_the_workers(
     assert placed(**{"run.num_workers": "2-4"}) == "inline"  # room is counted at MAX workers
     assert "evaluation: inline in the training workers (the evaluation actor asks for 1 CPU(s) and 0 GPU(s) and " \
            "the Ray cluster has 0 CPU(s)" in capsys.readouterr().out
-    assert placed(**{"run.num_workers": 4, "eval.where": "ray"}) == "ray"  # asked for: kept, warned at submission
+    assert placed(**{"run.num_workers": 4, "eval.where": "ray"}) == "ray"  # asked for: kept, with a warning
+    assert "warning: the evaluation actor asks for 1 CPU(s)" in capsys.readouterr().err

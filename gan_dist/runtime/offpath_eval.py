@@ -39,10 +39,6 @@ class RayEvaluations:
         self.running: dict[ray.ObjectRef, int] = {}  # result -> the step it measures
 
     def submit(self, step: int, exports: Exports) -> None:
-        if self.actor is None and (short := missing_room(self.cfg)):
-            # An autoscaler may still add room, so a warning (eval.where=auto took inline in this case).
-            print(f"warning: {short}; until the cluster adds room, evaluations wait and so does the end of the run "
-                  f"(lower eval.cpus/eval.gpus, or set eval.where=inline)", file=sys.stderr, flush=True)
         if self.actor is None:
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
             actor_class = ray.remote(num_cpus=self.cfg.eval.cpus, num_gpus=self.cfg.eval.gpus,
@@ -82,12 +78,17 @@ def missing_room(cfg: Config) -> str | None:
 
 
 def place_evaluation(cfg: Config, measures: bool) -> Config:
-    """eval.where=auto: an evaluation actor when the cluster has room for it beside the workers, else inline (said
-    in one line): a run must not wait at its end for room that may never come."""
-    if cfg.eval.where != "auto" or not measures:
+    """Where the run evaluates, decided once at its start. eval.where=auto: an evaluation actor when the cluster has
+    room for it beside the workers, else inline (said in one line): a run must not wait at its end for room that may
+    never come. eval.where=ray without room: kept with a warning, since an autoscaler may still add it."""
+    if cfg.eval.where == "inline" or not measures:
         return cfg
     short = missing_room(cfg)
     if short is None:
+        return cfg
+    if cfg.eval.where == "ray":
+        print(f"warning: {short}; until the cluster adds room, evaluations wait and so does the end of the run "
+              f"(lower eval.cpus/eval.gpus, or set eval.where=inline)", file=sys.stderr, flush=True)
         return cfg
     print(f"evaluation: inline in the training workers ({short}; add room or lower eval.cpus to evaluate off the "
           f"training path)", flush=True)
