@@ -9,6 +9,7 @@ from gan_dist.config.schema import (
     MAX_SEED,
     MODEL_SECTIONS,
     PRESET_DIR,
+    RETUNABLE,
     RUN_NAME,
     SCHEDULED,
     TASK_SECTIONS,
@@ -33,7 +34,7 @@ from gan_dist.config.schema import (
 
 __all__ = [
     "AUGMENTATIONS", "DEFAULT_PRESET", "EVAL_METRICS", "MASK_KINDS", "MAX_SEED", "MODEL_SECTIONS",
-    "PRESET_DIR", "RUN_NAME", "SCHEDULED", "TASK_SECTIONS", "Config",
+    "PRESET_DIR", "RETUNABLE", "RUN_NAME", "SCHEDULED", "TASK_SECTIONS", "Config",
     "CUTTaskConfig", "CycleGANTaskConfig", "DataConfig", "DCGANConfig", "EvalConfig", "GenerationTaskConfig",
     "InpaintTaskConfig", "LogConfig", "ModelConfig", "Override", "R3GANConfig", "ResNetSNConfig", "RunConfig",
     "ScheduleConfig", "TaskConfig", "TrainConfig", "TranslatorConfig", "config_from_dict", "load_config",

@@ -349,6 +349,9 @@ class TrainConfig(_Section):
 
 # train.* keys a cosine schedule may move (R3GAN schedules all of them).
 SCHEDULED = ("lr_g", "lr_d", "beta2", "r1_gamma", "r2_gamma", "ema_half_life_kimg", "augment_p")
+# Keys a resume applies when changed (docs/runs-and-resume.md): the optimizers are retuned, the rest read anew.
+RETUNABLE = ("train.lr_g", "train.lr_d", "train.beta1", "train.beta2", "train.r1_gamma", "train.r2_gamma",
+             "train.gp_weight", "train.ada_target", "train.lecam_weight", "train.ema_half_life_kimg")
 
 
 class ScheduleConfig(_Section):

@@ -74,6 +74,8 @@ class Task:
     # Each file export() writes (by name) and the inference uses it serves: meta.json records them, and `gan-dist
     # sample|explore|translate|complete|evaluate` ask it whether a checkpoint can do what they do.
     EXPORTS: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # The train.* key that configures each optimizer's rate: every task names its optimizers "G" and "D".
+    RATE_KEYS: ClassVar[dict[str, str]] = {"G": "lr_g", "D": "lr_d"}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -181,7 +183,9 @@ class Task:
 
     def adam(self, params: Iterable[torch.Tensor], lr: float) -> torch.optim.Adam:
         t = self.cfg.train
-        return torch.optim.Adam(params, lr=lr, betas=(t.beta1, t.beta2), fused=self.features.fused_adam)
+        optimizer = torch.optim.Adam(params, lr=lr, betas=(t.beta1, t.beta2), fused=self.features.fused_adam)
+        optimizer.param_groups[0]["configured_lr"] = lr  # in the checkpoint: what `retune` compares a resume's with
+        return optimizer
 
     def update(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One guarded update of `optimizer`'s parameters from `loss`: (gradient norm, skipped)."""
@@ -281,4 +285,21 @@ class Task:
             net.load_state_dict(state["nets"][name])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
+        self.retune()
         self.load_extra_state(state)
+
+    def retune(self) -> None:
+        """Each optimizer's rate and betas from this run's config, after `load_state_dict` restored the checkpoint's:
+        a resume with another train.lr_g, lr_d, beta1 or beta2 (a PBT trial continuing a better trial's checkpoint,
+        a person lowering a rate) trains with them. The base rate moves by the ratio of the configured rates, so the
+        non-finite recovery's cuts carry over as a fraction of the new rate; a checkpoint without a configured rate
+        (written before it was kept) counts as this run's. Nothing changed: every value stays bit for bit."""
+        t = self.cfg.train
+        for name, optimizer in self.optimizers.items():
+            configured = getattr(t, self.RATE_KEYS[name])
+            for group in self._groups(optimizer):
+                ratio = configured / group.get("configured_lr", configured)
+                group["base_lr"] *= ratio
+                group["lr"] *= ratio
+                group["configured_lr"] = configured
+                group["betas"] = (t.beta1, t.beta2)  # a beta2 schedule sets its value at the next step, as always
