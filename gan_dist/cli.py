@@ -111,6 +111,48 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume-from", metavar="URI",
                        help="start this run from another run's checkpoint (a checkpoint or run directory)")
 
+    tune = commands.add_parser(
+        "tune", help="search hyper-parameters over multi-worker trials with Ray Tune (ASHA or PBT)",
+        description="Train trials of PRESET, each an ordinary multi-worker Ray run of --budget-steps steps with "
+                    "--space values drawn for it, evaluated at each checkpoint; ASHA stops weak trials there, PBT "
+                    "has weak trials continue from the checkpoint of a strong one with perturbed values. Writes "
+                    "results.csv, results.md and metric.png into STORAGE/NAME and prints the best checkpoint.")
+    tune.add_argument("preset", nargs="?", default=DEFAULT_PRESET,
+                      help=f"preset name or YAML file (default {DEFAULT_PRESET})")
+    tune.add_argument("--space", action="append", required=True, metavar="KEY=SPEC",
+                      help="a config key and what to draw it from: loguniform(LOW,HIGH), uniform(LOW,HIGH), "
+                           "choice(A,B,...) or grid(A,B,...) (every grid point gets --trials trials); repeatable")
+    tune.add_argument("--metric", required=True, help="the logged metric to optimise, e.g. fid")
+    tune.add_argument("--mode", choices=["min", "max"], default="min", help="which way --metric is better (default min)")
+    tune.add_argument("--scheduler", choices=["asha", "pbt", "none"], default="asha",
+                      help="asha: stop weak trials early at their checkpoints; pbt: weak trials continue from strong "
+                           "ones' checkpoints with perturbed values; none: run every trial to the budget (default asha)")
+    tune.add_argument("--trials", type=_positive_int,
+                      help="trials drawn (per grid point); default 1 for a space of grids only, else 8")
+    tune.add_argument("--workers-per-trial", type=_positive_int, default=1, metavar="K",
+                      help="training workers (DDP ranks) of each trial (default 1)")
+    tune.add_argument("--gpu", action="store_true", help="one GPU per worker")
+    tune.add_argument("--budget-steps", type=_positive_int, metavar="S",
+                      help="steps of a trial that is never stopped (default: the config's train.steps)")
+    tune.add_argument("--concurrent", type=_positive_int,
+                      help="trials at once (default: as many as the cluster has room for)")
+    tune.add_argument("--grace-steps", type=_positive_int,
+                      help="asha: steps every trial trains before it may be stopped (default train.checkpoint_every)")
+    tune.add_argument("--perturb-steps", type=_positive_int,
+                      help="pbt: steps between a trial's exploit/explore decisions (default train.checkpoint_every)")
+    tune.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value for every trial (repeatable)")
+    tune.add_argument("--data", help="prepared shard folder or s3:// URI (default: the embedded digits)")
+    tune.add_argument("--data-a", help="translation presets: domain A's prepared shards")
+    tune.add_argument("--data-b", help="translation presets: domain B's prepared shards")
+    tune.add_argument("--storage", default="runs", help="where searches live: local path or s3://bucket/prefix "
+                                                       "(default ./runs)")
+    tune.add_argument("--name", help="the search's name (default: tune-PRESET-TIMESTAMP)")
+    tune.add_argument("--resume", action="store_true",
+                      help="continue an interrupted search (without --name: this preset's newest): finished trials "
+                           "are kept, the others resume from their newest checkpoints")
+    tune.add_argument("--address", help="Ray cluster address to join (default: start a local Ray)")
+
     sample = commands.add_parser(
         "sample", help="write images from a checkpoint: PNGs, or a synthetic dataset",
         description="Write N images from a checkpoint's generator: PNG files, or (--format parquet) a prepared "
@@ -334,6 +376,16 @@ def _train(args: argparse.Namespace) -> None:
     print(f"done: step {result.step}" + (f" (resumed from step {result.resumed_from})" if result.resumed_from is not None else ""))
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from gan_dist.runtime.tune import TuneRequest, print_outcome, tune
+
+    request = TuneRequest(
+        _config(args, flags=("data", "data_a", "data_b")), args.space, args.metric, args.mode, args.scheduler,
+        args.trials, args.workers_per_trial, args.gpu, args.budget_steps, args.storage, args.name, args.resume,
+        args.address, args.concurrent, args.grace_steps, args.perturb_steps)
+    print_outcome(tune(request), args.metric)
+
+
 def _prepare(args: argparse.Namespace) -> None:
     from gan_dist.data.images import ImageSpec
     from gan_dist.data.prepare import PrepareOptions, prepare
@@ -492,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        {"train": _train, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench,
+        {"train": _train, "tune": _tune, "prepare": _prepare, "sample": _sample, "report": _report, "bench": _bench,
          "evaluate": _evaluate, "augmentation-study": _augmentation_study, "agreement": _agreement,
          "bench-data": _bench_data, "translate": _translate, "complete": _complete,
          "explore": _explore}[args.command](args)

@@ -60,7 +60,7 @@ class WandbSink:
 
             self._image = wandb.Image
             self.run = wandb.init(project=cfg.wandb_project, entity=cfg.wandb_entity, id=run_id, name=name,
-                                  resume="allow", config=config, mode=mode, dir=directory, job_type=job_type,
+                                  group=cfg.wandb_group, resume="allow", config=config, mode=mode, dir=directory, job_type=job_type,
                                   settings=wandb.Settings(silent=True, console="off", init_timeout=init_timeout))
         except Exception as exc:  # noqa: BLE001 - whatever W&B raises, training goes on
             self._switch_off(exc)

@@ -12,12 +12,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gan_dist"
 # Bottom to top; a module belongs to the layer of the longest name (under gan_dist.) that prefixes it.
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "seeds", "imaging", "progress", "storage", "config", "models"),
-    ("data", "masks", "tracking"),
+    ("data", "masks", "tracking", "search_space"),
     ("checkpoint",),
     ("eval",),  # the metric library the training loop measures with
     ("train",),
     # Inference: the commands that load checkpoints or runs and report on them.
-    ("sample", "translate", "complete", "explore", "synthetic", "evaluate", "augmentation_study", "report"),
+    ("sample", "translate", "complete", "explore", "synthetic", "evaluate", "augmentation_study", "report",
+     "tune_results"),
     # The runtime drives the loop or a command locally or through Ray; bench times the training step both ways.
     ("runtime", "bench"),
     ("cli", "__main__"),

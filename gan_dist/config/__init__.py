@@ -1,6 +1,6 @@
 """The config: its schema (`schema`) and how a preset and `--set` overrides become one (`loading`)."""
 
-from gan_dist.config.loading import Override, config_from_dict, load_config, parse_override
+from gan_dist.config.loading import Override, config_from_dict, load_config, override_config, parse_override
 from gan_dist.config.schema import (
     AUGMENTATIONS,
     DEFAULT_PRESET,
@@ -38,5 +38,5 @@ __all__ = [
     "CUTTaskConfig", "CycleGANTaskConfig", "DataConfig", "DCGANConfig", "EvalConfig", "GenerationTaskConfig",
     "InpaintTaskConfig", "LogConfig", "ModelConfig", "Override", "R3GANConfig", "ResNetSNConfig", "RunConfig",
     "ScheduleConfig", "TaskConfig", "TrainConfig", "TranslatorConfig", "config_from_dict", "load_config",
-    "parse_override",
+    "override_config", "parse_override",
 ]

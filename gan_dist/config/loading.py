@@ -201,8 +201,17 @@ def _read_preset(name_or_file: str) -> tuple[str, dict]:
 def load_config(preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Build the config from a preset name or YAML file, then apply dotted overrides (values or Override text)."""
     _, tree = _read_preset(preset or DEFAULT_PRESET)
+    return _overridden(tree, overrides or {})
+
+
+def override_config(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """`cfg` with dotted overrides (values or Override text) applied and validated again: a tune trial's config."""
+    return _overridden(cfg.model_dump(), overrides)
+
+
+def _overridden(tree: dict, overrides: Mapping[str, Any]) -> Config:
     typed: dict[str, str] = {}
-    for key, value in (overrides or {}).items():
+    for key, value in overrides.items():
         if isinstance(value, Override):
             typed[key] = value.text
             value = _read_value(key, value.text)

@@ -497,6 +497,8 @@ class LogConfig(_Section):
         "disabled; off: disabled")
     wandb_project: str = Field("gan-dist", description="the W&B project")
     wandb_entity: str | None = Field(None, description="the W&B entity (team or user); null: W&B's default")
+    wandb_group: str | None = Field(None, description="the W&B group the run joins (`gan-dist tune` puts each "
+                                    "search's trials in one, named after the search); null: none")
     console_every_s: float = Field(10.0, gt=0, description="seconds between console lines (Ray, or no terminal)")
 
     @field_validator("wandb")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from gan_dist import checkpoint
 from gan_dist.config import Config
@@ -118,7 +119,20 @@ def warn_unlogged_best(cfg: Config, datasets: dict[str, Dataset]) -> None:
               f"only the newest {cfg.run.keep_checkpoints} checkpoint(s) are kept", file=sys.stderr)
 
 
-def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
+def open_datasets(cfg: Config) -> dict[str, Dataset]:
+    """The task's datasets by name, their manifests read and checked to fit the task and the batch."""
+    datasets = {}
+    for dataset, configured in cfg.dataset_paths().items():
+        uri = dataset_uri(dataset, configured)
+        datasets[dataset] = Dataset(uri, read_manifest(uri))
+    task_class(cfg).check_data(cfg, datasets)
+    for dataset, given in datasets.items():
+        check_batch_fits(cfg, dataset, given.manifest)
+    return datasets
+
+
+def train(cfg: Config, loop: Callable = train_loop, callbacks: Sequence[Any] = ()) -> LoopResult:
+    """`callbacks`: Ray Train callbacks of the run (a tune trial's report forwarding); Ray backend only."""
     backend = cfg.run.resolved_backend()
     if backend == "ray":
         from gan_dist.runtime.ray_backend import check_cluster  # Ray is imported only when it is used
@@ -127,13 +141,7 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     else:
         check_local(cfg)
     storage.check_output_dir(cfg.run.storage, "--storage")  # before reading data or starting Ray
-    datasets = {}
-    for dataset, configured in cfg.dataset_paths().items():
-        uri = dataset_uri(dataset, configured)
-        datasets[dataset] = Dataset(uri, read_manifest(uri))
-    task_class(cfg).check_data(cfg, datasets)
-    for dataset, given in datasets.items():
-        check_batch_fits(cfg, dataset, given.manifest)
+    datasets = open_datasets(cfg)
     warn_unlogged_best(cfg, datasets)
     name = run_name(cfg)
     run_uri = storage.join(storage.absolute_uri(cfg.run.storage), name)
@@ -153,5 +161,5 @@ def train(cfg: Config, loop: Callable = train_loop) -> LoopResult:
     if backend == "ray":
         from gan_dist.runtime.ray_backend import run_ray
 
-        return run_ray(loop, cfg, datasets, run_uri)
+        return run_ray(loop, cfg, datasets, run_uri, callbacks)
     return run_local(loop, cfg, datasets, run_uri)

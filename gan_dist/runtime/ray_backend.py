@@ -10,7 +10,7 @@ import socket
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,6 +21,7 @@ import torch.distributed as dist
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+from ray.train.v2.api.callback import UserCallback
 
 from gan_dist import checkpoint, storage
 from gan_dist.config import Config, config_from_dict
@@ -81,7 +82,8 @@ class RayContext:
 
     def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
         name = checkpoint.checkpoint_name(step)
-        metrics = dict(meta.get("metrics", {}))
+        # The newest log step's and evaluation's numbers, and where this checkpoint is (a tune scheduler's clock).
+        metrics = {**meta.get("metrics", {}), "step": step, "images_seen": meta["images_seen"]}
         if state is None:  # report is a barrier: every rank calls it, only rank 0 carries files
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
             return
@@ -206,9 +208,11 @@ def ensure_ray(cfg: Config) -> None:
     start_ray(cfg.run.ray_address, cfg.run.max_workers, cfg.run.gpu, cfg.run.cpus_per_worker)
 
 
-def start_ray(address: str | None, num_workers: int, gpu: bool, cpus_per_worker: float = 1.0) -> None:
+def start_ray(address: str | None, num_workers: int, gpu: bool, cpus_per_worker: float = 1.0,
+              dashboard: bool = False) -> None:
     """Join the given cluster, or start a local one with enough logical CPUs for the workers *and* the Ray
-    Data read tasks (with exactly one CPU per worker on a 2-core machine, the reads never get scheduled)."""
+    Data read tasks (with exactly one CPU per worker on a 2-core machine, the reads never get scheduled); with
+    the dashboard, whose State API Ray Train's cleaner of a killed run's workers needs (tune stops trials so)."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -223,7 +227,7 @@ def start_ray(address: str | None, num_workers: int, gpu: bool, cpus_per_worker:
         warn_missing_gpus(gpu, num_workers)
     else:
         needed = int(num_workers * cpus_per_worker) + 2
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, runtime_env=runtime_env)
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=dashboard, runtime_env=runtime_env)
 
 
 def warn_missing_gpus(gpu: bool, num_workers: int) -> None:
@@ -253,7 +257,8 @@ def _failure_message(err: Exception) -> str | None:
     return None
 
 
-def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: str) -> LoopResult:
+def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: str,
+            callbacks: Sequence[UserCallback] = ()) -> LoopResult:
     """Datasets the config does not name are the embedded ones, which each worker prepares on its own node."""
     ensure_ray(cfg)
     measures = task_class(cfg).measured(cfg, {name: data.manifest for name, data in datasets.items()})
@@ -276,6 +281,7 @@ def run_ray(loop: Callable, cfg: Config, datasets: dict[str, Dataset], run_uri: 
             failure_config=FailureConfig(max_failures=cfg.run.restarts()),
             # Retention (newest K plus the best by a metric) is the loop's own, the same for both backends.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=list(callbacks),
         ),
         # Read only by streamed workers (resident ones read their rows with pyarrow).
         datasets={name: shard_dataset(cfg, data.manifest, data.uri) for name, data in datasets.items()},
