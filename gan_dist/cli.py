@@ -121,7 +121,8 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"preset name or YAML file (default {DEFAULT_PRESET})")
     tune.add_argument("--space", action="append", required=True, metavar="KEY=SPEC",
                       help="a config key and what to draw it from: loguniform(LOW,HIGH), uniform(LOW,HIGH), "
-                           "choice(A,B,...) or grid(A,B,...) (every grid point gets --trials trials); repeatable")
+                           "choice(A,B,...) or grid(A,B,...) (every grid point gets --trials trials); quote it, "
+                           "the shell reads parentheses; repeatable")
     tune.add_argument("--metric", required=True, help="the logged metric to optimise, e.g. fid")
     tune.add_argument("--mode", choices=["min", "max"], default="min", help="which way --metric is better (default min)")
     tune.add_argument("--scheduler", choices=["asha", "pbt", "none"], default="asha",

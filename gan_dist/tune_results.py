@@ -59,11 +59,11 @@ def summarize(record: TrialRecord, mode: str, budget: int) -> Row:
         if report.value is not None and math.isfinite(report.value) and \
                 (best is None or _better(mode, report.value, best.value)):
             best = report
-    trained, previous = 0, None
+    spans: dict[str, tuple[int, int]] = {}  # each run's first and newest step
     for report in record.reports:
-        same_run = previous is not None and previous.run == report.run
-        trained += max(0, report.step - (previous.step if same_run else report.started_at))
-        previous = report
+        start, end = spans.get(report.run, (report.started_at, report.step))
+        spans[report.run] = (min(start, report.started_at), max(end, report.step))
+    trained = sum(end - start for start, end in spans.values())
     steps = record.reports[-1].step if record.reports else 0
     if record.error:
         status = f"error: {record.error}"

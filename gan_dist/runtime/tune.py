@@ -203,7 +203,8 @@ def tune(request: TuneRequest) -> TuneOutcome:
             tune_config=ray.tune.TuneConfig(metric=request.metric, mode=request.mode, num_samples=trials,
                                             scheduler=scheduler(request, cfg, space),
                                             max_concurrent_trials=concurrent),
-            run_config=ray.tune.RunConfig(name=name, storage_path=root, verbose=1))
+            # Stopped at the budget before a scheduler sees the result: PBT would otherwise exploit a finished trial.
+            run_config=ray.tune.RunConfig(name=name, storage_path=root, stop={"step": cfg.train.steps}, verbose=1))
     grid = tuner.fit()
     records = [trial_record(result, request.metric) for result in grid]
     rows = [tune_results.summarize(record, request.mode, cfg.train.steps) for record in records]

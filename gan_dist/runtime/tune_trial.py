@@ -92,6 +92,8 @@ def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec
     origin = {STARTED_KEY: pointer.step if pointer else 0,
               EXPLOITED_KEY: pointer.trial if pointer and pointer.trial != trial else ""}
     cfg = trial_config(config_from_dict(base), drawn, space, run, start_from)
+    if start_from is not None and pointer.step >= cfg.train.steps:
+        return  # PBT handed it a checkpoint at the end of the budget: nothing is left to train
     run_uri = storage.join(cfg.run.storage, run)
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     failure: list[BaseException] = []
