@@ -384,7 +384,7 @@ def _tune(args: argparse.Namespace) -> None:
         _config(args, flags=("data", "data_a", "data_b")), args.space, args.metric, args.mode, args.scheduler,
         args.trials, args.workers_per_trial, args.gpu, args.budget_steps, args.storage, args.name, args.resume,
         args.address, args.concurrent, args.grace_steps, args.perturb_steps)
-    print_outcome(tune(request), args.metric)
+    print_outcome(tune(request), args.metric, args.name)
 
 
 def _prepare(args: argparse.Namespace) -> None:

@@ -35,6 +35,7 @@ class TrialRecord:
     config: dict[str, Any]  # the drawn values the trial ended with
     reports: list[Report] = field(default_factory=list)
     error: str | None = None
+    ended: bool = True  # Tune ended it (finished, stopped or failed): not left running by an interrupted search
 
 
 @dataclass
@@ -68,7 +69,7 @@ def summarize(record: TrialRecord, mode: str, budget: int) -> Row:
     if record.error:
         status = f"error: {record.error}"
     else:
-        status = "finished" if steps >= budget else "stopped early"
+        status = "finished" if steps >= budget else "stopped early" if record.ended else "unfinished"
     return Row(record.trial, record.config, best and best.value, best and best.step, best and best.checkpoint,
                steps, trained, status)
 
@@ -135,6 +136,9 @@ def plot(records: list[TrialRecord], metric: str, title: str) -> bytes:
                 axes.plot([donor.images_seen, first.images_seen], [donor.value, first.value], color=color,
                           linestyle=":")
                 axes.scatter([donor.images_seen], [donor.value], color=color, marker="*", s=120, zorder=3)
+    values = [r.value for record in records for r in record.reports if r.value is not None]
+    if values and min(values) > 0 and max(values) > 10 * min(values):
+        axes.set_yscale("log")  # FIDs from 100 down to 1: the good trials would lie flat on a linear axis
     axes.set_xlabel("images seen")
     axes.set_ylabel(metric)
     axes.set_title(title + ("  (*: PBT exploit, from the checkpoint copied)" if any(

@@ -76,7 +76,9 @@ def ray_cluster(s3_server):
     import ray
 
     aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": aws})
+    # The dashboard serves the State API, which Ray Train's cleaner asks before it frees the workers of a run whose
+    # controller was killed (a tune trial stopped by its scheduler).
+    ray.init(num_cpus=4, include_dashboard=True, log_to_driver=True, runtime_env={"env_vars": aws})
     yield ray
     ray.shutdown()
 

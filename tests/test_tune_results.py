@@ -37,6 +37,8 @@ def test_steps_trained_count_each_run_from_where_it_started():
     step-400 state (not 800 from 0)."""
     assert summarize(B, "min", 800).trained == 200
     assert summarize(B, "min", 800).status == "stopped early"
+    running = TrialRecord("b", B.config, B.reports, ended=False)  # left running by an interrupted search
+    assert summarize(running, "min", 800).status == "unfinished"
     assert summarize(C, "min", 800).trained == 800
     assert summarize(C, "min", 800).best_checkpoint == "/runs/c-from-a-400/checkpoint_000000800"
 

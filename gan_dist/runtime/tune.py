@@ -65,6 +65,7 @@ class TuneOutcome:
     rows: list[tune_results.Row]
     best: tune_results.Row | None
     written: list[str]
+    unfinished: int  # trials an interrupted search (Ctrl-C) left running, for --resume
 
 
 def trial_base(request: TuneRequest, experiment_uri: str, name: str) -> Config:
@@ -205,16 +206,21 @@ def tune(request: TuneRequest) -> TuneOutcome:
                                             max_concurrent_trials=concurrent),
             # Stopped at the budget before a scheduler sees the result: PBT would otherwise exploit a finished trial.
             run_config=ray.tune.RunConfig(name=name, storage_path=root, stop={"step": cfg.train.steps}, verbose=1))
-    grid = tuner.fit()
-    records = [trial_record(result, request.metric) for result in grid]
+    tuner.fit()
+    # Read back as saved: after Ctrl-C, fit() returns with the trials it was running marked ended in memory, while
+    # the saved state (what --resume continues) keeps them running.
+    saved = ray.tune.ExperimentAnalysis(experiment_uri)
+    ended = {trial.trial_id: trial.status in ("TERMINATED", "ERROR") for trial in saved.trials}
+    records = [trial_record(result, request.metric, ended) for result in ray.tune.ResultGrid(saved)]
+    unfinished = sum(not record.ended for record in records)
     rows = [tune_results.summarize(record, request.mode, cfg.train.steps) for record in records]
     best = tune_results.best_row(rows, request.mode)
     title = f"{name}: {request.metric} ({request.mode}) by trial, {request.scheduler}"
     written = tune_results.write(experiment_uri, records, rows, list(space), request.metric, title)
-    return TuneOutcome(experiment_uri, rows, best, written)
+    return TuneOutcome(experiment_uri, rows, best, written, unfinished)
 
 
-def trial_record(result: Any, metric: str) -> tune_results.TrialRecord:
+def trial_record(result: Any, metric: str, ended: dict[str, bool]) -> tune_results.TrialRecord:
     """A Tune result as plain data: every report the trial made, in order."""
     frame = result.metrics_dataframe
     reports = []
@@ -232,16 +238,21 @@ def trial_record(result: Any, metric: str) -> tune_results.TrialRecord:
         lines = [line.strip() for line in str(result.error).splitlines() if line.strip()]
         error = (lines[-1] if lines else type(result.error).__name__)[:200]
     trial = (result.metrics or {}).get("trial_id") or os.path.basename(result.path.rstrip("/"))
-    return tune_results.TrialRecord(trial, dict(result.config or {}), reports, error)
+    return tune_results.TrialRecord(trial, dict(result.config or {}), reports, error, ended.get(trial, True))
 
 
-def print_outcome(outcome: TuneOutcome, metric: str) -> None:
+def print_outcome(outcome: TuneOutcome, metric: str, name: str | None) -> None:
+    """The table, the files, the best checkpoint; an interrupted search ends as one line saying how to go on."""
     print(tune_results.table_markdown(outcome.rows, list(outcome.rows[0].config) if outcome.rows else [], metric),
           end="")
     for uri in outcome.written:
         print(f"wrote {uri}")
     if outcome.best is None:
         print(f"no trial reported {metric}", file=sys.stderr)
-        return
-    print(f"best: trial {outcome.best.trial}, {metric} {outcome.best.best:.4g} at step {outcome.best.best_step}: "
-          f"{outcome.best.best_checkpoint}")
+    else:
+        print(f"best: trial {outcome.best.trial}, {metric} {outcome.best.best:.4g} at step {outcome.best.best_step}: "
+              f"{outcome.best.best_checkpoint}")
+    if outcome.unfinished:
+        search = os.path.basename(outcome.experiment_uri.rstrip("/"))
+        raise UserError(f"search '{search}' was interrupted with {outcome.unfinished} trial(s) unfinished; its state is "
+                        f"saved: run the same command with --resume{'' if name else f' --name {search}'} to finish it")

@@ -92,8 +92,6 @@ def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec
     origin = {STARTED_KEY: pointer.step if pointer else 0,
               EXPLOITED_KEY: pointer.trial if pointer and pointer.trial != trial else ""}
     cfg = trial_config(config_from_dict(base), drawn, space, run, start_from)
-    if start_from is not None and pointer.step >= cfg.train.steps:
-        return  # PBT handed it a checkpoint at the end of the budget: nothing is left to train
     run_uri = storage.join(cfg.run.storage, run)
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     failure: list[BaseException] = []
@@ -114,10 +112,22 @@ def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec
             last = item  # Tune stops a trial at its last step: reported once the run has ended and freed its workers
             continue
         _report(trial, run, run_uri, origin, *item)
-    if last is not None:
-        _report(trial, run, run_uri, origin, *last)
     if failure:
         raise failure[0]
+    last = last or _finished_before(run_uri, cfg.train.steps)
+    if last is not None:
+        _report(trial, run, run_uri, origin, *last)
+
+
+def _finished_before(run_uri: str, budget: int) -> tuple[dict[str, Any], str] | None:
+    """The report of a run that reached its budget while Tune was pausing its trial (the workers train on while
+    the trial's thread waits on Tune): resumed, it has nothing left to train, and its last checkpoint still has to
+    reach Tune."""
+    newest = checkpoint.latest_complete(run_uri)
+    if newest is None or checkpoint.step_of(newest) < budget:
+        return None
+    meta = checkpoint.load_meta(newest)
+    return {**meta["metrics"], "step": meta["step"], "images_seen": meta["images_seen"]}, newest
 
 
 def _report(trial: str, run: str, run_uri: str, origin: dict[str, Any], metrics: dict[str, Any], path: str) -> None:
