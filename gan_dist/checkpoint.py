@@ -148,6 +148,21 @@ def list_checkpoints(run_uri: str) -> list[int]:
     return sorted(int(m.group(1)) for name in storage.list_dir(run_uri) if (m := _NAME.match(name)))
 
 
+def copy(checkpoint_uri: str, run_uri: str) -> str:
+    """A complete checkpoint copied into another run under its own step name, meta.json last (so the copy is
+    complete only when whole); each file checked against its checksum on the way. A source deleted meanwhile raises
+    CorruptCheckpoint."""
+    target = storage.join(run_uri, os.path.basename(checkpoint_uri.rstrip("/")))
+    try:
+        meta = storage.read_bytes(storage.join(checkpoint_uri, META_FILE))
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{checkpoint_uri}: no {META_FILE}") from None
+    for name in _listed_files(checkpoint_uri):
+        storage.write_bytes(storage.join(target, name), _read_verified(checkpoint_uri, name))
+    storage.write_bytes(storage.join(target, META_FILE), meta)
+    return target
+
+
 def _listed_files(checkpoint_uri: str) -> dict[str, dict[str, Any]]:
     """name -> {"size", "sha256"} from meta.json; checkpoints written before checksums list sizes only."""
     files = load_meta(checkpoint_uri).get("files")

@@ -11,6 +11,7 @@ the run's storage (no copy), and a trial Tune restores reads the pointer to find
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -24,6 +25,7 @@ from ray.util.queue import Queue
 
 from gan_dist import checkpoint, storage
 from gan_dist.config import Config, config_from_dict, override_config
+from gan_dist.errors import UserError
 from gan_dist.runtime.launch import train
 from gan_dist.search_space import Spec
 
@@ -54,44 +56,65 @@ def read_pointer(saved: ray.tune.Checkpoint | None) -> Pointer | None:
         return Pointer(**json.load(file))
 
 
-def trial_run(trial: str, pointer: Pointer | None) -> tuple[str, str | None]:
-    """The gan-dist run this start of `trial` trains, and the checkpoint it starts from when that run has none:
-    its own run again after a pause or an interruption (resumed exactly from its newest checkpoint), or, when PBT
-    hands it another trial's checkpoint, a run of its own that starts from that checkpoint (named after it, so an
-    interrupted one resumes rather than starting over)."""
+def copy_donor(trial: str, pointer: Pointer, runs_uri: str) -> Pointer:
+    """A PBT exploit: the donor's checkpoint copied into this trial's new run, which then resumes from its own copy.
+    The donor trains on and its retention deletes old checkpoints: one deleted before (or while) it is copied stands
+    for the donor run's newest complete checkpoint, the same strong trial a little further on."""
+    donor_run = os.path.dirname(pointer.checkpoint.rstrip("/"))
+    source = pointer.checkpoint
+    for _ in range(3):
+        run, _ = trial_run(trial, dataclasses.replace(pointer, checkpoint=source))
+        if checkpoint.list_checkpoints(storage.join(runs_uri, run)):  # copied by an earlier start of this trial
+            return dataclasses.replace(pointer, checkpoint=source)
+        try:
+            checkpoint.copy(source, storage.join(runs_uri, run))
+            return dataclasses.replace(pointer, checkpoint=source)
+        except checkpoint.CorruptCheckpoint:
+            source = checkpoint.latest_complete(donor_run) or source
+    raise UserError(f"PBT handed trial {trial} the checkpoint {pointer.checkpoint}, which its run deleted before it "
+                    f"could be copied; keep more checkpoints (--set run.keep_checkpoints=...)")
+
+
+def trial_run(trial: str, pointer: Pointer | None) -> tuple[str, bool]:
+    """The gan-dist run this start of `trial` trains, resumed exactly from its newest checkpoint: its own run again
+    after a pause or an interruption, or, when PBT hands it another trial's checkpoint, a run of its own named after
+    that checkpoint (so an interrupted one resumes rather than starting over), which starts from a copy of it; and
+    whether it is such an exploit."""
     if pointer is None:
-        return trial, None
+        return trial, False
     if pointer.trial == trial:
-        return pointer.run, None
-    return f"{trial}-from-{pointer.trial}-{pointer.step}", pointer.checkpoint
+        return pointer.run, False
+    return f"{trial}-from-{pointer.trial}-{pointer.step}", True
 
 
 class ForwardReports(UserCallback):
-    """In Train's controller: each checkpoint report of rank 0 onto the trial's queue."""
+    """In Train's controller: each checkpoint report of rank 0 onto the trial's queue, with the controller's handle
+    (the trial ends the run through it when Tune stops the trial)."""
 
     def __init__(self, queue: Queue):
         self.queue = queue
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if checkpoint is not None:
-            self.queue.put((metrics[0], checkpoint.path))
+            self.queue.put((metrics[0], checkpoint.path, ray.get_runtime_context().current_actor))
 
 
-def trial_config(base: Config, drawn: dict[str, Any], space: dict[str, Spec], run: str,
-                 start_from: str | None) -> Config:
+def trial_config(base: Config, drawn: dict[str, Any], space: dict[str, Spec], run: str) -> Config:
     overrides = {key: space[key].override(value) for key, value in drawn.items()}
-    overrides.update({"run.name": run, "run.resume": True, "run.resume_from": start_from})
+    overrides.update({"run.name": run, "run.resume": True})
     return override_config(base, overrides)
 
 
 def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec]) -> None:
     """The trainable: `drawn` the values Tune drew for this trial (PBT changes them between starts)."""
     trial = ray.tune.get_context().get_trial_id()
+    base_cfg = config_from_dict(base)
     pointer = read_pointer(ray.tune.get_checkpoint())
-    run, start_from = trial_run(trial, pointer)
-    origin = {STARTED_KEY: pointer.step if pointer else 0,
-              EXPLOITED_KEY: pointer.trial if pointer and pointer.trial != trial else ""}
-    cfg = trial_config(config_from_dict(base), drawn, space, run, start_from)
+    if trial_run(trial, pointer)[1]:
+        pointer = copy_donor(trial, pointer, base_cfg.run.storage)
+    run, exploit = trial_run(trial, pointer)
+    origin = {STARTED_KEY: pointer.step if pointer else 0, EXPLOITED_KEY: pointer.trial if exploit else ""}
+    cfg = trial_config(base_cfg, drawn, space, run)
     run_uri = storage.join(cfg.run.storage, run)
     reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
     failure: list[BaseException] = []
@@ -108,10 +131,17 @@ def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec
     threading.Thread(target=fit, name="gan-dist-trial-fit", daemon=True).start()
     last = None
     while (item := reports.get()) != _FINISHED:
-        if item[0]["step"] >= cfg.train.steps:
-            last = item  # Tune stops a trial at its last step: reported once the run has ended and freed its workers
+        metrics, path, controller = item
+        if metrics["step"] >= cfg.train.steps:
+            last = metrics, path  # Tune stops a trial at its last step: reported once the run has freed its workers
             continue
-        _report(trial, run, run_uri, origin, *item)
+        try:
+            _report(trial, run, run_uri, origin, metrics, path)
+        except BaseException:
+            # Tune stops or pauses a trial by ending this thread in report(). The run's workers would train on, into
+            # the run folder a restarted trial resumes from, until the actor exits: end the run now.
+            ray.kill(controller)
+            raise
     if failure:
         raise failure[0]
     last = last or _finished_before(run_uri, cfg.train.steps)
@@ -120,9 +150,8 @@ def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec
 
 
 def _finished_before(run_uri: str, budget: int) -> tuple[dict[str, Any], str] | None:
-    """The report of a run that reached its budget while Tune was pausing its trial (the workers train on while
-    the trial's thread waits on Tune): resumed, it has nothing left to train, and its last checkpoint still has to
-    reach Tune."""
+    """The report of a run that reached its budget before its trial was restarted (its last report never reached
+    Tune): resumed, it has nothing left to train, and its last checkpoint still has to reach Tune."""
     newest = checkpoint.latest_complete(run_uri)
     if newest is None or checkpoint.step_of(newest) < budget:
         return None
