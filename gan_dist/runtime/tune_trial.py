@@ -63,12 +63,12 @@ def copy_donor(trial: str, pointer: Pointer, runs_uri: str) -> Pointer:
     donor_run = os.path.dirname(pointer.checkpoint.rstrip("/"))
     source = pointer.checkpoint
     for _ in range(3):
-        run, _ = trial_run(trial, dataclasses.replace(pointer, checkpoint=source))
-        if checkpoint.list_checkpoints(storage.join(runs_uri, run)):  # copied by an earlier start of this trial
-            return dataclasses.replace(pointer, checkpoint=source)
+        donor = dataclasses.replace(pointer, checkpoint=source)
+        run_uri = storage.join(runs_uri, trial_run(trial, donor)[0])
         try:
-            checkpoint.copy(source, storage.join(runs_uri, run))
-            return dataclasses.replace(pointer, checkpoint=source)
+            if not checkpoint.list_checkpoints(run_uri):  # else copied by an earlier start of this trial
+                checkpoint.copy(source, run_uri)
+            return donor
         except checkpoint.CorruptCheckpoint:
             source = checkpoint.latest_complete(donor_run) or source
     raise UserError(f"PBT handed trial {trial} the checkpoint {pointer.checkpoint}, which its run deleted before it "
@@ -110,7 +110,7 @@ def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec
     trial = ray.tune.get_context().get_trial_id()
     base_cfg = config_from_dict(base)
     pointer = read_pointer(ray.tune.get_checkpoint())
-    if trial_run(trial, pointer)[1]:
+    if pointer is not None and pointer.trial != trial:
         pointer = copy_donor(trial, pointer, base_cfg.run.storage)
     run, exploit = trial_run(trial, pointer)
     origin = {STARTED_KEY: pointer.step if pointer else 0, EXPLOITED_KEY: pointer.trial if exploit else ""}
@@ -126,8 +126,7 @@ def run_trial(drawn: dict[str, Any], base: dict[str, Any], space: dict[str, Spec
             failure.append(exc)
         reports.put(_FINISHED)
 
-    # A daemon: when Tune stops the trial (ASHA), the actor exits without waiting for it, and Ray ends the
-    # TorchTrainer's actors with their owner.
+    # A daemon: when Tune stops the trial, the actor exits without waiting for it (the run is ended below).
     threading.Thread(target=fit, name="gan-dist-trial-fit", daemon=True).start()
     last = None
     while (item := reports.get()) != _FINISHED:
