@@ -148,6 +148,12 @@ def list_checkpoints(run_uri: str) -> list[int]:
     return sorted(int(m.group(1)) for name in storage.list_dir(run_uri) if (m := _NAME.match(name)))
 
 
+def reported_metrics(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint reports (to Ray Train, and on to Tune): the newest log step's and evaluation's numbers, and
+    where the checkpoint is (a tune scheduler's clock)."""
+    return {**meta.get("metrics", {}), "step": meta["step"], "images_seen": meta["images_seen"]}
+
+
 def copy(checkpoint_uri: str, run_uri: str) -> str:
     """A complete checkpoint copied into another run under its own step name, meta.json last (so the copy is
     complete only when whole); each file checked against its checksum on the way. A source deleted meanwhile raises

@@ -82,8 +82,7 @@ class RayContext:
 
     def save_checkpoint(self, step: int, state: dict[str, Any] | None, meta: dict[str, Any]) -> None:
         name = checkpoint.checkpoint_name(step)
-        # The newest log step's and evaluation's numbers, and where this checkpoint is (a tune scheduler's clock).
-        metrics = {**meta.get("metrics", {}), "step": step, "images_seen": meta["images_seen"]}
+        metrics = checkpoint.reported_metrics(meta)
         if state is None:  # report is a barrier: every rank calls it, only rank 0 carries files
             ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
             return

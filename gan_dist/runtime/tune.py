@@ -17,7 +17,7 @@ import ray.tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
 from gan_dist import storage, tune_results
-from gan_dist.config import Config, override_config
+from gan_dist.config import Config, DataConfig, override_config
 from gan_dist.data.placement import built_in
 from gan_dist.errors import UserError
 from gan_dist.runtime.launch import manifests, open_datasets
@@ -79,8 +79,8 @@ def trial_base(request: TuneRequest, experiment_uri: str, name: str) -> Config:
     if cfg.eval.every not in (0, cfg.train.checkpoint_every):
         raise UserError(f"gan-dist tune evaluates at each checkpoint (the scheduler decides on its reports), not "
                         f"every eval.every={cfg.eval.every} steps; drop eval.every and set train.checkpoint_every")
-    data = {f"data.{key}": storage.absolute_uri(path) for key, path in
-            (("path", cfg.data.path), ("a", cfg.data.a), ("b", cfg.data.b)) if path and not built_in(path)}
+    data = {f"data.{DataConfig.KEYS[name]}": storage.absolute_uri(path) for name, path in cfg.dataset_paths().items()
+            if path and not built_in(path)}
     return override_config(cfg, {
         **data, "train.steps": request.budget_steps or cfg.train.steps, "eval.where": "inline", "eval.every": 0,
         "run.backend": "ray", "run.num_workers": request.workers_per_trial, "run.gpu": request.gpu,

@@ -154,8 +154,7 @@ def _finished_before(run_uri: str, budget: int) -> tuple[dict[str, Any], str] | 
     newest = checkpoint.latest_complete(run_uri)
     if newest is None or checkpoint.step_of(newest) < budget:
         return None
-    meta = checkpoint.load_meta(newest)
-    return {**meta["metrics"], "step": meta["step"], "images_seen": meta["images_seen"]}, newest
+    return checkpoint.reported_metrics(checkpoint.load_meta(newest)), newest
 
 
 def _report(trial: str, run: str, run_uri: str, origin: dict[str, Any], metrics: dict[str, Any], path: str) -> None:

@@ -58,8 +58,8 @@ class Checkpoints:
         if ctx.rank == 0:
             payload = {**task.state_dict(), "train": state.to_dict(), "rng": rng_states, "ranks": rank_states,
                        ckpt.EXPORTS: task.export()}
-        meta = {"step": state.step, "images_seen": state.images_seen, "metrics": self.metrics, "config": self.cfg.model_dump(),
-                "rank_divergence": divergence, "world_size": ctx.world_size, "workers": state.workers, **self.meta,
+        meta = {"step": state.step, "images_seen": state.images_seen, "metrics": self.metrics,
+                "config": self.cfg.model_dump(), "rank_divergence": divergence, "world_size": ctx.world_size, "workers": state.workers, **self.meta,
                 "wandb_run_id": wandb_run_id(ctx.run_uri)}
         ctx.save_checkpoint(state.step, payload, meta)
         if ctx.rank == 0:
